@@ -1,0 +1,44 @@
+//! # Cortex bus: NATS for every Cortex component
+//!
+//! Hides NATS behind a few verbs: connect, build subjects, encode, stream a
+//! request, serve requests, and keep state in JetStream KV. Each module has
+//! its own error enum whose variants are the kinds callers match on.
+//!
+//! ## Layout
+//! - [`connect`]: [`NatsOptions`] (servers, auth, TLS; clap flags) and `connect()` with first-connect retry.
+//! - [`subject`]: [`Subjects`] builder and the [`ModelToken`] rule.
+//! - [`codec`]: [`Encoding`] JSON / MessagePack chosen by `Content-Type`.
+//! - [`headers`]: header names (`Cortex-Seq`, `Cortex-Request-Id`, ...).
+//! - [`stream`]: streamed request/reply: [`stream_request`] → [`FrameStream`] on the
+//!   requester side; [`serve`] → [`Incoming`] → [`Responder`] on the responder side; cancels.
+//! - [`kv`]: bucket open-or-create, compare-and-swap updates, a self-healing watch.
+
+pub mod codec;
+pub mod connect;
+pub mod headers;
+pub mod kv;
+pub mod stream;
+pub mod subject;
+
+pub use codec::{CodecError, Encoding};
+pub use connect::{ConnectError, NatsOptions};
+pub use stream::{
+    send_cancel, serve, serve_cancels, stream_request, CancelRegistry, FrameStream, Incoming,
+    Responder, StreamError, StreamOptions,
+};
+pub use subject::{ModelToken, NeuronOp, PlacementOp, SubjectError, Subjects};
+
+/// Queue group every neuron joins on `infer` subjects.
+pub const QUEUE_GROUP: &str = "neurons";
+
+/// The KV buckets and object store of DESIGN.md.
+pub mod buckets {
+    /// Catalogue: model token → `ModelProfile`.
+    pub const CATALOG: &str = "cortex-catalog";
+    /// Assignments: model token → `Assignment`.
+    pub const PLACEMENTS: &str = "cortex-placements";
+    /// Leases: `placement-leader` → `Lease`.
+    pub const LEASES: &str = "cortex-leases";
+    /// Object store of model files.
+    pub const MODELS: &str = "cortex-models";
+}

@@ -1,0 +1,173 @@
+//! Cancellation: the requester publishes `{request_id}` on the accepting
+//! neuron's cancel subject; the neuron's [`CancelRegistry`] wakes the
+//! request's handler, which frees its slot at its next step.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_nats::Client;
+use cortex_schemas::CancelRequest;
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use super::StreamError;
+use crate::codec::{decode_message, Encoding};
+use crate::subject::{NeuronOp, Subjects};
+
+/// In-flight requests that can be cancelled, by request id. Its size is
+/// bounded by the requests a neuron admits (slots plus bounded queue).
+#[derive(Debug, Clone, Default)]
+pub struct CancelRegistry {
+    tokens: Arc<Mutex<HashMap<String, Entry>>>,
+    next_registration: Arc<AtomicU64>,
+}
+
+/// A registered token and which registration put it there.
+#[derive(Debug)]
+struct Entry {
+    registration: u64,
+    token: CancellationToken,
+}
+
+impl CancelRegistry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers `request_id`; the entry lives as long as the guard.
+    pub fn register(&self, request_id: &str) -> CancelGuard {
+        let token = CancellationToken::new();
+        let registration = self.next_registration.fetch_add(1, Ordering::Relaxed);
+        self.lock().insert(
+            request_id.to_string(),
+            Entry {
+                registration,
+                token: token.clone(),
+            },
+        );
+        CancelGuard {
+            registry: self.clone(),
+            request_id: request_id.to_string(),
+            registration,
+            token,
+        }
+    }
+
+    /// Cancels `request_id`; false when it is not (or no longer) in flight.
+    pub fn cancel(&self, request_id: &str) -> bool {
+        match self.lock().get(request_id) {
+            Some(entry) => {
+                entry.token.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Requests currently registered.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        // A poisoned map is still a valid map: a panic elsewhere cannot corrupt it.
+        self.tokens.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A registered request; removes itself from the registry when dropped.
+#[derive(Debug)]
+pub struct CancelGuard {
+    registry: CancelRegistry,
+    request_id: String,
+    registration: u64,
+    token: CancellationToken,
+}
+
+impl CancelGuard {
+    pub fn is_cancelled(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    /// Resolves once the request is cancelled.
+    pub async fn cancelled(&self) {
+        self.token.cancelled().await
+    }
+
+    /// A token to hand to code that only needs to observe cancellation.
+    pub fn token(&self) -> CancellationToken {
+        self.token.clone()
+    }
+}
+
+impl Drop for CancelGuard {
+    fn drop(&mut self) {
+        let mut map = self.registry.lock();
+        // Only remove our own entry: a retried request may reuse the id.
+        if map
+            .get(&self.request_id)
+            .is_some_and(|entry| entry.registration == self.registration)
+        {
+            map.remove(&self.request_id);
+        }
+    }
+}
+
+/// Listens on `<prefix>.v1.neuron.<neuron>.cancel` and cancels registered
+/// requests until `shutdown` fires.
+pub async fn serve_cancels(
+    client: Client,
+    subjects: &Subjects,
+    neuron: &str,
+    registry: CancelRegistry,
+    shutdown: CancellationToken,
+) -> Result<(), StreamError> {
+    let subject = subjects.neuron(neuron, NeuronOp::Cancel);
+    let mut subscriber = client
+        .subscribe(subject)
+        .await
+        .map_err(StreamError::Subscribe)?;
+    loop {
+        let message = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            message = subscriber.next() => match message {
+                Some(message) => message,
+                None => return Err(StreamError::Closed),
+            },
+        };
+        match decode_message::<CancelRequest>(message.headers.as_ref(), &message.payload) {
+            Ok(cancel) => {
+                let found = registry.cancel(&cancel.request_id);
+                tracing::debug!(request_id = %cancel.request_id, found, "cancel received");
+            }
+            Err(error) => tracing::warn!(%error, "malformed cancel ignored"),
+        }
+    }
+}
+
+/// Asks `neuron` to cancel `request_id` (fire and forget: a cancel for a
+/// request that already finished is harmless).
+pub async fn send_cancel(
+    client: &Client,
+    subjects: &Subjects,
+    neuron: &str,
+    request_id: &str,
+) -> Result<(), StreamError> {
+    let encoding = Encoding::Json;
+    let payload = encoding.encode(&CancelRequest {
+        request_id: request_id.to_string(),
+    })?;
+    client
+        .publish_with_headers(
+            subjects.neuron(neuron, NeuronOp::Cancel),
+            encoding.headers(),
+            payload,
+        )
+        .await
+        .map_err(StreamError::Publish)
+}

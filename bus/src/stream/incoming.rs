@@ -1,0 +1,148 @@
+//! Serving side: a subscription (optionally in a queue group) whose messages
+//! become [`Incoming`] requests that know their encoding, id and deadline.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_nats::{Client, Message, Subscriber};
+use futures::{Stream, StreamExt};
+use serde::{de::DeserializeOwned, Serialize};
+
+use super::cancel::CancelRegistry;
+use super::responder::Responder;
+use super::{StreamError, DEFAULT_KEEPALIVE};
+use crate::codec::{CodecError, Encoding};
+use crate::headers;
+
+/// Shortest keepalive period a requester may ask for.
+const MIN_KEEPALIVE: Duration = Duration::from_millis(10);
+
+/// Subscribes to `subject`, in `queue_group` when given (the design's
+/// `neurons` group spreads requests over replicas).
+pub async fn serve(
+    client: &Client,
+    subject: impl Into<String>,
+    queue_group: Option<&str>,
+) -> Result<RequestStream, StreamError> {
+    let subject = subject.into();
+    let subscriber = match queue_group {
+        Some(group) => client.queue_subscribe(subject, group.to_string()).await,
+        None => client.subscribe(subject).await,
+    }
+    .map_err(StreamError::Subscribe)?;
+    Ok(RequestStream { subscriber })
+}
+
+/// Requests arriving on a served subject.
+#[derive(Debug)]
+pub struct RequestStream {
+    subscriber: Subscriber,
+}
+
+impl RequestStream {
+    /// Stops receiving; requests already delivered stay with the caller.
+    pub async fn unsubscribe(mut self) {
+        let _ = self.subscriber.unsubscribe().await;
+    }
+}
+
+impl Stream for RequestStream {
+    type Item = Incoming;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Incoming>> {
+        self.subscriber
+            .poll_next_unpin(cx)
+            .map(|message| message.map(Incoming::new))
+    }
+}
+
+/// One received request.
+#[derive(Debug)]
+pub struct Incoming {
+    pub message: Message,
+    /// Encoding of the request, and so of every frame of the answer. A
+    /// request with an unknown `Content-Type` is answered in JSON.
+    pub encoding: Encoding,
+    content_type_error: Option<String>,
+}
+
+impl Incoming {
+    pub fn new(message: Message) -> Self {
+        let (encoding, content_type_error) = match Encoding::of_message(message.headers.as_ref()) {
+            Ok(encoding) => (encoding, None),
+            Err(CodecError::UnsupportedContentType(value)) => (Encoding::Json, Some(value)),
+            Err(_) => (Encoding::Json, None),
+        };
+        Self {
+            message,
+            encoding,
+            content_type_error,
+        }
+    }
+
+    /// Decodes the payload; fails on an unsupported `Content-Type` too.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, CodecError> {
+        if let Some(value) = &self.content_type_error {
+            return Err(CodecError::UnsupportedContentType(value.clone()));
+        }
+        self.encoding.decode(&self.message.payload)
+    }
+
+    /// `Cortex-Request-Id`, when sent.
+    pub fn request_id(&self) -> Option<&str> {
+        headers::get_str(self.message.headers.as_ref(), headers::REQUEST_ID)
+    }
+
+    /// `Cortex-Deadline` (unix ms), when sent.
+    pub fn deadline_ms(&self) -> Option<u64> {
+        headers::get_u64(self.message.headers.as_ref(), headers::DEADLINE)
+    }
+
+    /// Keepalive period the requester asked for (default 1 s).
+    pub fn keepalive(&self) -> Duration {
+        headers::get_u64(self.message.headers.as_ref(), headers::KEEPALIVE_MS)
+            .map(Duration::from_millis)
+            .map_or(DEFAULT_KEEPALIVE, |d| d.max(MIN_KEEPALIVE))
+    }
+
+    /// A responder for a streamed answer, registered for cancels under
+    /// `request_id` when a registry is given.
+    pub fn responder(
+        &self,
+        client: &Client,
+        cancels: Option<(&CancelRegistry, &str)>,
+    ) -> Result<Responder, StreamError> {
+        let reply = self
+            .message
+            .reply
+            .clone()
+            .ok_or(StreamError::NoReplySubject)?;
+        let guard = cancels.map(|(registry, id)| registry.register(id));
+        Ok(Responder::new(
+            client.clone(),
+            reply,
+            self.encoding,
+            self.keepalive(),
+            guard,
+        ))
+    }
+
+    /// Answers with a single message (control plane) in the request's encoding.
+    pub async fn respond<T: Serialize + ?Sized>(
+        &self,
+        client: &Client,
+        value: &T,
+    ) -> Result<(), StreamError> {
+        let reply = self
+            .message
+            .reply
+            .clone()
+            .ok_or(StreamError::NoReplySubject)?;
+        let payload = self.encoding.encode(value)?;
+        client
+            .publish_with_headers(reply, self.encoding.headers(), payload)
+            .await
+            .map_err(StreamError::Publish)
+    }
+}

@@ -1,0 +1,68 @@
+//! The data plane's streamed request/reply (DESIGN.md, "Streamed request/reply").
+//!
+//! A requester subscribes to a fresh inbox, then publishes the request with
+//! that inbox as reply subject; the responder answers with ordered frames,
+//! each carrying `Cortex-Seq`. The requester side is [`stream_request`] →
+//! [`FrameStream`]; the responder side is [`serve`] → [`Incoming`] →
+//! [`Responder`]; cancels travel through [`CancelRegistry`].
+
+mod cancel;
+mod incoming;
+mod request;
+mod responder;
+
+use std::time::Duration;
+
+pub use cancel::{send_cancel, serve_cancels, CancelGuard, CancelRegistry};
+pub use incoming::{serve, Incoming, RequestStream};
+pub use request::{stream_request, FrameStream, StreamOptions};
+pub use responder::Responder;
+
+use crate::codec::CodecError;
+
+/// Default keepalive period; a stream silent for 3 periods has failed.
+pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(1);
+
+/// How many keepalive periods of silence end a stream.
+pub const IDLE_PERIODS: u32 = 3;
+
+/// Why a streamed request failed. Callers match variants, never messages.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// Nobody listens on the subject (NATS status 503): no neuron has the model.
+    #[error("no responders on {subject}")]
+    NoResponders { subject: String },
+    /// The request would exceed the server's `max_payload`; nothing was published.
+    #[error("request is {size} bytes; the NATS server accepts at most {max}")]
+    PayloadTooLarge { size: usize, max: usize },
+    /// A frame was lost: the stream cannot be trusted past this point.
+    #[error("frame sequence gap: expected {expected}, got {got}")]
+    SequenceGap { expected: u64, got: u64 },
+    /// A frame arrived without a usable `Cortex-Seq` header.
+    #[error("frame without a valid Cortex-Seq header")]
+    MissingSeq,
+    /// Nothing (not even a keepalive) arrived for this long: the responder is gone.
+    #[error("responder silent for {silent:?}")]
+    Idle { silent: Duration },
+    /// The request's deadline passed before the terminal frame.
+    #[error("deadline exceeded")]
+    DeadlineExceeded,
+    /// The NATS connection closed the subscription.
+    #[error("subscription closed by the NATS connection")]
+    Closed,
+    /// An unexpected NATS status on the inbox.
+    #[error("unexpected NATS status {status} on the reply inbox")]
+    Status { status: u16 },
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    #[error("cannot subscribe to the reply inbox: {0}")]
+    Subscribe(#[source] async_nats::SubscribeError),
+    #[error("cannot publish: {0}")]
+    Publish(#[source] async_nats::PublishError),
+    /// The responder already sent its terminal frame.
+    #[error("stream already finished")]
+    Finished,
+    /// The message has no reply subject to answer on.
+    #[error("request has no reply subject")]
+    NoReplySubject,
+}

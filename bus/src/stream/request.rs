@@ -1,0 +1,238 @@
+//! The requester side: publish once, read ordered frames until a terminal one.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_nats::{Client, HeaderMap, Subscriber};
+use bytes::Bytes;
+use cortex_schemas::Frame;
+use futures::{Stream, StreamExt};
+use serde::Serialize;
+use tokio::time::{Instant, Sleep};
+
+use super::{StreamError, DEFAULT_KEEPALIVE, IDLE_PERIODS};
+use crate::codec::{decode_message, Encoding};
+use crate::headers;
+
+/// How a streamed request is sent and watched.
+#[derive(Debug, Clone)]
+pub struct StreamOptions {
+    /// Encoding of the request; the responder answers in the same one.
+    pub encoding: Encoding,
+    /// Keepalive period asked of the responder; silence for 3 periods fails the stream.
+    pub keepalive: Duration,
+    /// Unix ms after which the stream fails with `DeadlineExceeded`.
+    pub deadline_ms: Option<u64>,
+    /// Sent as `Cortex-Request-Id`.
+    pub request_id: Option<String>,
+    /// Sent as W3C `traceparent`.
+    pub traceparent: Option<String>,
+}
+
+impl Default for StreamOptions {
+    fn default() -> Self {
+        Self {
+            encoding: Encoding::MsgPack,
+            keepalive: DEFAULT_KEEPALIVE,
+            deadline_ms: None,
+            request_id: None,
+            traceparent: None,
+        }
+    }
+}
+
+/// Publishes `request` on `subject` and returns the stream of its frames.
+///
+/// Refuses a request larger than the server's `max_payload` before
+/// publishing. The inbox subscription exists before the request is sent, so
+/// no frame can be missed; a "no responders" status surfaces as the stream's
+/// first item within a round trip.
+pub async fn stream_request<T: Serialize + ?Sized>(
+    client: &Client,
+    subject: impl Into<String>,
+    request: &T,
+    options: &StreamOptions,
+) -> Result<FrameStream, StreamError> {
+    let subject = subject.into();
+    let payload = options.encoding.encode(request)?;
+    let headers = request_headers(options);
+    let size = headers_wire_len(&headers) + payload.len();
+    let max = client.server_info().max_payload;
+    if size > max {
+        return Err(StreamError::PayloadTooLarge { size, max });
+    }
+    let inbox = client.new_inbox();
+    let subscriber = client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(StreamError::Subscribe)?;
+    publish(client, &subject, inbox, headers, payload).await?;
+    Ok(FrameStream::new(subscriber, subject, options))
+}
+
+async fn publish(
+    client: &Client,
+    subject: &str,
+    inbox: String,
+    headers: HeaderMap,
+    payload: Bytes,
+) -> Result<(), StreamError> {
+    client
+        .publish_with_reply_and_headers(subject.to_string(), inbox, headers, payload)
+        .await
+        .map_err(StreamError::Publish)
+}
+
+fn request_headers(options: &StreamOptions) -> HeaderMap {
+    let mut headers = options.encoding.headers();
+    headers.insert(
+        headers::KEEPALIVE_MS,
+        options.keepalive.as_millis().to_string().as_str(),
+    );
+    if let Some(id) = &options.request_id {
+        headers.insert(headers::REQUEST_ID, id.as_str());
+    }
+    if let Some(deadline) = options.deadline_ms {
+        headers.insert(headers::DEADLINE, deadline.to_string().as_str());
+    }
+    if let Some(trace) = &options.traceparent {
+        headers.insert(headers::TRACEPARENT, trace.as_str());
+    }
+    headers
+}
+
+/// Size of a header block on the wire (`NATS/1.0\r\n`, `k: v\r\n`..., `\r\n`).
+pub(crate) fn headers_wire_len(headers: &HeaderMap) -> usize {
+    let mut len = b"NATS/1.0\r\n\r\n".len();
+    for (name, values) in headers.iter() {
+        for value in values {
+            len += AsRef::<str>::as_ref(name).len() + 2 + value.as_str().len() + 2;
+        }
+    }
+    len
+}
+
+/// The frames of one streamed request, in order, ending after the terminal
+/// frame or the first error. Dropping it unsubscribes from the inbox.
+#[derive(Debug)]
+pub struct FrameStream {
+    subscriber: Subscriber,
+    subject: String,
+    expected_seq: u64,
+    idle_limit: Duration,
+    idle: Pin<Box<Sleep>>,
+    deadline: Option<Pin<Box<Sleep>>>,
+    responder: Option<String>,
+    finished: bool,
+}
+
+impl FrameStream {
+    fn new(subscriber: Subscriber, subject: String, options: &StreamOptions) -> Self {
+        let idle_limit = options.keepalive * IDLE_PERIODS;
+        let deadline = options.deadline_ms.map(|ms| {
+            let now_ms = unix_ms();
+            Box::pin(tokio::time::sleep(Duration::from_millis(
+                ms.saturating_sub(now_ms),
+            )))
+        });
+        Self {
+            subscriber,
+            subject,
+            expected_seq: 0,
+            idle_limit,
+            idle: Box::pin(tokio::time::sleep(idle_limit)),
+            deadline,
+            responder: None,
+            finished: false,
+        }
+    }
+
+    /// The neuron that accepted the request, once its `Accepted` frame arrived.
+    pub fn responder(&self) -> Option<&str> {
+        self.responder.as_deref()
+    }
+
+    /// Frames received so far.
+    pub fn frames_received(&self) -> u64 {
+        self.expected_seq
+    }
+
+    fn fail(&mut self, error: StreamError) -> Poll<Option<Result<Frame, StreamError>>> {
+        self.finished = true;
+        Poll::Ready(Some(Err(error)))
+    }
+
+    fn on_message(&mut self, message: async_nats::Message) -> Result<Frame, StreamError> {
+        if let Some(status) = message.status {
+            return Err(if status == async_nats::StatusCode::NO_RESPONDERS {
+                StreamError::NoResponders {
+                    subject: self.subject.clone(),
+                }
+            } else {
+                StreamError::Status {
+                    status: status.as_u16(),
+                }
+            });
+        }
+        let seq = headers::get_u64(message.headers.as_ref(), headers::SEQ)
+            .ok_or(StreamError::MissingSeq)?;
+        if seq != self.expected_seq {
+            return Err(StreamError::SequenceGap {
+                expected: self.expected_seq,
+                got: seq,
+            });
+        }
+        self.expected_seq += 1;
+        let frame: Frame = decode_message(message.headers.as_ref(), &message.payload)?;
+        if let Frame::Accepted(accepted) = &frame {
+            self.responder = Some(accepted.neuron.clone());
+        }
+        Ok(frame)
+    }
+}
+
+impl Stream for FrameStream {
+    type Item = Result<Frame, StreamError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.finished {
+            return Poll::Ready(None);
+        }
+        match self.subscriber.poll_next_unpin(cx) {
+            Poll::Ready(Some(message)) => {
+                let limit = self.idle_limit;
+                self.idle.as_mut().reset(Instant::now() + limit);
+                match self.on_message(message) {
+                    Ok(frame) => {
+                        self.finished = frame.is_terminal();
+                        Poll::Ready(Some(Ok(frame)))
+                    }
+                    Err(error) => self.fail(error),
+                }
+            }
+            Poll::Ready(None) => self.fail(StreamError::Closed),
+            Poll::Pending => {
+                if let Some(deadline) = self.deadline.as_mut() {
+                    if deadline.as_mut().poll(cx).is_ready() {
+                        return self.fail(StreamError::DeadlineExceeded);
+                    }
+                }
+                if self.idle.as_mut().poll(cx).is_ready() {
+                    let silent = self.idle_limit;
+                    return self.fail(StreamError::Idle { silent });
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// Now as unix milliseconds.
+pub(crate) fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,108 @@
+//! Requests on the data plane: `cortex.v1.infer.<model>` and
+//! `cortex.v1.neuron.<id>.infer` carry an [`InferRequest`].
+
+use serde::{Deserialize, Serialize};
+
+use crate::chat::{ChatMessage, ToolChoice, ToolDefinition};
+use crate::sampling::{ResponseFormat, SamplingParams};
+
+/// What a neuron is asked to do. The `op` tag lets one subject carry both
+/// generation and embedding requests.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum InferRequest {
+    Generate(Box<GenerateRequest>),
+    Embed(EmbedRequest),
+}
+
+impl InferRequest {
+    /// The request id, whichever the operation.
+    pub fn request_id(&self) -> &str {
+        match self {
+            Self::Generate(r) => &r.request_id,
+            Self::Embed(r) => &r.request_id,
+        }
+    }
+
+    /// The model id the request names.
+    pub fn model(&self) -> &str {
+        match self {
+            Self::Generate(r) => &r.model,
+            Self::Embed(r) => &r.model,
+        }
+    }
+}
+
+/// Generate text (a chat turn or a raw completion).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct GenerateRequest {
+    /// Unique id chosen by ingress; also sent as the `Cortex-Request-Id` header.
+    pub request_id: String,
+    /// Catalogue id of the model (aliases are resolved before this point).
+    pub model: String,
+    /// The conversation or the raw prompt.
+    pub input: GenerateInput,
+    /// Functions the model may call.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<ToolDefinition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<ToolChoice>,
+    #[serde(default)]
+    pub sampling: SamplingParams,
+    /// Upper bound on generated tokens; absent means the model's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    /// Generation stops before any of these strings; they are not emitted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stop: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<ResponseFormat>,
+    /// Return log-probabilities with this many alternatives per token (0 = only the chosen token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<u8>,
+    /// Unix time in ms after which the result is useless; also the `Cortex-Deadline` header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
+}
+
+/// The text a generation starts from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum GenerateInput {
+    /// Rendered through the model's chat template.
+    Chat { messages: Vec<ChatMessage> },
+    /// Used verbatim (legacy completions).
+    Text { prompt: String },
+}
+
+/// Embed one or more texts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct EmbedRequest {
+    pub request_id: String,
+    pub model: String,
+    /// Texts to embed; the response keeps their order.
+    pub inputs: Vec<String>,
+    /// L2-normalise each vector (the usual choice for cosine similarity).
+    #[serde(default = "default_true")]
+    pub normalize: bool,
+    /// Truncate inputs longer than the model's context instead of failing.
+    #[serde(default)]
+    pub truncate: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Cancel an in-flight request (`cortex.v1.neuron.<id>.cancel`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct CancelRequest {
+    pub request_id: String,
+}

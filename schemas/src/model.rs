@@ -1,0 +1,100 @@
+//! Catalogue entries: what `models.toml` declares and `cortex-catalog` stores.
+
+use serde::{Deserialize, Serialize};
+
+use crate::sampling::SamplingParams;
+
+/// What a model does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+#[serde(rename_all = "snake_case")]
+pub enum ModelKind {
+    #[default]
+    Chat,
+    Embedding,
+}
+
+/// On-disk format of the weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+#[serde(rename_all = "snake_case")]
+pub enum ModelFormat {
+    Gguf,
+    Safetensors,
+}
+
+/// Pinning: `false`, `true` (kept loaded somewhere, never evicted), or a list
+/// of neurons that must each hold it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+#[serde(untagged)]
+pub enum Pinned {
+    Flag(bool),
+    Neurons(Vec<String>),
+}
+
+impl Default for Pinned {
+    fn default() -> Self {
+        Self::Flag(false)
+    }
+}
+
+impl Pinned {
+    /// Whether the model is pinned at all.
+    pub fn is_pinned(&self) -> bool {
+        match self {
+            Self::Flag(flag) => *flag,
+            Self::Neurons(list) => !list.is_empty(),
+        }
+    }
+}
+
+/// One catalogue entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct ModelProfile {
+    /// Unique id clients name (`model` in requests).
+    pub id: String,
+    /// Other names that resolve to this id.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+    #[serde(default)]
+    pub kind: ModelKind,
+    /// Local path, `hf:org/name[@rev]:file`, or `store:name`.
+    pub source: String,
+    /// Detected from the source when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<ModelFormat>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_length: Option<u32>,
+    /// Memory need; estimated from file size plus KV cache when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vram_mb: Option<u64>,
+    /// Higher survives eviction longer.
+    #[serde(default)]
+    pub priority: i32,
+    #[serde(default)]
+    pub pinned: Pinned,
+    #[serde(default)]
+    pub min_replicas: u32,
+    #[serde(default = "one")]
+    pub max_replicas: u32,
+    /// Unload after this long without requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_ttl_ms: Option<u64>,
+    /// Concurrent sequences (slots) per replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<u32>,
+    /// Jinja chat template overriding the model's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat_template: Option<String>,
+    /// Defaults for requests that leave sampling fields out.
+    #[serde(default)]
+    pub sampling: SamplingParams,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_max_tokens: Option<u32>,
+}
+
+fn one() -> u32 {
+    1
+}

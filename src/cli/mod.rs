@@ -1,0 +1,48 @@
+//! Subcommands of the `cortex` binary. The daemons (`neuron`, `placement`,
+//! `ingress`, `up`) join as their issues land; today the binary offers the
+//! bus-level tools.
+
+mod events;
+mod ping;
+
+use clap::{Parser, Subcommand};
+
+/// Cortex: one OpenAI- and Anthropic-compatible API over a fleet of GPU hosts, on NATS.
+#[derive(Debug, Parser)]
+#[command(name = "cortex", version, about)]
+pub struct Cli {
+    /// More log output (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Connect to NATS and report the server, its limits and JetStream.
+    Ping(ping::PingArgs),
+    /// Follow lifecycle events (`<prefix>.v1.events.>`) as JSON lines.
+    Events(events::EventsArgs),
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Ping(args) => ping::run(args).await,
+        Command::Events(args) => events::run(args).await,
+    }
+}
+
+pub fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -1,0 +1,23 @@
+//! # Cortex test support
+//!
+//! Real parts for tests, never mocks: a `nats-server` with JetStream on a free
+//! loopback port and a temporary store, killed on drop; a 3-node cluster; and
+//! helpers to poll for a condition with a deadline instead of sleeping.
+//!
+//! ## Layout
+//! - [`binary`]: finds the `nats-server` executable (`NATS_SERVER_BIN`, `PATH`,
+//!   or the setup script's cache).
+//! - [`server`]: [`NatsServer`], one server process; `restart()` keeps port and store.
+//! - [`cluster`]: [`NatsCluster`], several routed servers with clustered JetStream.
+//! - [`wait`]: [`eventually`], polling with a deadline.
+
+pub mod binary;
+pub mod cluster;
+mod ports;
+mod process;
+pub mod server;
+pub mod wait;
+
+pub use cluster::NatsCluster;
+pub use server::{NatsServer, ServerOptions};
+pub use wait::eventually;
