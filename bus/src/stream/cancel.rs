@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use async_nats::Client;
 use cortex_schemas::CancelRequest;
 use futures::StreamExt;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::StreamError;
@@ -119,35 +120,39 @@ impl Drop for CancelGuard {
 }
 
 /// Listens on `<prefix>.v1.neuron.<neuron>.cancel` and cancels registered
-/// requests until `shutdown` fires.
+/// requests until `shutdown` fires. Returns once the subscription is in
+/// place at the server; the listener runs in the returned task.
 pub async fn serve_cancels(
     client: Client,
     subjects: &Subjects,
     neuron: &str,
     registry: CancelRegistry,
     shutdown: CancellationToken,
-) -> Result<(), StreamError> {
+) -> Result<JoinHandle<()>, StreamError> {
     let subject = subjects.neuron(neuron, NeuronOp::Cancel);
     let mut subscriber = client
         .subscribe(subject)
         .await
         .map_err(StreamError::Subscribe)?;
-    loop {
-        let message = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            message = subscriber.next() => match message {
-                Some(message) => message,
-                None => return Err(StreamError::Closed),
-            },
-        };
-        match decode_message::<CancelRequest>(message.headers.as_ref(), &message.payload) {
-            Ok(cancel) => {
-                let found = registry.cancel(&cancel.request_id);
-                tracing::debug!(request_id = %cancel.request_id, found, "cancel received");
+    client.flush().await.map_err(StreamError::Flush)?;
+    Ok(tokio::spawn(async move {
+        loop {
+            let message = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                message = subscriber.next() => match message {
+                    Some(message) => message,
+                    None => return,
+                },
+            };
+            match decode_message::<CancelRequest>(message.headers.as_ref(), &message.payload) {
+                Ok(cancel) => {
+                    let found = registry.cancel(&cancel.request_id);
+                    tracing::debug!(request_id = %cancel.request_id, found, "cancel received");
+                }
+                Err(error) => tracing::warn!(%error, "malformed cancel ignored"),
             }
-            Err(error) => tracing::warn!(%error, "malformed cancel ignored"),
         }
-    }
+    }))
 }
 
 /// Asks `neuron` to cancel `request_id` (fire and forget: a cancel for a

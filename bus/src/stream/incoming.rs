@@ -19,7 +19,8 @@ use crate::headers;
 const MIN_KEEPALIVE: Duration = Duration::from_millis(10);
 
 /// Subscribes to `subject`, in `queue_group` when given (the design's
-/// `neurons` group spreads requests over replicas).
+/// `neurons` group spreads requests over replicas). Returns once the server
+/// has the subscription, so a request published afterwards is delivered.
 pub async fn serve(
     client: &Client,
     subject: impl Into<String>,
@@ -31,6 +32,7 @@ pub async fn serve(
         None => client.subscribe(subject).await,
     }
     .map_err(StreamError::Subscribe)?;
+    client.flush().await.map_err(StreamError::Flush)?;
     Ok(RequestStream { subscriber })
 }
 

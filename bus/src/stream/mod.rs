@@ -57,6 +57,8 @@ pub enum StreamError {
     Codec(#[from] CodecError),
     #[error("cannot subscribe to the reply inbox: {0}")]
     Subscribe(#[source] async_nats::SubscribeError),
+    #[error("cannot flush the connection: {0}")]
+    Flush(#[source] async_nats::client::FlushError),
     #[error("cannot publish: {0}")]
     Publish(#[source] async_nats::PublishError),
     /// The responder already sent its terminal frame.
