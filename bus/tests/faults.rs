@@ -120,7 +120,11 @@ async fn a_three_node_cluster_keeps_kv_and_streams_through_the_loss_of_a_node() 
 
     // Kill the node the requester is connected to.
     let victim = (0..cluster.len())
-        .find(|i| cluster.url(*i).ends_with(&format!(":{}", requester.server_info().port)))
+        .find(|i| {
+            cluster
+                .url(*i)
+                .ends_with(&format!(":{}", requester.server_info().port))
+        })
         .expect("requester is on a cluster node");
     let responder_moves = responder.server_info().port == requester.server_info().port;
     let (r0, s0) = (connects(&requester), connects(&responder));

@@ -76,7 +76,10 @@ pub async fn spawn_echo(
                     .expect("send accepted");
                 match request {
                     InferRequest::Generate(generate) => {
-                        tokio::time::sleep(echo.initial_delay).await;
+                        // sleep(0) would still wait for the next 1 ms timer tick.
+                        if !echo.initial_delay.is_zero() {
+                            tokio::time::sleep(echo.initial_delay).await;
+                        }
                         let n = generate.max_tokens.unwrap_or(3);
                         for i in 0..n {
                             if responder.is_cancelled() {

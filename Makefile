@@ -1,0 +1,25 @@
+# Cortex: the two quickstart commands and a few helpers.
+#   make up     bring the whole mesh up on this machine (lands with issue 7)
+#   make test   install what the tests need, then fmt, clippy and every test
+
+export NATS_SERVER_BIN := $(CURDIR)/.cache/bin/nats-server
+export CORTEX_MODELS_DIR := $(CURDIR)/.cache/models
+
+.PHONY: setup test up bench
+
+setup:
+	scripts/setup.sh
+
+test: setup
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo test --workspace
+
+up: setup
+	@echo "make up: not available yet. 'cortex up' (NATS + placement + neuron + ingress with" >&2
+	@echo "SmolLM2 and MiniLM, answering curl on 127.0.0.1:31313) is built by issues 3-7." >&2
+	@echo "Today the binary offers 'cortex ping' and 'cortex events' against a running NATS." >&2
+	@exit 2
+
+bench: setup
+	cargo bench -p cortex-bus --bench stream_rtt

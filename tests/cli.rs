@@ -1,0 +1,117 @@
+//! The `cortex` binary against a real nats-server.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use cortex_schemas::{Event, EventDetail};
+use cortex_testkit::NatsServer;
+
+fn cortex() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_cortex"))
+}
+
+#[test]
+fn ping_reports_the_server_and_jetstream() {
+    let server = NatsServer::start();
+    let output = cortex()
+        .args(["ping", "--json", "--nats-url", &server.url()])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["jetstream"], true);
+    assert_eq!(report["port"], server.port());
+    assert!(report["max_payload"].as_u64().unwrap() >= 1024 * 1024);
+    assert!(report["version"].as_str().unwrap().starts_with("2."));
+}
+
+#[test]
+fn ping_fails_clearly_when_nats_is_unreachable() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let started = Instant::now();
+    let output = cortex()
+        .args(["ping", "--nats-connect-timeout", "1s"])
+        .args(["--nats-url", &format!("nats://127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no NATS server reachable"), "{stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "gave up within its timeout"
+    );
+}
+
+#[test]
+fn ping_refuses_conflicting_auth_options_before_connecting() {
+    let output = cortex()
+        .args(["ping", "--nats-user", "u", "--nats-token", "t"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("choose one of"), "{stderr}");
+}
+
+#[tokio::test]
+async fn events_prints_lifecycle_events_as_json_lines() {
+    let server = NatsServer::start();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cortex"))
+        .args(["events", "--count", "1", "--nats-url", &server.url()])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let event = Event {
+        at_ms: 1,
+        source: "test".into(),
+        detail: EventDetail::ModelReady {
+            model: "smollm2".into(),
+            neuron: "n1".into(),
+            load_ms: 42,
+        },
+    };
+    let payload = serde_json::to_vec(&event).unwrap();
+    // The subscriber may not be up yet: publish until the process exits.
+    let output = loop {
+        client
+            .publish("cortex.v1.events.model.ready", payload.clone().into())
+            .await
+            .unwrap();
+        match tokio::time::timeout(Duration::from_millis(100), child.wait()).await {
+            Ok(status) => {
+                assert!(status.unwrap().success());
+                break child.wait_with_output().await.unwrap();
+            }
+            Err(_) => continue,
+        }
+    };
+    let line = String::from_utf8(output.stdout).unwrap();
+    let printed: Event = serde_json::from_str(line.trim()).unwrap();
+    assert_eq!(printed, event);
+}
+
+#[test]
+fn the_compose_nats_config_is_valid() {
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/compose/nats.conf");
+    let output = Command::new(cortex_testkit::binary::nats_server_bin())
+        .args(["-t", "-c", config])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
