@@ -15,8 +15,9 @@ use super::{StreamError, DEFAULT_KEEPALIVE};
 use crate::codec::{CodecError, Encoding};
 use crate::headers;
 
-/// Shortest keepalive period a requester may ask for.
-const MIN_KEEPALIVE: Duration = Duration::from_millis(10);
+/// Shortest keepalive period a requester may ask for (a requester cannot
+/// make a neuron flood it with keepalives).
+const MIN_KEEPALIVE: Duration = Duration::from_millis(50);
 
 /// Subscribes to `subject`, in `queue_group` when given (the design's
 /// `neurons` group spreads requests over replicas). Returns once the server

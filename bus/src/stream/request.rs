@@ -122,6 +122,9 @@ pub struct FrameStream {
     subject: String,
     expected_seq: u64,
     idle_limit: Duration,
+    /// When the last message arrived; the idle timer is only re-armed when it
+    /// fires, not on every frame (a timer-wheel update per frame is costly).
+    last_message: Instant,
     idle: Pin<Box<Sleep>>,
     deadline: Option<Pin<Box<Sleep>>>,
     responder: Option<String>,
@@ -142,6 +145,7 @@ impl FrameStream {
             subject,
             expected_seq: 0,
             idle_limit,
+            last_message: Instant::now(),
             idle: Box::pin(tokio::time::sleep(idle_limit)),
             deadline,
             responder: None,
@@ -202,8 +206,7 @@ impl Stream for FrameStream {
         }
         match self.subscriber.poll_next_unpin(cx) {
             Poll::Ready(Some(message)) => {
-                let limit = self.idle_limit;
-                self.idle.as_mut().reset(Instant::now() + limit);
+                self.last_message = Instant::now();
                 match self.on_message(message) {
                     Ok(frame) => {
                         self.finished = frame.is_terminal();
@@ -219,9 +222,14 @@ impl Stream for FrameStream {
                         return self.fail(StreamError::DeadlineExceeded);
                     }
                 }
-                if self.idle.as_mut().poll(cx).is_ready() {
-                    let silent = self.idle_limit;
-                    return self.fail(StreamError::Idle { silent });
+                while self.idle.as_mut().poll(cx).is_ready() {
+                    let due = self.last_message + self.idle_limit;
+                    if due <= Instant::now() {
+                        let silent = self.last_message.elapsed();
+                        return self.fail(StreamError::Idle { silent });
+                    }
+                    // Messages arrived since the timer was armed: re-arm from the last one.
+                    self.idle.as_mut().reset(due);
                 }
                 Poll::Pending
             }
