@@ -117,7 +117,7 @@ async fn main() {
 /// A plain request/reply responder: answers each request with its own payload.
 async fn spawn_plain_echo(client: async_nats::Client) {
     let mut subscriber = client.subscribe("bench.plain").await.unwrap();
-    client.flush().await.unwrap();
+    cortex_bus::sync_with_server(&client).await.unwrap();
     tokio::spawn(async move {
         while let Some(message) = subscriber.next().await {
             if let Some(reply) = message.reply {
@@ -130,7 +130,7 @@ async fn spawn_plain_echo(client: async_nats::Client) {
 /// Messages per second from one client's publishes to another's subscriber.
 async fn plain_publish_rate(rx: &async_nats::Client, tx: &async_nats::Client, count: u64) -> f64 {
     let mut subscriber = rx.subscribe("bench.flood").await.unwrap();
-    rx.flush().await.unwrap();
+    cortex_bus::sync_with_server(rx).await.unwrap();
     let payload = Bytes::from_static(b"{\"type\":\"delta\",\"text\":\"t123 \"}");
     let started = Instant::now();
     let publisher = {

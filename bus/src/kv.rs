@@ -169,7 +169,10 @@ pub enum CasOutcome<T> {
 /// `change` sees the current value (`None` when absent) and returns the new
 /// one, or `None` to leave it. When another writer got in between, the write
 /// fails on the revision and `change` runs again on the fresh value, so no
-/// update is ever lost. `change` may run several times: keep it pure.
+/// update is ever lost. `change` may run several times: keep it pure, and
+/// make it express the target state ("replica on n1 is ready") rather than a
+/// delta ("add a replica"): a write error such as an ack timeout may hide a
+/// write that did land, and the caller's retry then sees that value.
 pub async fn update_cas<T, F>(
     store: &Store,
     key: &str,

@@ -12,6 +12,7 @@
 //! - [`stream`]: streamed request/reply: [`stream_request`] → [`FrameStream`] on the
 //!   requester side; [`serve`] → [`Incoming`] → [`Responder`] on the responder side; cancels.
 //! - [`kv`]: bucket open-or-create, compare-and-swap updates, a self-healing watch.
+//! - [`sync`]: [`sync_with_server`], a barrier: the server has processed all this connection sent.
 
 pub mod codec;
 pub mod connect;
@@ -19,6 +20,7 @@ pub mod headers;
 pub mod kv;
 pub mod stream;
 pub mod subject;
+pub mod sync;
 
 pub use codec::{CodecError, Encoding};
 pub use connect::{ConnectError, NatsOptions};
@@ -27,6 +29,7 @@ pub use stream::{
     Responder, StreamError, StreamOptions,
 };
 pub use subject::{ModelToken, NeuronOp, PlacementOp, SubjectError, Subjects};
+pub use sync::{sync_with_server, SyncError};
 
 /// Queue group every neuron joins on `infer` subjects.
 pub const QUEUE_GROUP: &str = "neurons";

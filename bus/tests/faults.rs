@@ -18,13 +18,15 @@ fn connects(client: &async_nats::Client) -> u64 {
 }
 
 /// Waits until `client` has connected again since it had `before` connects,
-/// then flushes so that its resubscriptions have reached the server.
+/// then waits until the server has processed its resubscriptions.
 async fn reconnected(client: &async_nats::Client, before: u64) {
     eventually("client to reconnect", Duration::from_secs(10), || async {
         (connects(client) > before && client.connection_state() == State::Connected).then_some(())
     })
     .await;
-    client.flush().await.expect("flush after reconnect");
+    cortex_bus::sync_with_server(client)
+        .await
+        .expect("server has the resubscriptions");
 }
 
 #[tokio::test]

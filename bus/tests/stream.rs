@@ -465,15 +465,150 @@ async fn a_passed_deadline_ends_the_stream() {
         ..StreamOptions::default()
     };
     let started = Instant::now();
-    let (_, error) = drain(
+    let (frames, error) = drain(
         stream_request(&client, "t.deadline", &generate("r", 1000), &options)
             .await
             .unwrap(),
     )
     .await;
+    // Both sides know the deadline: whichever notices first ends the stream,
+    // the requester's timer (a stream error) or the responder (a terminal frame).
+    let responder_ended = matches!(
+        frames.last(),
+        Some(Frame::Error(e)) if e.class == ErrorClass::DeadlineExceeded
+    );
     assert!(
-        matches!(error, Some(StreamError::DeadlineExceeded)),
-        "{error:?}"
+        responder_ended || matches!(error, Some(StreamError::DeadlineExceeded)),
+        "{error:?} / {:?}",
+        frames.last()
     );
     assert!(started.elapsed() < Duration::from_millis(800));
+}
+
+#[tokio::test]
+async fn a_requester_that_stops_reading_fails_cleanly_not_with_a_corrupt_answer() {
+    let server = NatsServer::start();
+    let requester = connect(&[server.url()]).await;
+    let responder = connect(&[server.url()]).await;
+    spawn_echo(
+        responder,
+        "t.flood",
+        None,
+        Echo::new("n"),
+        CancelRegistry::new(),
+    )
+    .await;
+
+    // More frames than the subscription buffers (async-nats: 65,536 messages),
+    // sent while the requester does not read: async-nats drops the excess.
+    let total = 120_000;
+    let mut stream = stream_request(&requester, "t.flood", &generate("r", total), &options(300))
+        .await
+        .unwrap();
+    cortex_testkit::eventually("the flood to overflow", Duration::from_secs(20), || async {
+        (requester
+            .statistics()
+            .in_messages
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 100_000)
+            .then_some(())
+    })
+    .await;
+    let mut delivered = 0u64;
+    let error = loop {
+        match stream.next().await {
+            Some(Ok(_)) => delivered += 1,
+            Some(Err(error)) => break Some(error),
+            None => break None,
+        }
+    };
+    // A gap when frames after the loss still arrive; idle (3 keepalives) when
+    // the loss was the tail of the stream. Never a "complete" answer.
+    assert!(
+        matches!(
+            error,
+            Some(StreamError::SequenceGap { .. } | StreamError::Idle { .. })
+        ),
+        "{error:?} after {delivered} frames"
+    );
+    assert!(delivered < u64::from(total) + 2);
+}
+
+#[tokio::test]
+async fn the_responder_ends_a_stream_at_its_deadline_even_if_the_handler_is_stuck() {
+    let server = NatsServer::start();
+    let client = connect(&[server.url()]).await;
+    let mut requests = serve(&client, "t.stuck", None).await.unwrap();
+    let handler_client = client.clone();
+    tokio::spawn(async move {
+        while let Some(incoming) = requests.next().await {
+            let responder = incoming.responder(&handler_client, None).unwrap();
+            tokio::spawn(async move {
+                responder
+                    .send(&Frame::Accepted(Accepted {
+                        neuron: "n".into(),
+                        request_id: "r".into(),
+                        queue_position: 0,
+                    }))
+                    .await
+                    .unwrap();
+                // Stuck, holding the responder.
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                drop(responder);
+            });
+        }
+    });
+
+    // A raw requester (no local deadline) sees what the responder sends.
+    let inbox = client.new_inbox();
+    let mut replies = client.subscribe(inbox.clone()).await.unwrap();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let mut request_headers = Encoding::Json.headers();
+    request_headers.insert(headers::DEADLINE, (now_ms + 400).to_string().as_str());
+    request_headers.insert(headers::KEEPALIVE_MS, "100");
+    let payload = Encoding::Json.encode(&generate("r", 1)).unwrap();
+    client
+        .publish_with_reply_and_headers("t.stuck", inbox, request_headers, payload)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let terminal = loop {
+        let message = tokio::time::timeout(Duration::from_secs(3), replies.next())
+            .await
+            .expect("the stream must end by itself")
+            .unwrap();
+        let frame: Frame = serde_json::from_slice(&message.payload).unwrap();
+        if frame.is_terminal() {
+            break frame;
+        }
+    };
+    assert!(
+        matches!(&terminal, Frame::Error(e) if e.class == ErrorClass::DeadlineExceeded),
+        "{terminal:?}"
+    );
+    assert!(started.elapsed() < Duration::from_millis(900));
+}
+
+#[tokio::test]
+async fn a_header_value_with_a_line_break_is_refused() {
+    let server = NatsServer::start();
+    let client = connect(&[server.url()]).await;
+    let options = StreamOptions {
+        request_id: Some("evil\r\nX-Injected: 1".into()),
+        ..StreamOptions::default()
+    };
+    let result = stream_request(&client, "t.any", &generate("r", 1), &options).await;
+    assert!(
+        matches!(
+            result,
+            Err(StreamError::InvalidHeader {
+                header: headers::REQUEST_ID,
+                ..
+            })
+        ),
+        "{result:?}"
+    );
 }

@@ -40,13 +40,19 @@ impl CancelRegistry {
     pub fn register(&self, request_id: &str) -> CancelGuard {
         let token = CancellationToken::new();
         let registration = self.next_registration.fetch_add(1, Ordering::Relaxed);
-        self.lock().insert(
+        let replaced = self.lock().insert(
             request_id.to_string(),
             Entry {
                 registration,
                 token: token.clone(),
             },
         );
+        // The same id again (a retry landed here while the first attempt
+        // still runs): the caller has moved on, so the old one is cancelled
+        // rather than left unreachable by cancels.
+        if let Some(old) = replaced {
+            old.token.cancel();
+        }
         CancelGuard {
             registry: self.clone(),
             request_id: request_id.to_string(),
@@ -134,7 +140,7 @@ pub async fn serve_cancels(
         .subscribe(subject)
         .await
         .map_err(StreamError::Subscribe)?;
-    client.flush().await.map_err(StreamError::Flush)?;
+    crate::sync_with_server(&client).await?;
     Ok(tokio::spawn(async move {
         loop {
             let message = tokio::select! {
@@ -175,4 +181,39 @@ pub async fn send_cancel(
         )
         .await
         .map_err(StreamError::Publish)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guards_remove_their_entry_and_cancels_reach_the_token() {
+        let registry = CancelRegistry::new();
+        let guard = registry.register("a");
+        assert_eq!(registry.len(), 1);
+        assert!(!guard.is_cancelled());
+        assert!(registry.cancel("a"));
+        assert!(guard.is_cancelled());
+        assert!(!registry.cancel("missing"));
+        drop(guard);
+        assert!(registry.is_empty());
+    }
+
+    #[test]
+    fn a_reused_id_cancels_the_request_it_replaces() {
+        let registry = CancelRegistry::new();
+        let first = registry.register("r");
+        let second = registry.register("r");
+        assert!(first.is_cancelled(), "the replaced attempt is cancelled");
+        assert!(!second.is_cancelled());
+        drop(first);
+        assert_eq!(
+            registry.len(),
+            1,
+            "the old guard leaves the new entry alone"
+        );
+        assert!(registry.cancel("r"));
+        assert!(second.is_cancelled());
+    }
 }

@@ -11,13 +11,9 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use super::cancel::CancelRegistry;
 use super::responder::Responder;
-use super::{StreamError, DEFAULT_KEEPALIVE};
+use super::{clamp_keepalive, StreamError, DEFAULT_KEEPALIVE};
 use crate::codec::{CodecError, Encoding};
 use crate::headers;
-
-/// Shortest keepalive period a requester may ask for (a requester cannot
-/// make a neuron flood it with keepalives).
-const MIN_KEEPALIVE: Duration = Duration::from_millis(50);
 
 /// Subscribes to `subject`, in `queue_group` when given (the design's
 /// `neurons` group spreads requests over replicas). Returns once the server
@@ -33,7 +29,7 @@ pub async fn serve(
         None => client.subscribe(subject).await,
     }
     .map_err(StreamError::Subscribe)?;
-    client.flush().await.map_err(StreamError::Flush)?;
+    crate::sync_with_server(client).await?;
     Ok(RequestStream { subscriber })
 }
 
@@ -102,11 +98,19 @@ impl Incoming {
         headers::get_u64(self.message.headers.as_ref(), headers::DEADLINE)
     }
 
-    /// Keepalive period the requester asked for (default 1 s).
+    /// Keepalive period the requester asked for (default 1 s, clamped to 50 ms..=60 s).
     pub fn keepalive(&self) -> Duration {
         headers::get_u64(self.message.headers.as_ref(), headers::KEEPALIVE_MS)
-            .map(Duration::from_millis)
-            .map_or(DEFAULT_KEEPALIVE, |d| d.max(MIN_KEEPALIVE))
+            .map_or(DEFAULT_KEEPALIVE, |ms| {
+                clamp_keepalive(Duration::from_millis(ms))
+            })
+    }
+
+    /// The deadline as a point on this process's monotonic clock.
+    pub fn deadline(&self) -> Option<tokio::time::Instant> {
+        let deadline_ms = self.deadline_ms()?;
+        let left = deadline_ms.saturating_sub(super::request::unix_ms());
+        Some(tokio::time::Instant::now() + Duration::from_millis(left))
     }
 
     /// A responder for a streamed answer, registered for cancels under
@@ -127,6 +131,7 @@ impl Incoming {
             reply,
             self.encoding,
             self.keepalive(),
+            self.deadline(),
             guard,
         ))
     }

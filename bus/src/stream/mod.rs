@@ -23,6 +23,22 @@ use crate::codec::CodecError;
 /// Default keepalive period; a stream silent for 3 periods has failed.
 pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(1);
 
+/// Shortest keepalive period either side uses (a requester cannot make a
+/// responder flood it with keepalives).
+pub const MIN_KEEPALIVE: Duration = Duration::from_millis(50);
+
+/// Longest keepalive period either side uses.
+pub const MAX_KEEPALIVE: Duration = Duration::from_secs(60);
+
+/// Default upper bound on a whole stream when the caller sets no deadline:
+/// nothing waits forever, even on a responder stuck in a loop.
+pub const DEFAULT_MAX_DURATION: Duration = Duration::from_secs(600);
+
+/// The keepalive period both sides agree on for a requested `period`.
+pub fn clamp_keepalive(period: Duration) -> Duration {
+    period.clamp(MIN_KEEPALIVE, MAX_KEEPALIVE)
+}
+
 /// How many keepalive periods of silence end a stream.
 pub const IDLE_PERIODS: u32 = 3;
 
@@ -57,13 +73,20 @@ pub enum StreamError {
     Codec(#[from] CodecError),
     #[error("cannot subscribe to the reply inbox: {0}")]
     Subscribe(#[source] async_nats::SubscribeError),
-    #[error("cannot flush the connection: {0}")]
-    Flush(#[source] async_nats::client::FlushError),
+    /// The server did not confirm a new subscription.
+    #[error(transparent)]
+    Sync(#[from] crate::sync::SyncError),
     #[error("cannot publish: {0}")]
     Publish(#[source] async_nats::PublishError),
     /// The responder already sent its terminal frame.
     #[error("stream already finished")]
     Finished,
+    /// A header value (request id, traceparent) contains a line break.
+    #[error("invalid {header} header value: {reason}")]
+    InvalidHeader {
+        header: &'static str,
+        reason: String,
+    },
     /// The message has no reply subject to answer on.
     #[error("request has no reply subject")]
     NoReplySubject,

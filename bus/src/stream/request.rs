@@ -5,14 +5,14 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use async_nats::{Client, HeaderMap, Subscriber};
+use async_nats::{Client, HeaderMap, HeaderValue, Subscriber};
 use bytes::Bytes;
 use cortex_schemas::Frame;
 use futures::{Stream, StreamExt};
 use serde::Serialize;
 use tokio::time::{Instant, Sleep};
 
-use super::{StreamError, DEFAULT_KEEPALIVE, IDLE_PERIODS};
+use super::{clamp_keepalive, StreamError, DEFAULT_KEEPALIVE, DEFAULT_MAX_DURATION, IDLE_PERIODS};
 use crate::codec::{decode_message, Encoding};
 use crate::headers;
 
@@ -21,10 +21,15 @@ use crate::headers;
 pub struct StreamOptions {
     /// Encoding of the request; the responder answers in the same one.
     pub encoding: Encoding,
-    /// Keepalive period asked of the responder; silence for 3 periods fails the stream.
+    /// Keepalive period asked of the responder (clamped to 50 ms..=60 s);
+    /// silence for 3 periods fails the stream.
     pub keepalive: Duration,
-    /// Unix ms after which the stream fails with `DeadlineExceeded`.
+    /// Unix ms after which the stream fails with `DeadlineExceeded`; also
+    /// sent as `Cortex-Deadline`, which the responder enforces.
     pub deadline_ms: Option<u64>,
+    /// Upper bound on the stream counted from when it is sent; the effective
+    /// deadline is the earlier of this and `deadline_ms`.
+    pub max_duration: Duration,
     /// Sent as `Cortex-Request-Id`.
     pub request_id: Option<String>,
     /// Sent as W3C `traceparent`.
@@ -37,6 +42,7 @@ impl Default for StreamOptions {
             encoding: Encoding::MsgPack,
             keepalive: DEFAULT_KEEPALIVE,
             deadline_ms: None,
+            max_duration: DEFAULT_MAX_DURATION,
             request_id: None,
             traceparent: None,
         }
@@ -57,7 +63,13 @@ pub async fn stream_request<T: Serialize + ?Sized>(
 ) -> Result<FrameStream, StreamError> {
     let subject = subject.into();
     let payload = options.encoding.encode(request)?;
-    let headers = request_headers(options);
+    let keepalive = clamp_keepalive(options.keepalive);
+    let max_ms = u64::try_from(options.max_duration.as_millis()).unwrap_or(u64::MAX);
+    let deadline_ms = unix_ms().saturating_add(max_ms);
+    let deadline_ms = options
+        .deadline_ms
+        .map_or(deadline_ms, |d| d.min(deadline_ms));
+    let headers = request_headers(options, keepalive, deadline_ms)?;
     let size = headers_wire_len(&headers) + payload.len();
     let max = client.server_info().max_payload;
     if size > max {
@@ -69,7 +81,12 @@ pub async fn stream_request<T: Serialize + ?Sized>(
         .await
         .map_err(StreamError::Subscribe)?;
     publish(client, &subject, inbox, headers, payload).await?;
-    Ok(FrameStream::new(subscriber, subject, options))
+    Ok(FrameStream::new(
+        subscriber,
+        subject,
+        keepalive,
+        deadline_ms,
+    ))
 }
 
 async fn publish(
@@ -85,22 +102,37 @@ async fn publish(
         .map_err(StreamError::Publish)
 }
 
-fn request_headers(options: &StreamOptions) -> HeaderMap {
+fn request_headers(
+    options: &StreamOptions,
+    keepalive: Duration,
+    deadline_ms: u64,
+) -> Result<HeaderMap, StreamError> {
     let mut headers = options.encoding.headers();
     headers.insert(
         headers::KEEPALIVE_MS,
-        options.keepalive.as_millis().to_string().as_str(),
+        keepalive.as_millis().to_string().as_str(),
     );
-    if let Some(id) = &options.request_id {
-        headers.insert(headers::REQUEST_ID, id.as_str());
+    headers.insert(headers::DEADLINE, deadline_ms.to_string().as_str());
+    for (name, value) in [
+        (headers::REQUEST_ID, &options.request_id),
+        (headers::TRACEPARENT, &options.traceparent),
+    ] {
+        if let Some(value) = value {
+            // Caller-supplied text: a line break would break the protocol
+            // (async-nats panics on it), so refuse it as an error.
+            let value: HeaderValue =
+                value
+                    .parse()
+                    .map_err(|e: async_nats::header::ParseHeaderValueError| {
+                        StreamError::InvalidHeader {
+                            header: name,
+                            reason: e.to_string(),
+                        }
+                    })?;
+            headers.insert(name, value);
+        }
     }
-    if let Some(deadline) = options.deadline_ms {
-        headers.insert(headers::DEADLINE, deadline.to_string().as_str());
-    }
-    if let Some(trace) = &options.traceparent {
-        headers.insert(headers::TRACEPARENT, trace.as_str());
-    }
-    headers
+    Ok(headers)
 }
 
 /// Size of a header block on the wire (`NATS/1.0\r\n`, `k: v\r\n`..., `\r\n`).
@@ -126,20 +158,16 @@ pub struct FrameStream {
     /// fires, not on every frame (a timer-wheel update per frame is costly).
     last_message: Instant,
     idle: Pin<Box<Sleep>>,
-    deadline: Option<Pin<Box<Sleep>>>,
+    deadline: Pin<Box<Sleep>>,
     responder: Option<String>,
     finished: bool,
 }
 
 impl FrameStream {
-    fn new(subscriber: Subscriber, subject: String, options: &StreamOptions) -> Self {
-        let idle_limit = options.keepalive * IDLE_PERIODS;
-        let deadline = options.deadline_ms.map(|ms| {
-            let now_ms = unix_ms();
-            Box::pin(tokio::time::sleep(Duration::from_millis(
-                ms.saturating_sub(now_ms),
-            )))
-        });
+    fn new(subscriber: Subscriber, subject: String, keepalive: Duration, deadline_ms: u64) -> Self {
+        let idle_limit = keepalive * IDLE_PERIODS;
+        let left = Duration::from_millis(deadline_ms.saturating_sub(unix_ms()));
+        let deadline = Box::pin(tokio::time::sleep(left));
         Self {
             subscriber,
             subject,
@@ -204,6 +232,11 @@ impl Stream for FrameStream {
         if self.finished {
             return Poll::Ready(None);
         }
+        // Checked first: a reader slower than its responder always finds a
+        // frame waiting, and must still stop at the deadline.
+        if self.deadline.is_elapsed() {
+            return self.fail(StreamError::DeadlineExceeded);
+        }
         match self.subscriber.poll_next_unpin(cx) {
             Poll::Ready(Some(message)) => {
                 self.last_message = Instant::now();
@@ -217,10 +250,8 @@ impl Stream for FrameStream {
             }
             Poll::Ready(None) => self.fail(StreamError::Closed),
             Poll::Pending => {
-                if let Some(deadline) = self.deadline.as_mut() {
-                    if deadline.as_mut().poll(cx).is_ready() {
-                        return self.fail(StreamError::DeadlineExceeded);
-                    }
+                if self.deadline.as_mut().poll(cx).is_ready() {
+                    return self.fail(StreamError::DeadlineExceeded);
                 }
                 while self.idle.as_mut().poll(cx).is_ready() {
                     let due = self.last_message + self.idle_limit;

@@ -1,6 +1,8 @@
 //! The responder side: ordered frames with `Cortex-Seq`, keepalives on a
-//! timer while nothing else is sent, and an `Error` frame if it is dropped
-//! before finishing, so a requester never waits on a handler that is gone.
+//! timer while nothing else is sent, the request's deadline enforced (an
+//! `Error{deadline_exceeded}` ends the stream when it passes, even if the
+//! handler is stuck), and an `Error` frame if it is dropped before finishing,
+//! so a requester never waits on a handler that is gone.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -13,7 +15,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::cancel::CancelGuard;
-use super::StreamError;
+use super::{clamp_keepalive, StreamError};
 use crate::codec::Encoding;
 use crate::headers;
 
@@ -25,6 +27,7 @@ const NOT_QUEUED: u32 = u32::MAX;
 pub struct Responder {
     shared: Arc<Shared>,
     keepalive: JoinHandle<()>,
+    deadline: Option<Instant>,
     cancel: Option<CancelGuard>,
 }
 
@@ -93,12 +96,14 @@ impl Shared {
 
 impl Responder {
     /// A responder answering on `reply` in `encoding`, sending a keepalive
-    /// whenever nothing was sent for `keepalive`.
+    /// whenever nothing was sent for `keepalive` (clamped to 50 ms..=60 s),
+    /// and ending the stream with `deadline_exceeded` at `deadline`.
     pub fn new(
         client: Client,
         reply: Subject,
         encoding: Encoding,
         keepalive: Duration,
+        deadline: Option<Instant>,
         cancel: Option<CancelGuard>,
     ) -> Self {
         let shared = Arc::new(Shared {
@@ -112,10 +117,15 @@ impl Responder {
             }),
             queue_position: AtomicU32::new(NOT_QUEUED),
         });
-        let keepalive = tokio::spawn(keepalive_loop(Arc::downgrade(&shared), keepalive));
+        let keepalive = tokio::spawn(keepalive_loop(
+            Arc::downgrade(&shared),
+            clamp_keepalive(keepalive),
+            deadline,
+        ));
         Self {
             shared,
             keepalive,
+            deadline,
             cancel,
         }
     }
@@ -143,6 +153,12 @@ impl Responder {
             .store(position.unwrap_or(NOT_QUEUED), Ordering::Relaxed);
     }
 
+    /// Whether the request's deadline has passed (the stream is then already
+    /// ended with `deadline_exceeded`, or about to be).
+    pub fn deadline_passed(&self) -> bool {
+        self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+
     /// Whether a cancel for this request has arrived.
     pub fn is_cancelled(&self) -> bool {
         self.cancel.as_ref().is_some_and(|c| c.is_cancelled())
@@ -168,12 +184,17 @@ impl Drop for Responder {
         // A handler that ends without a terminal frame (early return, panic)
         // must not leave the requester waiting for the idle timeout.
         let shared = Arc::clone(&self.shared);
+        let error = if self.is_cancelled() {
+            WireError::new(ErrorClass::Cancelled, "cancelled")
+        } else {
+            WireError::new(
+                ErrorClass::Internal,
+                "the responder ended without finishing the stream",
+            )
+        };
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                let frame = Frame::Error(WireError::new(
-                    ErrorClass::Internal,
-                    "the responder ended without finishing the stream",
-                ));
+                let frame = Frame::Error(error);
                 match shared.send(&frame).await {
                     Ok(()) => tracing::warn!("responder dropped before its terminal frame"),
                     Err(StreamError::Finished) => {}
@@ -184,13 +205,31 @@ impl Drop for Responder {
     }
 }
 
-async fn keepalive_loop(shared: std::sync::Weak<Shared>, period: Duration) {
+/// Sends keepalives while the stream is quiet; at the deadline, ends the
+/// stream with `deadline_exceeded` (later sends by the handler then fail
+/// with [`StreamError::Finished`], which tells it to stop).
+async fn keepalive_loop(
+    shared: std::sync::Weak<Shared>,
+    period: Duration,
+    deadline: Option<Instant>,
+) {
     let mut due = Instant::now() + period;
     loop {
-        tokio::time::sleep_until(due).await;
+        let wake = deadline.map_or(due, |d| d.min(due));
+        tokio::time::sleep_until(wake).await;
         let Some(shared) = shared.upgrade() else {
             return;
         };
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            let frame = Frame::Error(WireError::new(
+                ErrorClass::DeadlineExceeded,
+                "the request's deadline passed",
+            ));
+            if let Err(error) = shared.send(&frame).await {
+                tracing::debug!(%error, "deadline frame not sent");
+            }
+            return;
+        }
         match shared.keepalive_due(period).await {
             Some(next) => due = next,
             None => return,
