@@ -14,7 +14,7 @@ use cortex_bus::{
 use cortex_schemas::{Accepted, Delta, ErrorClass, Frame, GenerateInput, InferRequest};
 use cortex_testkit::{NatsServer, ServerOptions};
 use futures::StreamExt;
-use support::{connect, drain, generate, spawn_echo, Echo};
+use support::{connect, drain, generate, server_with_echo, spawn_echo, Echo};
 
 fn options(keepalive_ms: u64) -> StreamOptions {
     StreamOptions {
@@ -25,16 +25,7 @@ fn options(keepalive_ms: u64) -> StreamOptions {
 
 #[tokio::test]
 async fn ten_thousand_frames_arrive_complete_and_in_order() {
-    let server = NatsServer::start();
-    let client = connect(&[server.url()]).await;
-    spawn_echo(
-        client.clone(),
-        "t.echo",
-        None,
-        Echo::new("n1"),
-        CancelRegistry::new(),
-    )
-    .await;
+    let (_server, client) = server_with_echo("t.echo", Echo::new("n1")).await;
 
     let stream = stream_request(&client, "t.echo", &generate("r1", 10_000), &options(1000))
         .await
@@ -146,13 +137,11 @@ async fn a_responder_that_dies_mid_stream_is_reported_within_three_keepalives() 
 
 #[tokio::test]
 async fn keepalives_carry_a_slow_prefill() {
-    let server = NatsServer::start();
-    let client = connect(&[server.url()]).await;
     let echo = Echo {
         initial_delay: Duration::from_millis(800),
         ..Echo::new("slow")
     };
-    spawn_echo(client.clone(), "t.slow", None, echo, CancelRegistry::new()).await;
+    let (_server, client) = server_with_echo("t.slow", echo).await;
 
     // 100 ms keepalive: 800 ms of prefill is 8 periods, far past the 3-period limit.
     let stream = stream_request(&client, "t.slow", &generate("r", 2), &options(100))
@@ -263,16 +252,7 @@ async fn an_oversized_payload_is_refused_before_publishing() {
 
 #[tokio::test]
 async fn a_json_request_is_answered_in_json_and_msgpack_in_msgpack() {
-    let server = NatsServer::start();
-    let client = connect(&[server.url()]).await;
-    spawn_echo(
-        client.clone(),
-        "t.codec",
-        None,
-        Echo::new("n"),
-        CancelRegistry::new(),
-    )
-    .await;
+    let (_server, client) = server_with_echo("t.codec", Echo::new("n")).await;
 
     // What `nats req t.codec '{...}'` sends: a bare JSON payload, no headers.
     let body = serde_json::json!({
@@ -442,20 +422,11 @@ async fn a_queue_group_spreads_requests_and_answers_each_once() {
 
 #[tokio::test]
 async fn a_passed_deadline_ends_the_stream() {
-    let server = NatsServer::start();
-    let client = connect(&[server.url()]).await;
     let echo = Echo {
         per_token_delay: Duration::from_millis(50),
         ..Echo::new("n")
     };
-    spawn_echo(
-        client.clone(),
-        "t.deadline",
-        None,
-        echo,
-        CancelRegistry::new(),
-    )
-    .await;
+    let (_server, client) = server_with_echo("t.deadline", echo).await;
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

@@ -127,6 +127,14 @@ pub async fn spawn_echo(
     })
 }
 
+/// A fresh server with one echo responder on `subject`, and a client.
+pub async fn server_with_echo(subject: &str, echo: Echo) -> (cortex_testkit::NatsServer, Client) {
+    let server = cortex_testkit::NatsServer::start();
+    let client = connect(&[server.url()]).await;
+    spawn_echo(client.clone(), subject, None, echo, CancelRegistry::new()).await;
+    (server, client)
+}
+
 /// A generate request asking the echo responder for `tokens` deltas.
 pub fn generate(id: &str, tokens: u32) -> InferRequest {
     InferRequest::Generate(Box::new(GenerateRequest {
