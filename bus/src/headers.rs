@@ -15,6 +15,13 @@ pub const SEQ: &str = "Cortex-Seq";
 /// Keepalive period the requester expects, in ms (the responder honours it).
 pub const KEEPALIVE_MS: &str = "Cortex-Keepalive-Ms";
 
+/// Now as unix milliseconds, the unit of [`DEADLINE`].
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// Reads a header as an unsigned integer; `None` when absent or malformed.
 pub fn get_u64(headers: Option<&HeaderMap>, name: &str) -> Option<u64> {
     headers?.get(name)?.as_str().trim().parse().ok()

@@ -14,7 +14,7 @@ use cortex_bus::{
 use cortex_schemas::{Accepted, Delta, ErrorClass, Frame, GenerateInput, InferRequest};
 use cortex_testkit::{NatsServer, ServerOptions};
 use futures::StreamExt;
-use support::{connect, drain, generate, server_with_echo, spawn_echo, Echo};
+use support::{accepted, connect, drain, generate, server_with_echo, spawn_echo, Echo};
 
 fn options(keepalive_ms: u64) -> StreamOptions {
     StreamOptions {
@@ -51,11 +51,7 @@ async fn raw_responder(client: async_nats::Client, subject: &str, seqs: Vec<u64>
             let reply = incoming.message.reply.clone().unwrap();
             for seq in &seqs {
                 let frame = if *seq == 0 {
-                    Frame::Accepted(Accepted {
-                        neuron: "raw".into(),
-                        request_id: "r".into(),
-                        queue_position: 0,
-                    })
+                    accepted("raw", "r")
                 } else {
                     Frame::Delta(Delta {
                         text: format!("s{seq}"),
@@ -169,14 +165,7 @@ async fn a_responder_dropped_before_finishing_sends_an_error_frame() {
     tokio::spawn(async move {
         while let Some(incoming) = requests.next().await {
             let responder = incoming.responder(&server_client, None).unwrap();
-            responder
-                .send(&Frame::Accepted(Accepted {
-                    neuron: "n".into(),
-                    request_id: "r".into(),
-                    queue_position: 0,
-                }))
-                .await
-                .unwrap();
+            responder.send(&accepted("n", "r")).await.unwrap();
             drop(responder); // a handler that returns early
         }
     });
@@ -427,10 +416,7 @@ async fn a_passed_deadline_ends_the_stream() {
         ..Echo::new("n")
     };
     let (_server, client) = server_with_echo("t.deadline", echo).await;
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
+    let now_ms = headers::unix_ms();
     let options = StreamOptions {
         deadline_ms: Some(now_ms + 300),
         ..StreamOptions::default()
@@ -515,14 +501,7 @@ async fn the_responder_ends_a_stream_at_its_deadline_even_if_the_handler_is_stuc
         while let Some(incoming) = requests.next().await {
             let responder = incoming.responder(&handler_client, None).unwrap();
             tokio::spawn(async move {
-                responder
-                    .send(&Frame::Accepted(Accepted {
-                        neuron: "n".into(),
-                        request_id: "r".into(),
-                        queue_position: 0,
-                    }))
-                    .await
-                    .unwrap();
+                responder.send(&accepted("n", "r")).await.unwrap();
                 // Stuck, holding the responder.
                 tokio::time::sleep(Duration::from_secs(3600)).await;
                 drop(responder);
@@ -533,10 +512,7 @@ async fn the_responder_ends_a_stream_at_its_deadline_even_if_the_handler_is_stuc
     // A raw requester (no local deadline) sees what the responder sends.
     let inbox = client.new_inbox();
     let mut replies = client.subscribe(inbox.clone()).await.unwrap();
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
+    let now_ms = headers::unix_ms();
     let mut request_headers = Encoding::Json.headers();
     request_headers.insert(headers::DEADLINE, (now_ms + 400).to_string().as_str());
     request_headers.insert(headers::KEEPALIVE_MS, "100");

@@ -109,7 +109,7 @@ impl Incoming {
     /// The deadline as a point on this process's monotonic clock.
     pub fn deadline(&self) -> Option<tokio::time::Instant> {
         let deadline_ms = self.deadline_ms()?;
-        let left = deadline_ms.saturating_sub(super::request::unix_ms());
+        let left = deadline_ms.saturating_sub(headers::unix_ms());
         Some(tokio::time::Instant::now() + Duration::from_millis(left))
     }
 

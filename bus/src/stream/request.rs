@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_nats::{Client, HeaderMap, HeaderValue, Subscriber};
 use bytes::Bytes;
@@ -14,7 +14,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::{clamp_keepalive, StreamError, DEFAULT_KEEPALIVE, DEFAULT_MAX_DURATION, IDLE_PERIODS};
 use crate::codec::{decode_message, Encoding};
-use crate::headers;
+use crate::headers::{self, unix_ms};
 
 /// How a streamed request is sent and watched.
 #[derive(Debug, Clone)]
@@ -186,11 +186,6 @@ impl FrameStream {
         self.responder.as_deref()
     }
 
-    /// Frames received so far.
-    pub fn frames_received(&self) -> u64 {
-        self.expected_seq
-    }
-
     fn fail(&mut self, error: StreamError) -> Poll<Option<Result<Frame, StreamError>>> {
         self.finished = true;
         Poll::Ready(Some(Err(error)))
@@ -266,12 +261,4 @@ impl Stream for FrameStream {
             }
         }
     }
-}
-
-/// Now as unix milliseconds.
-pub(crate) fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }

@@ -171,11 +171,6 @@ impl Responder {
             None => std::future::pending().await,
         }
     }
-
-    /// Frames sent so far.
-    pub async fn frames_sent(&self) -> u64 {
-        self.shared.state.lock().await.next_seq
-    }
 }
 
 impl Drop for Responder {

@@ -67,11 +67,7 @@ pub async fn spawn_echo(
                     .responder(&client, Some((&cancels, &id)))
                     .expect("reply subject");
                 responder
-                    .send(&Frame::Accepted(Accepted {
-                        neuron: echo.name.clone(),
-                        request_id: id.clone(),
-                        queue_position: 0,
-                    }))
+                    .send(&accepted(&echo.name, &id))
                     .await
                     .expect("send accepted");
                 match request {
@@ -124,6 +120,15 @@ pub async fn spawn_echo(
                 }
             });
         }
+    })
+}
+
+/// The `Accepted` frame a test responder opens with.
+pub fn accepted(neuron: &str, request_id: &str) -> Frame {
+    Frame::Accepted(Accepted {
+        neuron: neuron.to_string(),
+        request_id: request_id.to_string(),
+        queue_position: 0,
     })
 }
 
