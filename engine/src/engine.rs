@@ -1,0 +1,389 @@
+//! The chat engine: one worker thread per loaded model serving up to
+//! `max_concurrency` sequences at once (each with its own KV cache, the
+//! weights shared), a bounded wait queue in front, and per-request event
+//! channels behind.
+//!
+//! Policies: a request that finds every slot busy and the queue full is
+//! refused at once with [`EngineError::Overloaded`]; a request whose caller
+//! cancels (or drops its receiver) leaves its slot before the next decode
+//! step; the worker never blocks on a slow reader (output is batched into
+//! the next delta instead).
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use cortex_schemas::frame::{Done, ToolCallDelta};
+use cortex_schemas::infer::GenerateRequest;
+use tokio::sync::mpsc;
+
+use crate::chat_model::{active_tools, ChatModel};
+use crate::error::{EngineError, Result};
+use crate::generate::run::{Job, Progress, Run};
+use crate::generate::sampler::{Sampler, SamplingConfig};
+use crate::generate::Event;
+
+/// Sizing of an engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// Sequences decoded concurrently.
+    pub max_concurrency: usize,
+    /// Requests allowed to wait for a slot.
+    pub max_queue: usize,
+    /// Events buffered per request before output is batched.
+    pub event_buffer: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            max_concurrency: 4,
+            max_queue: 16,
+            event_buffer: 64,
+        }
+    }
+}
+
+/// Most alternatives a request may ask for per token.
+pub const MAX_TOP_LOGPROBS: u8 = 20;
+
+/// Counters an operator sees in heartbeats and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    pub busy: usize,
+    pub slots: usize,
+    pub queued: usize,
+    pub tokens_generated: u64,
+    pub requests_finished: u64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    waiting: VecDeque<Job>,
+    busy: usize,
+    draining: bool,
+    stopped: bool,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    state: Mutex<State>,
+    wake: Condvar,
+    tokens: AtomicU64,
+    finished: AtomicU64,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A running engine for one chat model.
+#[derive(Debug)]
+pub struct ChatEngine {
+    model: Arc<ChatModel>,
+    cfg: EngineConfig,
+    shared: Arc<Shared>,
+    worker: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// A submitted request: its events and a way to cancel it.
+#[derive(Debug)]
+pub struct Generation {
+    pub request_id: String,
+    pub events: mpsc::Receiver<Event>,
+    cancel: Arc<AtomicBool>,
+}
+
+/// Cancels a generation from anywhere.
+#[derive(Debug, Clone)]
+pub struct Canceller(Arc<AtomicBool>);
+
+impl Canceller {
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A whole generation gathered (tests, non-streaming callers).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Collected {
+    pub text: String,
+    pub tool_calls: Vec<ToolCallDelta>,
+    pub deltas: usize,
+    pub done: Done,
+}
+
+impl Generation {
+    pub fn cancel(&self) {
+        self.cancel.store(true, Ordering::Relaxed);
+    }
+
+    pub fn canceller(&self) -> Canceller {
+        Canceller(self.cancel.clone())
+    }
+
+    /// Blocks until the terminal event (not from inside an async runtime).
+    pub fn collect_blocking(mut self) -> Result<Collected> {
+        let mut text = String::new();
+        let mut tool_calls = Vec::new();
+        let mut deltas = 0;
+        while let Some(event) = self.events.blocking_recv() {
+            match event {
+                Event::Delta(d) => {
+                    text.push_str(&d.text);
+                    tool_calls.extend(d.tool_calls);
+                    deltas += 1;
+                }
+                Event::Done(done) => {
+                    return Ok(Collected {
+                        text,
+                        tool_calls,
+                        deltas,
+                        done,
+                    })
+                }
+                Event::Error(e) => return Err(e),
+                Event::Queued { .. } | Event::Started { .. } | Event::Prefill { .. } => {}
+            }
+        }
+        Err(EngineError::Stopped)
+    }
+}
+
+impl ChatEngine {
+    /// Starts the worker thread.
+    pub fn start(model: Arc<ChatModel>, cfg: EngineConfig) -> Self {
+        let cfg = EngineConfig {
+            max_concurrency: cfg.max_concurrency.max(1),
+            event_buffer: cfg.event_buffer.max(2),
+            ..cfg
+        };
+        let shared = Arc::new(Shared::default());
+        let worker = {
+            let (model, shared) = (model.clone(), shared.clone());
+            std::thread::Builder::new()
+                .name(format!("engine-{}", model.architecture))
+                .spawn(move || work(&model, &shared, cfg))
+                .expect("spawning a thread")
+        };
+        Self {
+            model,
+            cfg,
+            shared,
+            worker: Mutex::new(Some(worker)),
+        }
+    }
+
+    pub fn model(&self) -> &Arc<ChatModel> {
+        &self.model
+    }
+
+    pub fn config(&self) -> EngineConfig {
+        self.cfg
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        let state = self.shared.lock();
+        EngineStats {
+            busy: state.busy,
+            slots: self.cfg.max_concurrency,
+            queued: state.waiting.len(),
+            tokens_generated: self.shared.tokens.load(Ordering::Relaxed),
+            requests_finished: self.shared.finished.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Validates, renders and tokenises the request, then queues it.
+    /// Everything that can be refused is refused here, before any compute.
+    pub fn submit(&self, req: &GenerateRequest) -> Result<Generation> {
+        let job_parts = self.prepare(req)?;
+        let (tx, rx) = mpsc::channel(self.cfg.event_buffer);
+        let cancel = Arc::new(AtomicBool::new(false));
+        let job = Job {
+            events: tx,
+            cancel: cancel.clone(),
+            queued_at: Instant::now(),
+            ..job_parts
+        };
+        let mut state = self.shared.lock();
+        if state.draining || state.stopped {
+            return Err(EngineError::Stopped);
+        }
+        let free = state.busy + state.waiting.len() < self.cfg.max_concurrency;
+        if !free && state.waiting.len() >= self.cfg.max_queue {
+            return Err(EngineError::Overloaded {
+                busy: state.busy,
+                queued: state.waiting.len(),
+            });
+        }
+        if !free {
+            let position = state.waiting.len() as u32 + 1;
+            let _ = job.events.try_send(Event::Queued { position });
+        }
+        state.waiting.push_back(job);
+        drop(state);
+        self.shared.wake.notify_one();
+        Ok(Generation {
+            request_id: req.request_id.clone(),
+            events: rx,
+            cancel,
+        })
+    }
+
+    fn prepare(&self, req: &GenerateRequest) -> Result<Job> {
+        let seed = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or_default();
+        let sampling = SamplingConfig::from_params(&req.sampling, seed)
+            .map_err(EngineError::InvalidRequest)?;
+        if req.logprobs.is_some_and(|n| n > MAX_TOP_LOGPROBS) {
+            return Err(EngineError::InvalidRequest(format!(
+                "logprobs may ask for at most {MAX_TOP_LOGPROBS} alternatives"
+            )));
+        }
+        if req.max_tokens == Some(0) {
+            return Err(EngineError::InvalidRequest(
+                "max_tokens must be at least 1".into(),
+            ));
+        }
+        let (_, prompt) = self.model.prompt(req)?;
+        if prompt.is_empty() {
+            return Err(EngineError::InvalidRequest("the prompt is empty".into()));
+        }
+        let window = self.model.context_length();
+        let reserve = req.max_tokens.map_or(1, |n| n as usize);
+        if prompt.len() + reserve > window {
+            return Err(EngineError::ContextTooLong {
+                prompt: prompt.len(),
+                reserve,
+                window,
+            });
+        }
+        let deadline = req.deadline_ms.map(|ms| {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or_default();
+            Instant::now() + Duration::from_millis(ms.saturating_sub(now))
+        });
+        let (events, _) = mpsc::channel(1);
+        Ok(Job {
+            request_id: req.request_id.clone(),
+            max_tokens: req.max_tokens.map_or(window - prompt.len(), |n| n as usize),
+            sampler: Sampler::new(sampling, &prompt),
+            prompt,
+            stops: req.stop.clone(),
+            tools: !active_tools(req).is_empty(),
+            logprobs: req.logprobs.map(usize::from),
+            deadline,
+            events,
+            cancel: Arc::new(AtomicBool::new(false)),
+            queued_at: Instant::now(),
+        })
+    }
+
+    /// Stops taking requests, lets queued and running ones finish, and
+    /// waits for the worker (at most `timeout`; what is left is cancelled).
+    pub fn drain(&self, timeout: Duration) {
+        self.shared.lock().draining = true;
+        self.shared.wake.notify_all();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let idle = {
+                let s = self.shared.lock();
+                s.busy == 0 && s.waiting.is_empty()
+            };
+            if idle || Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.stop();
+    }
+
+    /// Cancels everything and stops the worker.
+    pub fn stop(&self) {
+        self.shared.lock().stopped = true;
+        self.shared.wake.notify_all();
+        if let Some(worker) = self.worker.lock().ok().and_then(|mut w| w.take()) {
+            let _ = worker.join();
+        }
+    }
+}
+
+impl Drop for ChatEngine {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The worker: admit from the queue into free slots, step every running
+/// sequence once, repeat; sleep when idle.
+fn work(model: &ChatModel, shared: &Shared, cfg: EngineConfig) {
+    let mut runs: Vec<Run> = Vec::new();
+    loop {
+        {
+            let mut state = shared.lock();
+            if state.stopped {
+                for job in state.waiting.drain(..) {
+                    let _ = job.events.try_send(Event::Error(EngineError::Stopped));
+                }
+                break;
+            }
+            let mut admitted = false;
+            while runs.len() < cfg.max_concurrency {
+                let Some(job) = state.waiting.pop_front() else {
+                    break;
+                };
+                if job.cancel.load(Ordering::Relaxed) || job.events.is_closed() {
+                    let _ = job.events.try_send(Event::Error(EngineError::Cancelled));
+                    continue;
+                }
+                runs.push(Run::new(job, model.lm.start()));
+                admitted = true;
+            }
+            if admitted {
+                for (i, job) in state.waiting.iter().enumerate() {
+                    let _ = job.events.try_send(Event::Queued {
+                        position: i as u32 + 1,
+                    });
+                }
+            }
+            state.busy = runs.len();
+            if runs.is_empty() {
+                let _unused = shared.wake.wait_timeout(state, Duration::from_millis(100));
+                continue;
+            }
+        }
+        let mut only_delivering = true;
+        runs.retain_mut(|run| {
+            only_delivering &= run.finishing();
+            let before = run.generated();
+            let progress = run.step(model);
+            let made = run.generated().saturating_sub(before) as u64;
+            shared.tokens.fetch_add(made, Ordering::Relaxed);
+            if progress == Progress::Finished {
+                shared.finished.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(request_id = run.request_id(), "generation finished");
+                false
+            } else {
+                true
+            }
+        });
+        if only_delivering && !runs.is_empty() {
+            // Every remaining run waits on a full channel: do not spin.
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    for mut run in runs {
+        run.abort();
+    }
+    shared.lock().busy = 0;
+}

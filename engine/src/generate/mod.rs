@@ -1,0 +1,41 @@
+//! Turning logits into a response: [`sampler`] picks tokens, [`stop`]
+//! watches for stop strings, [`tools`] recognises tool calls, and [`run`]
+//! drives one sequence from prompt to its terminal event.
+
+pub mod run;
+pub mod sampler;
+pub mod stop;
+pub mod tools;
+
+use cortex_schemas::frame::{Delta, Done};
+
+use crate::error::EngineError;
+
+/// What a generation reports to its caller, in order: `Queued` (when it
+/// had to wait), `Started`, `Prefill` progress for long prompts, `Delta`s,
+/// then exactly one of `Done` or `Error`.
+#[derive(Debug)]
+pub enum Event {
+    /// Waiting for a slot; position 1 is next.
+    Queued {
+        position: u32,
+    },
+    /// A slot took the request.
+    Started {
+        prompt_tokens: u32,
+    },
+    /// Prompt tokens processed so far.
+    Prefill {
+        done: u32,
+        total: u32,
+    },
+    Delta(Delta),
+    Done(Done),
+    Error(EngineError),
+}
+
+impl Event {
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, Self::Done(_) | Self::Error(_))
+    }
+}

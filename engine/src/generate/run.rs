@@ -1,0 +1,303 @@
+//! One generation in a slot: prefill in chunks, then one token per step,
+//! with output batched into a pending delta while the reader is behind.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use cortex_schemas::frame::{
+    Delta, Done, FinishReason, Timings, TokenLogprob, ToolCallDelta, TopLogprob, Usage,
+};
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::mpsc::Sender;
+
+use super::sampler::Sampler;
+use super::stop::{StopMatcher, StopStep};
+use super::tools::ToolParser;
+use super::Event;
+use crate::chat_model::ChatModel;
+use crate::error::{EngineError, Result};
+use crate::models::Sequence;
+use crate::tokenizer::DecodeStream;
+
+/// Prompt tokens processed per step, so that other sequences keep decoding
+/// while a long prompt is read.
+pub const PREFILL_CHUNK: usize = 256;
+
+/// A request after validation, waiting for or holding a slot.
+#[derive(Debug)]
+pub struct Job {
+    pub request_id: String,
+    pub prompt: Vec<u32>,
+    pub max_tokens: usize,
+    pub sampler: Sampler,
+    pub stops: Vec<String>,
+    pub tools: bool,
+    pub logprobs: Option<usize>,
+    pub deadline: Option<Instant>,
+    pub events: Sender<Event>,
+    pub cancel: Arc<AtomicBool>,
+    pub queued_at: Instant,
+}
+
+/// Whether the run goes on.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Progress {
+    Running,
+    Finished,
+}
+
+/// A job in a slot.
+pub struct Run {
+    job: Job,
+    seq: Box<dyn Sequence>,
+    prefilled: usize,
+    last: Option<u32>,
+    generated: usize,
+    decode: DecodeStream,
+    stop: StopMatcher,
+    tools: Option<ToolParser>,
+    pending: Delta,
+    terminal: Option<Event>,
+    started: Instant,
+    prefill_ms: u64,
+    queue_ms: u64,
+}
+
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Run")
+            .field("request_id", &self.job.request_id)
+            .finish()
+    }
+}
+
+impl Run {
+    pub fn new(job: Job, seq: Box<dyn Sequence>) -> Self {
+        let queue_ms = job.queued_at.elapsed().as_millis() as u64;
+        let _ = job.events.try_send(Event::Started {
+            prompt_tokens: job.prompt.len() as u32,
+        });
+        Self {
+            stop: StopMatcher::new(&job.stops),
+            tools: job.tools.then(|| ToolParser::new(&job.request_id)),
+            job,
+            seq,
+            prefilled: 0,
+            last: None,
+            generated: 0,
+            decode: DecodeStream::new(),
+            pending: Delta::default(),
+            terminal: None,
+            started: Instant::now(),
+            prefill_ms: 0,
+            queue_ms,
+        }
+    }
+
+    pub fn request_id(&self) -> &str {
+        &self.job.request_id
+    }
+
+    /// Whether the caller gave up (cancelled, or stopped listening).
+    pub fn abandoned(&self) -> bool {
+        self.job.cancel.load(Ordering::Relaxed) || self.job.events.is_closed()
+    }
+
+    /// One step: a prefill chunk or one decoded token; then try to deliver.
+    pub fn step(&mut self, model: &ChatModel) -> Progress {
+        if self.terminal.is_none() {
+            if self.abandoned() {
+                self.terminal = Some(Event::Error(EngineError::Cancelled));
+            } else if self.job.deadline.is_some_and(|d| Instant::now() >= d) {
+                self.terminal = Some(Event::Error(EngineError::InvalidRequest(
+                    "deadline exceeded".into(),
+                )));
+            } else if let Err(e) = self.advance(model) {
+                self.terminal = Some(Event::Error(e));
+            }
+        }
+        self.deliver()
+    }
+
+    fn advance(&mut self, model: &ChatModel) -> Result<()> {
+        let total = self.job.prompt.len();
+        let logits = if self.prefilled < total {
+            let end = (self.prefilled + PREFILL_CHUNK).min(total);
+            let logits = self.seq.forward(&self.job.prompt[self.prefilled..end])?;
+            self.prefilled = end;
+            if end < total {
+                let _ = self.job.events.try_send(Event::Prefill {
+                    done: end as u32,
+                    total: total as u32,
+                });
+                return Ok(());
+            }
+            self.prefill_ms = self.started.elapsed().as_millis() as u64;
+            logits
+        } else {
+            let last = self
+                .last
+                .ok_or_else(|| EngineError::InvalidRequest("empty prompt".into()))?;
+            self.seq.forward(&[last])?
+        };
+        let mut logits = logits.to_vec1::<f32>()?;
+        let choice = self.job.sampler.sample(&mut logits, self.job.logprobs);
+        self.last = Some(choice.token);
+        self.generated += 1;
+        if model.stop_ids.contains(&choice.token) {
+            self.generated -= 1;
+            return self.finish(model, FinishReason::Stop, None);
+        }
+        if let Some(lp) = choice.logprob {
+            let text = |id: u32| model.tokenizer.decode(&[id]).unwrap_or_default();
+            self.pending.logprobs.push(TokenLogprob {
+                token: text(choice.token),
+                logprob: f64::from(lp),
+                top: choice
+                    .top
+                    .iter()
+                    .map(|&(id, lp)| TopLogprob {
+                        token: text(id),
+                        logprob: f64::from(lp),
+                    })
+                    .collect(),
+            });
+        }
+        self.pending.tokens += 1;
+        if let Some(text) = self.decode.push(&model.tokenizer, choice.token)? {
+            match self.stop.push(&text) {
+                StopStep::Stop { text, stop } => {
+                    self.emit_text(&text);
+                    return self.finish(model, FinishReason::Stop, Some(stop));
+                }
+                StopStep::Emit(text) => self.emit_text(&text),
+            }
+        }
+        let at_window = self.seq.position() + 1 >= model.context_length();
+        if self.generated >= self.job.max_tokens || at_window {
+            return self.finish(model, FinishReason::Length, None);
+        }
+        Ok(())
+    }
+
+    fn emit_text(&mut self, text: &str) {
+        match &mut self.tools {
+            Some(parser) => {
+                let step = parser.push(text);
+                self.pending.text.push_str(&step.text);
+                self.pending
+                    .tool_calls
+                    .extend(step.calls.into_iter().map(|c| ToolCallDelta {
+                        index: c.index,
+                        id: Some(c.id),
+                        name: Some(c.name),
+                        arguments: c.arguments,
+                    }));
+            }
+            None => self.pending.text.push_str(text),
+        }
+    }
+
+    fn finish(
+        &mut self,
+        model: &ChatModel,
+        reason: FinishReason,
+        stop: Option<String>,
+    ) -> Result<()> {
+        if stop.is_none() {
+            if let Some(text) = self.decode.flush(&model.tokenizer)? {
+                match self.stop.push(&text) {
+                    StopStep::Stop { text, stop } => {
+                        self.emit_text(&text);
+                        return self.finish_with(reason, Some(stop));
+                    }
+                    StopStep::Emit(text) => self.emit_text(&text),
+                }
+            }
+            let held = self.stop.finish();
+            self.emit_text(&held);
+        }
+        self.finish_with(reason, stop)
+    }
+
+    fn finish_with(&mut self, reason: FinishReason, stop: Option<String>) -> Result<()> {
+        let mut reason = reason;
+        if let Some(parser) = &mut self.tools {
+            let step = parser.finish();
+            self.pending.text.push_str(&step.text);
+            self.pending
+                .tool_calls
+                .extend(step.calls.into_iter().map(|c| ToolCallDelta {
+                    index: c.index,
+                    id: Some(c.id),
+                    name: Some(c.name),
+                    arguments: c.arguments,
+                }));
+            if parser.calls() > 0 && reason == FinishReason::Stop {
+                reason = FinishReason::ToolCalls;
+            }
+        }
+        let decode_ms = (self.started.elapsed().as_millis() as u64).saturating_sub(self.prefill_ms);
+        self.terminal = Some(Event::Done(Done {
+            finish_reason: reason,
+            stop_sequence: stop,
+            usage: Usage {
+                prompt_tokens: self.job.prompt.len() as u32,
+                completion_tokens: self.generated as u32,
+                cached_tokens: 0,
+            },
+            timings: Timings {
+                queue_ms: self.queue_ms,
+                prefill_ms: self.prefill_ms,
+                decode_ms,
+            },
+        }));
+        Ok(())
+    }
+
+    /// Sends the pending delta, then the terminal event, as far as the
+    /// channel takes them. A full channel keeps them for the next step (the
+    /// delta keeps growing); a closed one ends the run.
+    fn deliver(&mut self) -> Progress {
+        // A delta goes out when it has something to show; tokens held back
+        // (half a character, a possible stop string) ride with the next one.
+        if !self.pending.text.is_empty() || !self.pending.tool_calls.is_empty() {
+            let delta = std::mem::take(&mut self.pending);
+            match self.job.events.try_send(Event::Delta(delta)) {
+                Ok(()) => {}
+                Err(TrySendError::Full(Event::Delta(delta))) => {
+                    self.pending = delta;
+                    return Progress::Running;
+                }
+                Err(_) => return Progress::Finished,
+            }
+        }
+        match self.terminal.take() {
+            None => Progress::Running,
+            Some(event) => match self.job.events.try_send(event) {
+                Ok(()) => Progress::Finished,
+                Err(TrySendError::Full(event)) => {
+                    self.terminal = Some(event);
+                    Progress::Running
+                }
+                Err(TrySendError::Closed(_)) => Progress::Finished,
+            },
+        }
+    }
+
+    /// Tokens generated so far.
+    pub fn generated(&self) -> usize {
+        self.generated
+    }
+
+    /// The engine is stopping: tell the caller, best effort.
+    pub fn abort(&mut self) {
+        let _ = self.job.events.try_send(Event::Error(EngineError::Stopped));
+    }
+
+    /// Whether only delivery is left (no more compute needed).
+    pub fn finishing(&self) -> bool {
+        self.terminal.is_some()
+    }
+}

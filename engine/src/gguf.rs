@@ -1,0 +1,117 @@
+//! Reading GGUF files: metadata with typed errors, tensors with progress.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::QTensor;
+use candle_core::Device;
+
+use crate::error::{EngineError, Result};
+use crate::progress::{CountingReader, LoadProgress};
+
+/// An open GGUF file: its metadata and a reader for its tensors.
+pub struct GgufFile {
+    pub path: PathBuf,
+    pub content: Content,
+    pub(crate) reader: CountingReader<BufReader<File>>,
+}
+
+impl std::fmt::Debug for GgufFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GgufFile")
+            .field("path", &self.path)
+            .field("tensors", &self.content.tensor_infos.len())
+            .finish()
+    }
+}
+
+impl GgufFile {
+    /// Opens and parses the header; tensor bytes are read on demand and
+    /// counted into `progress`.
+    pub fn open(path: &Path, progress: &LoadProgress) -> Result<Self> {
+        let file = File::open(path).map_err(|e| EngineError::io(path, e))?;
+        let size = file.metadata().map_err(|e| EngineError::io(path, e))?.len();
+        progress.add_total(size);
+        let mut reader = CountingReader::new(BufReader::new(file), progress.clone());
+        let content = Content::read(&mut reader).map_err(|e| {
+            EngineError::InvalidModel(format!("{}: not a readable GGUF file: {e}", path.display()))
+        })?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            content,
+            reader,
+        })
+    }
+
+    pub fn metadata(&self) -> &HashMap<String, Value> {
+        &self.content.metadata
+    }
+
+    /// `general.architecture`.
+    pub fn architecture(&self) -> Result<String> {
+        self.string("general.architecture")
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.content.metadata.get(key)
+    }
+
+    pub fn string(&self, key: &str) -> Result<String> {
+        match self.get(key) {
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(_) => Err(self.bad(key, "a string")),
+            None => Err(self.missing(key)),
+        }
+    }
+
+    pub fn u32(&self, key: &str) -> Result<u32> {
+        self.get(key)
+            .ok_or_else(|| self.missing(key))?
+            .to_u32()
+            .or_else(|_| {
+                self.get(key)
+                    .and_then(|v| v.to_u64().ok())
+                    .and_then(|v| u32::try_from(v).ok())
+                    .ok_or_else(|| self.bad(key, "an unsigned integer"))
+            })
+    }
+
+    pub fn f32(&self, key: &str) -> Result<f32> {
+        self.get(key)
+            .ok_or_else(|| self.missing(key))?
+            .to_f32()
+            .map_err(|_| self.bad(key, "a float"))
+    }
+
+    pub fn has_tensor(&self, name: &str) -> bool {
+        self.content.tensor_infos.contains_key(name)
+    }
+
+    /// Reads one tensor onto `device`.
+    pub fn tensor(&mut self, name: &str, device: &Device) -> Result<QTensor> {
+        if !self.has_tensor(name) {
+            return Err(EngineError::InvalidModel(format!(
+                "{}: tensor {name} is missing",
+                self.path.display()
+            )));
+        }
+        Ok(self.content.tensor(&mut self.reader, name, device)?)
+    }
+
+    fn missing(&self, key: &str) -> EngineError {
+        EngineError::InvalidModel(format!(
+            "{}: metadata {key} is missing",
+            self.path.display()
+        ))
+    }
+
+    fn bad(&self, key: &str, what: &str) -> EngineError {
+        EngineError::InvalidModel(format!(
+            "{}: metadata {key} is not {what}",
+            self.path.display()
+        ))
+    }
+}

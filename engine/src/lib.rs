@@ -1,0 +1,41 @@
+//! The Cortex inference engine: real models on candle, turned into streams
+//! of tokens. It builds on the wire types of `cortex-schemas` only and runs
+//! without NATS; the neuron daemon puts it on the bus.
+//!
+//! Modules, from the files up:
+//! - [`source`]: model locations (`/path`, `hf:org/name@rev:file` in the
+//!   local Hugging Face cache); [`progress`]: bytes-read load progress;
+//!   [`gguf`]: GGUF metadata and tensors; [`device`]: `cpu` / `cuda:N`.
+//! - [`tokenizer`]: `tokenizer.json` or one built from GGUF metadata, and
+//!   UTF-8-safe incremental decoding; [`template`]: the model's Jinja chat
+//!   template, rendered as `transformers` does.
+//! - [`models`]: our Llama-family decoder (GGUF and safetensors, with a
+//!   lossless fast path for Q4_1), candle's phi3/gemma3, BERT embeddings.
+//! - [`load`]: picks the code path from a model's files; [`chat_model`]:
+//!   a loaded chat model and prompt building (tools included).
+//! - [`generate`]: sampling, stop strings, tool-call parsing, one running
+//!   sequence; [`engine`]: slots, queue, cancellation, the worker thread;
+//!   [`embed`]: the embedding service; [`sim`]: a simulated engine for
+//!   fleet and load tests.
+
+pub mod chat_model;
+pub mod device;
+pub mod embed;
+pub mod engine;
+pub mod error;
+pub mod generate;
+pub mod gguf;
+pub mod load;
+pub mod models;
+pub mod progress;
+pub mod sim;
+pub mod source;
+pub mod template;
+pub mod tokenizer;
+
+pub use device::DeviceSpec;
+pub use engine::{ChatEngine, Collected, EngineConfig, EngineStats, Generation};
+pub use error::{EngineError, Result};
+pub use generate::Event;
+pub use load::{load, LoadOptions, LoadedModel};
+pub use progress::LoadProgress;

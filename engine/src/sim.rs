@@ -1,0 +1,222 @@
+//! The simulated engine, for fleet and load tests on machines without the
+//! hardware (like llm-d's inference simulator). It is a real [`ChatModel`]
+//! — byte-level tokenizer, ChatML template, the same scheduler, sampling,
+//! stop strings and tool parsing — whose decoder does no maths: it waits
+//! out a configured time to first token and token rate, and writes
+//! deterministic text. It is never chosen by default; neurons run it only
+//! when told `--engine sim`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use candle_core::{Device, Tensor};
+use serde_json::json;
+
+use crate::chat_model::{ChatModel, CHATML};
+use crate::error::Result;
+use crate::models::{CausalLm, Sequence};
+use crate::tokenizer::Tokenizer;
+
+/// What the simulated model pretends to be.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimConfig {
+    /// Memory it claims to occupy.
+    pub memory_bytes: u64,
+    /// Time from start to the first token.
+    pub time_to_first_token: Duration,
+    /// Decode speed of each sequence.
+    pub tokens_per_second: f64,
+    /// Tokens in a reply before it ends on its own (then `max_tokens` rules).
+    pub reply_tokens: usize,
+    pub context_length: usize,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            memory_bytes: 512 << 20,
+            time_to_first_token: Duration::from_millis(50),
+            tokens_per_second: 50.0,
+            reply_tokens: 32,
+            context_length: 8192,
+        }
+    }
+}
+
+const WORDS: &[&str] = &[
+    "simulated",
+    "tokens",
+    "flow",
+    "through",
+    "the",
+    "mesh",
+    "while",
+    "neurons",
+    "answer",
+    "requests",
+    "quickly",
+    "and",
+    "placement",
+    "keeps",
+    "models",
+    "warm",
+    "for",
+    "every",
+    "client",
+    "that",
+    "asks",
+];
+const SPECIALS: &[&str] = &["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
+
+/// GPT-2's byte-to-character map, so every byte has a printable token.
+fn byte_alphabet() -> Vec<char> {
+    let mut printable: Vec<u32> = (u32::from(b'!')..=u32::from(b'~'))
+        .chain(0xA1..=0xAC)
+        .chain(0xAE..=0xFF)
+        .collect();
+    let mut map: Vec<Option<char>> = vec![None; 256];
+    for &b in &printable {
+        map[b as usize] = char::from_u32(b);
+    }
+    let mut extra = 0;
+    for (b, slot) in map.iter_mut().enumerate() {
+        if slot.is_none() {
+            *slot = char::from_u32(256 + extra);
+            printable.push(b as u32);
+            extra += 1;
+        }
+    }
+    map.into_iter().map(|c| c.unwrap_or('?')).collect()
+}
+
+fn sim_tokenizer() -> Result<Tokenizer> {
+    let mut vocab = serde_json::Map::new();
+    let mut added = Vec::new();
+    for (id, special) in SPECIALS.iter().enumerate() {
+        vocab.insert(special.to_string(), json!(id));
+        added.push(
+            json!({"id": id, "content": special, "single_word": false, "lstrip": false,
+                          "rstrip": false, "normalized": false, "special": true}),
+        );
+    }
+    for c in byte_alphabet() {
+        let id = vocab.len();
+        vocab.entry(c.to_string()).or_insert(json!(id));
+    }
+    for word in WORDS {
+        let id = vocab.len();
+        vocab.insert(format!("Ġ{word}"), json!(id));
+    }
+    let doc = json!({
+        "version": "1.0",
+        "added_tokens": added,
+        "normalizer": null,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": true},
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                  "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
+                  "ignore_merges": false, "vocab": vocab, "merges": []},
+    });
+    let mut tokenizer = Tokenizer::from_json(&doc)?;
+    tokenizer.set_specials(None, Some("<|im_end|>"), false);
+    Ok(tokenizer)
+}
+
+#[derive(Debug)]
+struct SimLm {
+    cfg: SimConfig,
+    vocab: usize,
+    first_word: u32,
+    eos: u32,
+    device: Device,
+}
+
+impl CausalLm for SimLm {
+    fn start(&self) -> Box<dyn Sequence> {
+        Box::new(SimSequence {
+            vocab: self.vocab,
+            first_word: self.first_word,
+            eos: self.eos,
+            cfg: self.cfg.clone(),
+            due: Instant::now() + self.cfg.time_to_first_token,
+            position: 0,
+            generated: 0,
+            salt: 0,
+            device: self.device.clone(),
+        })
+    }
+
+    fn context_length(&self) -> usize {
+        self.cfg.context_length
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
+    }
+}
+
+struct SimSequence {
+    vocab: usize,
+    first_word: u32,
+    eos: u32,
+    cfg: SimConfig,
+    /// When the next token may be produced; sequences keep their own
+    /// clocks, so concurrent ones overlap as on a batching engine.
+    due: Instant,
+    position: usize,
+    generated: usize,
+    salt: u64,
+    device: Device,
+}
+
+impl Sequence for SimSequence {
+    fn forward(&mut self, tokens: &[u32]) -> Result<Tensor> {
+        if self.position == 0 {
+            self.salt = tokens.iter().fold(tokens.len() as u64, |h, &t| {
+                h.wrapping_mul(0x100_0000_01B3).wrapping_add(u64::from(t))
+            });
+        } else {
+            self.generated += 1;
+        }
+        self.position += tokens.len();
+        let now = Instant::now();
+        if self.due > now {
+            std::thread::sleep(self.due - now);
+        }
+        let step = Duration::from_secs_f64(1.0 / self.cfg.tokens_per_second.max(1e-3));
+        self.due = self.due.max(now) + step;
+        let next = if self.generated >= self.cfg.reply_tokens {
+            self.eos
+        } else {
+            let words = WORDS.len() as u64;
+            self.first_word + ((self.salt + self.generated as u64 * 7) % words) as u32
+        };
+        let mut logits = vec![0f32; self.vocab];
+        logits[next as usize] = 30.0;
+        Ok(Tensor::from_vec(logits, self.vocab, &self.device)?)
+    }
+
+    fn position(&self) -> usize {
+        self.position
+    }
+}
+
+/// A simulated chat model.
+pub fn sim_model(cfg: SimConfig) -> Result<ChatModel> {
+    let tokenizer = sim_tokenizer()?;
+    let vocab = tokenizer.vocab_size();
+    let first_word = tokenizer
+        .token_to_id(&format!("Ġ{}", WORDS[0]))
+        .unwrap_or_default();
+    let eos = tokenizer.eos.as_ref().map_or(0, |s| s.id);
+    let memory = cfg.memory_bytes;
+    let lm = Arc::new(SimLm {
+        cfg,
+        vocab,
+        first_word,
+        eos,
+        device: Device::Cpu,
+    });
+    ChatModel::new(lm, tokenizer, Some(CHATML), &[], memory, "sim".to_string())
+}
