@@ -215,15 +215,17 @@ impl ChatEngine {
         if state.draining || state.stopped {
             return Err(EngineError::Stopped);
         }
-        let free = state.busy + state.waiting.len() < self.cfg.max_concurrency;
-        if !free && state.waiting.len() >= self.cfg.max_queue {
+        // Jobs the worker has not admitted yet count against the slots
+        // first, then against the queue.
+        let taken = state.busy + state.waiting.len();
+        if taken >= self.cfg.max_concurrency + self.cfg.max_queue {
             return Err(EngineError::Overloaded {
                 busy: state.busy,
-                queued: state.waiting.len(),
+                queued: taken.saturating_sub(self.cfg.max_concurrency),
             });
         }
-        if !free {
-            let position = state.waiting.len() as u32 + 1;
+        if taken >= self.cfg.max_concurrency {
+            let position = (taken - self.cfg.max_concurrency) as u32 + 1;
             let _ = job.events.try_send(Event::Queued { position });
         }
         state.waiting.push_back(job);
@@ -377,6 +379,7 @@ fn work(model: &ChatModel, shared: &Shared, cfg: EngineConfig) {
                 true
             }
         });
+        shared.lock().busy = runs.len();
         if only_delivering && !runs.is_empty() {
             // Every remaining run waits on a full channel: do not spin.
             std::thread::sleep(Duration::from_millis(1));

@@ -8,7 +8,8 @@ use std::sync::OnceLock;
 
 use common::{chat, smollm_path};
 use cortex_engine::chat_model::ChatModel;
-use cortex_engine::{load, ChatEngine, EngineConfig, LoadOptions, LoadedModel};
+use cortex_engine::{load, ChatEngine, EngineConfig, EngineError, LoadOptions, LoadedModel};
+use cortex_schemas::frame::FinishReason;
 
 fn model() -> Arc<ChatModel> {
     static MODEL: OnceLock<Arc<ChatModel>> = OnceLock::new();
@@ -32,4 +33,192 @@ fn answers_the_capital_of_france() {
         .unwrap();
     println!("{out:?}");
     assert!(out.text.contains("Paris"), "answer: {:?}", out.text);
+}
+
+#[test]
+fn utf8_round_trips_and_streams_whole_characters() {
+    let model = model();
+    let text = "Grüße aus München — café, naïve, 東京タワー, 🚀 👩‍👩‍👧 ok";
+    let ids = model.tokenizer.encode(text).unwrap();
+    assert_eq!(model.tokenizer.decode(&ids).unwrap(), text);
+    let mut stream = cortex_engine::tokenizer::DecodeStream::new();
+    let mut pieces = Vec::new();
+    for &id in &ids {
+        if let Some(piece) = stream.push(&model.tokenizer, id).unwrap() {
+            pieces.push(piece);
+        }
+    }
+    pieces.extend(stream.flush(&model.tokenizer).unwrap());
+    assert!(pieces.len() > 10, "streamed in pieces: {pieces:?}");
+    assert!(pieces.iter().all(|p| !p.contains('\u{FFFD}')), "{pieces:?}");
+    assert_eq!(pieces.concat(), text);
+}
+
+#[test]
+fn seeded_sampling_is_reproducible() {
+    let engine = ChatEngine::start(model(), EngineConfig::default());
+    let run = |seed| {
+        let mut req = chat("seeded", "Write a short poem about the sea.", 24);
+        req.sampling.temperature = Some(0.9);
+        req.sampling.top_p = Some(0.95);
+        req.sampling.seed = Some(seed);
+        engine
+            .submit(&req)
+            .unwrap()
+            .collect_blocking()
+            .unwrap()
+            .text
+    };
+    let first = run(11);
+    assert_eq!(first, run(11));
+    assert_ne!(first, run(12));
+}
+
+#[test]
+fn stop_sequences_spanning_tokens_end_generation_unseen() {
+    let engine = ChatEngine::start(model(), EngineConfig::default());
+    let mut req = chat("stop", "What is the capital of France?", 48);
+    req.stop = vec!["is Par".to_string()];
+    let out = engine.submit(&req).unwrap().collect_blocking().unwrap();
+    assert_eq!(out.text, "The capital of France ");
+    assert_eq!(out.done.finish_reason, FinishReason::Stop);
+    assert_eq!(out.done.stop_sequence.as_deref(), Some("is Par"));
+}
+
+#[test]
+fn four_concurrent_sequences_match_four_sequential_ones() {
+    let prompts = [
+        "What is the capital of France?",
+        "Name three colours.",
+        "What is 2 plus 2?",
+        "Say hello in Spanish.",
+    ];
+    let engine = ChatEngine::start(
+        model(),
+        EngineConfig {
+            max_concurrency: 4,
+            ..EngineConfig::default()
+        },
+    );
+    let sequential: Vec<String> = prompts
+        .iter()
+        .map(|p| {
+            engine
+                .submit(&chat("s", p, 16))
+                .unwrap()
+                .collect_blocking()
+                .unwrap()
+                .text
+        })
+        .collect();
+    let handles: Vec<_> = prompts
+        .iter()
+        .map(|p| engine.submit(&chat("c", p, 16)).unwrap())
+        .collect();
+    assert_eq!(engine.stats().busy + engine.stats().queued, 4);
+    let concurrent: Vec<String> = handles
+        .into_iter()
+        .map(|h| h.collect_blocking().unwrap().text)
+        .collect();
+    assert_eq!(sequential, concurrent);
+}
+
+#[test]
+fn cancel_frees_the_slot_and_a_full_queue_is_refused() {
+    let engine = ChatEngine::start(
+        model(),
+        EngineConfig {
+            max_concurrency: 1,
+            max_queue: 1,
+            event_buffer: 64,
+        },
+    );
+    let long = engine
+        .submit(&chat("long", "Tell me a long story about dragons.", 400))
+        .unwrap();
+    let queued = engine.submit(&chat("queued", "Hi", 4)).unwrap();
+    let refused = engine.submit(&chat("refused", "Hi", 4)).unwrap_err();
+    assert!(
+        matches!(refused, EngineError::Overloaded { busy: _, queued: 1 }),
+        "{refused}"
+    );
+
+    long.cancel();
+    let cancelled = long.collect_blocking().unwrap_err();
+    assert!(matches!(cancelled, EngineError::Cancelled), "{cancelled}");
+    // The slot went to the queued request, which finishes normally.
+    let out = queued.collect_blocking().unwrap();
+    assert!(out.done.usage.completion_tokens >= 1);
+    wait_until(|| engine.stats().busy == 0);
+}
+
+/// The worker updates its counters just after it sends the terminal event.
+fn wait_until(done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "condition not reached in 5 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_prompt_beyond_the_window_is_refused_before_any_work() {
+    let engine = ChatEngine::start(model(), EngineConfig::default());
+    let huge = "word ".repeat(9000);
+    let err = engine.submit(&chat("huge", &huge, 16)).unwrap_err();
+    assert!(
+        matches!(err, EngineError::ContextTooLong { window: 8192, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("8192"), "{err}");
+    assert_eq!(engine.stats().tokens_generated, 0);
+}
+
+#[derive(serde::Deserialize)]
+struct TokenCase {
+    name: String,
+    text: String,
+    ids: Vec<u32>,
+}
+
+#[derive(serde::Deserialize)]
+struct TokenReference {
+    cases: Vec<TokenCase>,
+}
+
+/// `engine/tests/data/smollm_tokens.json` was made by llama.cpp's
+/// `llama-tokenize` on the same GGUF (`scripts/reference/smollm_tokens.py`).
+#[test]
+fn template_and_tokens_equal_llama_cpp() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/smollm_tokens.json");
+    let reference: TokenReference = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let model = model();
+    let (prompt, ids) = model
+        .prompt(&chat("t", "What is the capital of France?", 8))
+        .unwrap();
+    let chat_case = reference
+        .cases
+        .iter()
+        .find(|c| c.name == "chat_prompt")
+        .unwrap();
+    assert_eq!(
+        prompt, chat_case.text,
+        "rendered template (jinja2 made the reference)"
+    );
+    assert_eq!(ids, chat_case.ids, "chat prompt ids");
+    for case in &reference.cases {
+        let ours = model.tokenizer.encode(&case.text).unwrap();
+        assert_eq!(ours, case.ids, "case {}: {:?}", case.name, case.text);
+        assert_eq!(
+            model.tokenizer.decode(&ours).unwrap(),
+            case.text
+                .replace("<|im_start|>", "")
+                .replace("<|im_end|>", ""),
+            "case {}",
+            case.name
+        );
+    }
 }

@@ -151,6 +151,11 @@ impl SafetensorsWeights {
             .tensors
             .remove(name)
             .ok_or_else(|| EngineError::InvalidModel(format!("tensor {name} is missing")))?;
+        self.convert(name, &tensor)
+    }
+
+    /// Checks the file's dtype and converts to the compute dtype.
+    fn convert(&self, name: &str, tensor: &Tensor) -> Result<Tensor> {
         match tensor.dtype() {
             DType::F32 | DType::F16 | DType::BF16 => {}
             other => {
@@ -213,7 +218,7 @@ impl WeightSource for SafetensorsWeights {
                 .tensors
                 .get(&name)
                 .ok_or_else(|| EngineError::InvalidModel(format!("tensor {name} is missing")))?;
-            return Ok(t.to_device(&self.device)?.to_dtype(self.dtype)?);
+            return self.convert(&name, t);
         }
         self.take(&name)
     }
