@@ -5,7 +5,7 @@
 export NATS_SERVER_BIN := $(CURDIR)/.cache/bin/nats-server
 export CORTEX_MODELS_DIR := $(CURDIR)/.cache/models
 
-.PHONY: setup test up bench
+.PHONY: setup test up bench bench-engine
 
 setup:
 	scripts/setup.sh
@@ -23,3 +23,7 @@ up: setup
 
 bench: setup
 	cargo bench -p cortex-bus --bench stream_rtt
+
+# Engine speed beside llama.cpp: LLAMA_BENCH=/path/to/llama-bench make bench-engine
+bench-engine: setup
+	cargo bench -p cortex-engine --bench speed

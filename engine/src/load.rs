@@ -14,8 +14,9 @@ use crate::device::DeviceSpec;
 use crate::error::{EngineError, Result};
 use crate::gguf::GgufFile;
 use crate::models::bert::BertEmbedder;
+use crate::models::cpu::CpuLlama;
 use crate::models::llama::{Llama, LlamaConfig};
-use crate::models::weights::{GgufWeights, SafetensorsWeights};
+use crate::models::weights::{GgufWeights, SafetensorsWeights, WeightSource};
 use crate::models::wrapped::WrappedLm;
 use crate::models::CausalLm;
 use crate::progress::LoadProgress;
@@ -29,6 +30,13 @@ pub struct LoadOptions {
     pub chat_template: Option<String>,
     /// Caps the context window below the model's own.
     pub context_length: Option<usize>,
+    /// Runs Llama-family decoders as candle tensor ops even on the CPU:
+    /// slower, and the reference the CPU decoder is tested against.
+    pub tensor_decoder: bool,
+    /// Skips the CPU decoder's precision pass on prompts: prompt processing
+    /// about twice as fast, logits as llama.cpp computes them (8-bit
+    /// activations). See `models::cpu`.
+    pub fast_prompt: bool,
     pub progress: LoadProgress,
 }
 
@@ -138,7 +146,7 @@ pub fn load_gguf(path: &Path, device: &Device, opts: &LoadOptions) -> Result<Cha
             file: &mut file,
             device: device.clone(),
         };
-        Arc::new(Llama::load(cfg, &mut source)?)
+        llama(cfg, &mut source, device, opts)?
     } else if WRAPPED_GGUF.contains(&arch.as_str()) {
         Arc::new(WrappedLm::load(&arch, file, device)?)
     } else {
@@ -149,6 +157,20 @@ pub fn load_gguf(path: &Path, device: &Device, opts: &LoadOptions) -> Result<Cha
         )));
     };
     ChatModel::new(lm, tokenizer, template.as_deref(), &[], weight_bytes, arch)
+}
+
+/// Our CPU decoder on the CPU, candle tensor ops elsewhere (or when asked).
+fn llama(
+    cfg: LlamaConfig,
+    source: &mut dyn WeightSource,
+    device: &Device,
+    opts: &LoadOptions,
+) -> Result<Arc<dyn CausalLm>> {
+    if device.is_cpu() && !opts.tensor_decoder {
+        Ok(Arc::new(CpuLlama::load(cfg, source, !opts.fast_prompt)?))
+    } else {
+        Ok(Arc::new(Llama::load(cfg, source)?))
+    }
 }
 
 fn gguf_llama_config(file: &GgufFile, arch: &str, opts: &LoadOptions) -> Result<LlamaConfig> {
@@ -253,7 +275,7 @@ fn load_safetensors(
         device: device.clone(),
         dtype,
     };
-    let lm = Arc::new(Llama::load(cfg, &mut source)?);
+    let lm = llama(cfg, &mut source, device, opts)?;
 
     let mut tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
     let tok_config = read_json(&dir.join("tokenizer_config.json")).unwrap_or(Json::Null);

@@ -111,6 +111,7 @@ fn four_concurrent_sequences_match_four_sequential_ones() {
                 .text
         })
         .collect();
+    wait_until(|| engine.stats().busy == 0);
     let handles: Vec<_> = prompts
         .iter()
         .map(|p| engine.submit(&chat("c", p, 16)).unwrap())
@@ -221,4 +222,63 @@ fn template_and_tokens_equal_llama_cpp() {
             case.name
         );
     }
+}
+
+#[test]
+fn load_reports_bytes_read() {
+    let progress = cortex_engine::LoadProgress::new();
+    let opts = LoadOptions {
+        progress: progress.clone(),
+        ..LoadOptions::default()
+    };
+    load(&smollm_path(), &opts).unwrap();
+    let (read, total) = progress.get();
+    let size = std::fs::metadata(smollm_path()).unwrap().len();
+    assert_eq!(total, size);
+    // Every tensor was read; only header padding may be skipped.
+    assert!(
+        read as f64 > size as f64 * 0.95 && read <= size,
+        "{read} of {size}"
+    );
+}
+
+#[test]
+fn logprobs_and_tool_instructions() {
+    let engine = ChatEngine::start(model(), EngineConfig::default());
+    let mut req = chat("lp", "What is the capital of France?", 4);
+    req.logprobs = Some(3);
+    let mut handle = engine.submit(&req).unwrap();
+    let mut logprobs = Vec::new();
+    while let Some(event) = handle.events.blocking_recv() {
+        match event {
+            cortex_engine::Event::Delta(d) => logprobs.extend(d.logprobs),
+            e if e.is_terminal() => break,
+            _ => {}
+        }
+    }
+    assert!(!logprobs.is_empty());
+    for lp in &logprobs {
+        assert!(lp.logprob <= 0.0 && lp.top.len() == 3, "{lp:?}");
+        // Greedy: the chosen token is the most likely one.
+        assert!((lp.top[0].logprob - lp.logprob).abs() < 1e-5, "{lp:?}");
+    }
+
+    // SmolLM2's template knows nothing of tools, so they are described in
+    // the system message in the format the parser reads back.
+    let mut req = chat("tools", "What's the weather in Paris?", 4);
+    req.tools = vec![cortex_schemas::chat::ToolDefinition {
+        name: "get_weather".into(),
+        description: Some("Current weather for a city".into()),
+        parameters: serde_json::json!({"type": "object", "properties": {"city": {"type": "string"}}}),
+    }];
+    let (prompt, _) = model().prompt(&req).unwrap();
+    assert!(
+        prompt.contains("<tools>")
+            && prompt.contains("get_weather")
+            && prompt.contains("<tool_call>"),
+        "{prompt}"
+    );
+    req.tool_choice = Some(cortex_schemas::chat::ToolChoice::None);
+    let (prompt, _) = model().prompt(&req).unwrap();
+    assert!(!prompt.contains("get_weather"));
 }

@@ -271,6 +271,61 @@ fn safetensors_and_gguf_from_the_same_weights_agree() {
     assert!(diff < 1e-3, "logits differ by {diff}");
     assert_eq!(argmax(&a), argmax(&b), "greedy next token");
 
+    // The CPU decoder (used above) against candle tensor ops, for the
+    // prompt and for single-token steps.
+    let q41 = dir.path().join("tiny-q41.gguf");
+    write_gguf(&q41, &weights, GgmlDType::Q4_1);
+    let q80 = dir.path().join("tiny-q80.gguf");
+    write_gguf(&q80, &weights, GgmlDType::Q8_0);
+    for path in [&hf_dir, &gguf, &q80, &q41] {
+        let reference = match load(
+            path,
+            &LoadOptions {
+                tensor_decoder: true,
+                ..LoadOptions::default()
+            },
+        )
+        .unwrap()
+        {
+            LoadedModel::Chat(m) => m,
+            LoadedModel::Embedding(_) => unreachable!(),
+        };
+        // Both with 8-bit activations on the prompt (see models::cpu).
+        let fast = match load(
+            path,
+            &LoadOptions {
+                fast_prompt: true,
+                ..LoadOptions::default()
+            },
+        )
+        .unwrap()
+        {
+            LoadedModel::Chat(m) => m,
+            LoadedModel::Embedding(_) => unreachable!(),
+        };
+        let (mut x, mut y) = (fast.lm.start(), reference.lm.start());
+        for (i, chunk) in [&prompt[..], &[5], &[9], &[3, 4]].iter().enumerate() {
+            let p = x.forward(chunk).unwrap().to_vec1::<f32>().unwrap();
+            let q = y.forward(chunk).unwrap().to_vec1::<f32>().unwrap();
+            let diff = p
+                .iter()
+                .zip(&q)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
+            // Exact weights: the same maths in another order. Quantized
+            // weights: a different summation order can flip an activation's
+            // 8-bit rounding, which a random net amplifies a little.
+            let scale = q.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let quantized = path == &q41 || path == &q80;
+            let tolerance = if quantized { 0.05 * scale } else { 1e-3 };
+            assert!(
+                diff < tolerance,
+                "{}: step {i}: CPU and tensor decoders differ by {diff}",
+                path.display()
+            );
+        }
+    }
+
     // Both generate through the engine, identically.
     let run = |m| {
         ChatEngine::start(m, EngineConfig::default())

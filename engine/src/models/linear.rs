@@ -86,11 +86,26 @@ fn split_q4_1(tensor: &QTensor) -> Result<Weight> {
     if width % BLOCK != 0 {
         return Err(bad("a Q4_1 row not a multiple of 32 wide"));
     }
-    let raw = tensor.data()?;
-    let blocks = raw.len() / Q4_1_BYTES;
-    if blocks * Q4_1_BYTES != raw.len() || blocks * BLOCK != tensor.shape().elem_count() {
+    let (codes, offsets) = split_q4_1_bytes(&tensor.data()?)?;
+    if offsets.len() * BLOCK != tensor.shape().elem_count() {
         return Err(bad("Q4_1 data of the wrong size"));
     }
+    let codes = qtensor_from_ggml(GgmlDType::Q4_0, &codes, dims.clone(), &Device::Cpu)?;
+    let out: usize = rows.iter().product();
+    let offsets = Tensor::from_vec(offsets, (out, width / BLOCK), &Device::Cpu)?;
+    Ok(Weight::SplitQ4_1 {
+        codes: QMatMul::from_qtensor(codes)?,
+        offsets: offsets.to_dtype(DType::F32)?,
+    })
+}
+
+/// Q4_1 blocks `(d, m, 16 bytes of nibbles)` → Q4_0 blocks `(d, the same
+/// nibbles)` and the per-block offsets `m + 8d`.
+pub(crate) fn split_q4_1_bytes(raw: &[u8]) -> Result<(Vec<u8>, Vec<f32>)> {
+    if raw.len() % Q4_1_BYTES != 0 {
+        return Err(bad("Q4_1 data of the wrong size"));
+    }
+    let blocks = raw.len() / Q4_1_BYTES;
     let mut codes = Vec::with_capacity(blocks * Q4_0_BYTES);
     let mut offsets = Vec::with_capacity(blocks);
     for block in raw.chunks_exact(Q4_1_BYTES) {
@@ -100,13 +115,7 @@ fn split_q4_1(tensor: &QTensor) -> Result<Weight> {
         codes.extend_from_slice(&block[4..]);
         offsets.push(m.to_f32() + 8.0 * d.to_f32());
     }
-    let codes = qtensor_from_ggml(GgmlDType::Q4_0, &codes, dims.clone(), &Device::Cpu)?;
-    let out: usize = rows.iter().product();
-    let offsets = Tensor::from_vec(offsets, (out, width / BLOCK), &Device::Cpu)?;
-    Ok(Weight::SplitQ4_1 {
-        codes: QMatMul::from_qtensor(codes)?,
-        offsets: offsets.to_dtype(DType::F32)?,
-    })
+    Ok((codes, offsets))
 }
 
 fn bad(what: &str) -> EngineError {

@@ -1,8 +1,11 @@
 //! Decoders and encoders: [`llama`] is ours (Llama, Mistral, SmolLM, Qwen 2
-//! and 3, from GGUF or safetensors); [`wrapped`] runs candle's own GGUF
+//! and 3, from GGUF or safetensors) on candle tensors, [`cpu`] the same
+//! decoder with the framework overhead taken out, used on the CPU; [`wrapped`] runs candle's own GGUF
 //! models (phi3, gemma3) one clone per sequence; [`bert`] embeds.
 
 pub mod bert;
+pub mod cpu;
+pub mod cpu_linear;
 pub mod linear;
 pub mod llama;
 pub mod weights;

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 
 use super::linear::Linear;
@@ -85,6 +86,10 @@ pub trait WeightSource {
     fn dense(&mut self, slot: Slot) -> Result<Tensor>;
     /// A vector (norm weights).
     fn vector(&mut self, slot: Slot) -> Result<Tensor>;
+    /// A weight matrix as stored (quantized stays quantized).
+    fn qtensor(&mut self, slot: Slot) -> Result<QTensor>;
+    /// The bias of a linear layer, when the file has one.
+    fn bias(&mut self, slot: Slot) -> Result<Option<Tensor>>;
 }
 
 /// Weights read from a GGUF file; quantized matrices stay quantized.
@@ -134,6 +139,24 @@ impl WeightSource for GgufWeights<'_> {
 
     fn vector(&mut self, slot: Slot) -> Result<Tensor> {
         self.dense(slot)
+    }
+
+    fn qtensor(&mut self, slot: Slot) -> Result<QTensor> {
+        self.file
+            .tensor(&format!("{}.weight", slot.gguf_name()), &self.device)
+    }
+
+    fn bias(&mut self, slot: Slot) -> Result<Option<Tensor>> {
+        let name = format!("{}.bias", slot.gguf_name());
+        if self.file.has_tensor(&name) {
+            Ok(Some(
+                self.file
+                    .tensor(&name, &self.device)?
+                    .dequantize(&self.device)?,
+            ))
+        } else {
+            Ok(None)
+        }
     }
 }
 
@@ -225,5 +248,26 @@ impl WeightSource for SafetensorsWeights {
 
     fn vector(&mut self, slot: Slot) -> Result<Tensor> {
         self.take(&format!("{}.weight", slot.hf_name()))
+    }
+
+    fn qtensor(&mut self, slot: Slot) -> Result<QTensor> {
+        let dense = if slot == Slot::Embed {
+            self.dense(slot)?
+        } else {
+            self.take(&format!("{}.weight", slot.hf_name()))?
+        };
+        Ok(QTensor::quantize(
+            &dense.to_dtype(DType::F32)?,
+            GgmlDType::F32,
+        )?)
+    }
+
+    fn bias(&mut self, slot: Slot) -> Result<Option<Tensor>> {
+        let name = format!("{}.bias", slot.hf_name());
+        if self.peek(&name) {
+            Ok(Some(self.take(&name)?))
+        } else {
+            Ok(None)
+        }
     }
 }

@@ -1,0 +1,221 @@
+//! Prefill and decode speed of a GGUF model on the CPU, beside llama.cpp's
+//! `llama-bench` on the same file and thread count in the same run.
+//!
+//! ```text
+//! LLAMA_BENCH=/path/to/llama-bench make bench-engine
+//! ```
+//!
+//! Three engines are timed: ours (the CPU decoder, with and without its
+//! prompt precision pass), plain candle
+//! (`candle_transformers::models::quantized_llama`, the code a typical
+//! candle server runs), and llama.cpp when `LLAMA_BENCH` names its
+//! `llama-bench`. Settings: `BENCH_MODEL` (default: the setup script's
+//! SmolLM2 Q4_1), `BENCH_PROMPT` tokens (64), `BENCH_GEN` tokens (128),
+//! `BENCH_REPS` (3, the median is reported), `BENCH_THREADS` (2).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use candle_transformers::models::quantized_llama;
+use cortex_engine::{load, LoadOptions, LoadedModel};
+
+fn env_usize(key: &str, default: usize) -> usize {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Tokens per second of one prefill of `prompt` tokens and of `gen`
+/// single-token decode steps from an empty context.
+struct Speed {
+    prefill: f64,
+    decode: f64,
+}
+
+fn time_ours(path: &Path, prompt: usize, gen: usize, reps: usize, fast_prompt: bool) -> Speed {
+    let opts = LoadOptions {
+        fast_prompt,
+        ..LoadOptions::default()
+    };
+    let LoadedModel::Chat(model) = load(path, &opts).expect("load") else {
+        panic!("not a chat model")
+    };
+    let ids: Vec<u32> = (0..prompt as u32).map(|i| 100 + i).collect();
+    let (mut pp, mut tg) = (Vec::new(), Vec::new());
+    for _ in 0..reps + 1 {
+        let mut seq = model.lm.start();
+        let t = Instant::now();
+        seq.forward(&ids).unwrap();
+        pp.push(prompt as f64 / t.elapsed().as_secs_f64());
+        let mut seq = model.lm.start();
+        let t = Instant::now();
+        for i in 0..gen {
+            seq.forward(&[100 + i as u32]).unwrap();
+        }
+        tg.push(gen as f64 / t.elapsed().as_secs_f64());
+    }
+    // The first round warms caches and the thread pool.
+    Speed {
+        prefill: median(pp[1..].to_vec()),
+        decode: median(tg[1..].to_vec()),
+    }
+}
+
+fn time_candle(path: &Path, prompt: usize, gen: usize, reps: usize) -> Speed {
+    let device = Device::Cpu;
+    let mut file = std::fs::File::open(path).unwrap();
+    let content = candle_core::quantized::gguf_file::Content::read(&mut file).unwrap();
+    let mut model = quantized_llama::ModelWeights::from_gguf(content, &mut file, &device).unwrap();
+    let ids: Vec<u32> = (0..prompt as u32).map(|i| 100 + i).collect();
+    let (mut pp, mut tg) = (Vec::new(), Vec::new());
+    for _ in 0..reps + 1 {
+        let input = Tensor::new(ids.as_slice(), &device)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let t = Instant::now();
+        model.forward(&input, 0).unwrap();
+        pp.push(prompt as f64 / t.elapsed().as_secs_f64());
+        model.clear_kv_cache();
+        let t = Instant::now();
+        for i in 0..gen {
+            let input = Tensor::new(&[100 + i as u32], &device)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap();
+            model.forward(&input, i).unwrap();
+        }
+        tg.push(gen as f64 / t.elapsed().as_secs_f64());
+        model.clear_kv_cache();
+    }
+    Speed {
+        prefill: median(pp[1..].to_vec()),
+        decode: median(tg[1..].to_vec()),
+    }
+}
+
+/// Runs llama-bench and reads its JSON: (prefill, decode) tokens/s.
+fn time_llama_cpp(
+    bin: &str,
+    path: &Path,
+    prompt: usize,
+    gen: usize,
+    reps: usize,
+    threads: usize,
+) -> Option<Speed> {
+    let out = Command::new(bin)
+        .args([
+            "-m",
+            path.to_str()?,
+            "-p",
+            &prompt.to_string(),
+            "-n",
+            &gen.to_string(),
+        ])
+        .args([
+            "-t",
+            &threads.to_string(),
+            "-r",
+            &reps.to_string(),
+            "-o",
+            "json",
+        ])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        eprintln!(
+            "llama-bench failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return None;
+    }
+    let runs: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let mut speed = Speed {
+        prefill: 0.0,
+        decode: 0.0,
+    };
+    for run in runs.as_array()? {
+        let tps = run["avg_ts"].as_f64()?;
+        if run["n_prompt"].as_u64()? > 0 {
+            speed.prefill = tps;
+        } else {
+            speed.decode = tps;
+        }
+    }
+    Some(speed)
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; a plain `cargo test` run does nothing.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let threads = env_usize("BENCH_THREADS", 2);
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    }
+    let prompt = env_usize("BENCH_PROMPT", 64);
+    let gen = env_usize("BENCH_GEN", 128);
+    let reps = env_usize("BENCH_REPS", 3);
+    let path = std::env::var_os("BENCH_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let models = std::env::var_os("CORTEX_MODELS_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.cache/models"))
+                });
+            models.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+        });
+    println!(
+        "model {} · {threads} threads · prompt {prompt} · generate {gen} · median of {reps}",
+        path.display()
+    );
+
+    let ours = time_ours(&path, prompt, gen, reps, false);
+    if std::env::var("BENCH_ONLY_OURS").is_ok() {
+        println!(
+            "cortex (ours): prefill {:.1} tok/s, decode {:.1} tok/s",
+            ours.prefill, ours.decode
+        );
+        return;
+    }
+    let ours_fast = time_ours(&path, prompt, gen, reps, true);
+    let candle = time_candle(&path, prompt, gen, reps);
+    let llama = std::env::var("LLAMA_BENCH")
+        .ok()
+        .and_then(|bin| time_llama_cpp(&bin, &path, prompt, gen, reps, threads));
+
+    println!(
+        "{:<22} {:>14} {:>14}",
+        "engine", "prefill tok/s", "decode tok/s"
+    );
+    let row = |name: &str, s: &Speed| println!("{name:<22} {:>14.1} {:>14.1}", s.prefill, s.decode);
+    row("cortex (ours)", &ours);
+    row("cortex, fast_prompt", &ours_fast);
+    row("candle quantized_llama", &candle);
+    if let Some(l) = &llama {
+        row("llama.cpp llama-bench", l);
+        println!(
+            "ratio ours/llama.cpp: prefill {:.2}x (fast_prompt {:.2}x), decode {:.2}x",
+            ours.prefill / l.prefill,
+            ours_fast.prefill / l.prefill,
+            ours.decode / l.decode
+        );
+    } else {
+        println!("(set LLAMA_BENCH to llama.cpp's llama-bench for the reference)");
+    }
+    println!(
+        "ratio ours/plain candle: prefill {:.2}x, decode {:.2}x",
+        ours.prefill / candle.prefill,
+        ours.decode / candle.decode
+    );
+}

@@ -1,0 +1,128 @@
+//! The simulated engine: deterministic text at the configured pace, with
+//! the real scheduler around it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cortex_engine::sim::{sim_model, SimConfig};
+use cortex_engine::{ChatEngine, EngineConfig, Event};
+use cortex_schemas::chat::{ChatMessage, Role};
+use cortex_schemas::frame::FinishReason;
+use cortex_schemas::infer::{GenerateInput, GenerateRequest};
+
+fn request(id: &str, text: &str, max_tokens: Option<u32>) -> GenerateRequest {
+    GenerateRequest {
+        request_id: id.into(),
+        model: "sim".into(),
+        input: GenerateInput::Chat {
+            messages: vec![ChatMessage::text(Role::User, text)],
+        },
+        tools: Vec::new(),
+        tool_choice: None,
+        sampling: Default::default(),
+        max_tokens,
+        stop: Vec::new(),
+        response_format: None,
+        logprobs: None,
+        deadline_ms: None,
+    }
+}
+
+fn engine(cfg: SimConfig, slots: usize) -> ChatEngine {
+    let model = Arc::new(sim_model(cfg).unwrap());
+    ChatEngine::start(
+        model,
+        EngineConfig {
+            max_concurrency: slots,
+            ..EngineConfig::default()
+        },
+    )
+}
+
+#[test]
+fn deterministic_text_that_ends_on_its_own() {
+    let cfg = SimConfig {
+        tokens_per_second: 2000.0,
+        time_to_first_token: Duration::ZERO,
+        reply_tokens: 12,
+        ..SimConfig::default()
+    };
+    let engine = engine(cfg, 2);
+    let a = engine
+        .submit(&request("a", "hello", None))
+        .unwrap()
+        .collect_blocking()
+        .unwrap();
+    let b = engine
+        .submit(&request("b", "hello", None))
+        .unwrap()
+        .collect_blocking()
+        .unwrap();
+    let c = engine
+        .submit(&request("c", "another prompt", None))
+        .unwrap()
+        .collect_blocking()
+        .unwrap();
+    assert_eq!(a.text, b.text);
+    assert_ne!(a.text, c.text);
+    assert_eq!(a.done.usage.completion_tokens, 12);
+    assert_eq!(a.done.finish_reason, FinishReason::Stop);
+    assert_eq!(a.text.split_whitespace().count(), 12, "{:?}", a.text);
+    let capped = engine
+        .submit(&request("d", "hello", Some(5)))
+        .unwrap()
+        .collect_blocking()
+        .unwrap();
+    assert_eq!(capped.done.finish_reason, FinishReason::Length);
+    assert!(a.text.starts_with(&capped.text));
+}
+
+#[test]
+fn keeps_its_pace_and_overlaps_concurrent_sequences() {
+    let cfg = SimConfig {
+        tokens_per_second: 100.0,
+        time_to_first_token: Duration::from_millis(200),
+        reply_tokens: 20,
+        ..SimConfig::default()
+    };
+    let engine = engine(cfg, 4);
+    let start = Instant::now();
+    let mut handle = engine.submit(&request("one", "hi", None)).unwrap();
+    let mut first_token = None;
+    while let Some(event) = handle.events.blocking_recv() {
+        match event {
+            Event::Delta(_) if first_token.is_none() => first_token = Some(start.elapsed()),
+            e if e.is_terminal() => break,
+            _ => {}
+        }
+    }
+    let total = start.elapsed();
+    let ttft = first_token.unwrap();
+    assert!(
+        ttft >= Duration::from_millis(200) && ttft < Duration::from_millis(600),
+        "ttft {ttft:?}"
+    );
+    // 20 tokens at 100/s after the first: about 0.2 s more.
+    assert!(
+        total >= Duration::from_millis(380) && total < Duration::from_millis(1200),
+        "total {total:?}"
+    );
+
+    // Four at once take about as long as one: the slots overlap.
+    let start = Instant::now();
+    let handles: Vec<_> = (0..4)
+        .map(|i| {
+            engine
+                .submit(&request(&format!("c{i}"), "hi", None))
+                .unwrap()
+        })
+        .collect();
+    for h in handles {
+        h.collect_blocking().unwrap();
+    }
+    let four = start.elapsed();
+    assert!(
+        four < Duration::from_millis(1500),
+        "four concurrent took {four:?}"
+    );
+}
