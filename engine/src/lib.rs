@@ -4,7 +4,8 @@
 //!
 //! Modules, from the files up:
 //! - [`source`]: model locations (`/path`, `hf:org/name@rev:file` in the
-//!   local Hugging Face cache); [`progress`]: bytes-read load progress;
+//!   local Hugging Face cache, [`download`]ed into it when missing and
+//!   online); [`progress`]: bytes-read load progress;
 //!   [`gguf`]: GGUF metadata and tensors; [`device`]: `cpu` / `cuda:N`.
 //! - [`tokenizer`]: `tokenizer.json` or one built from GGUF metadata, and
 //!   UTF-8-safe incremental decoding; [`template`]: the model's Jinja chat
@@ -20,6 +21,7 @@
 
 pub mod chat_model;
 pub mod device;
+pub mod download;
 pub mod embed;
 pub mod engine;
 pub mod error;

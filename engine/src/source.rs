@@ -2,8 +2,9 @@
 //! resolved from the local Hugging Face cache layout
 //! (`$HF_HUB_CACHE`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`).
 //!
-//! Nothing here downloads: offline is the normal case on a GPU host, and a
-//! missing file is reported with the exact cache path that was tried.
+//! A file missing from the cache is downloaded into it (the same layout
+//! `huggingface_hub` writes) unless `HF_HUB_OFFLINE` is set; offline, the
+//! error names the exact cache path that was tried. See [`download`].
 
 use std::path::{Path, PathBuf};
 
@@ -46,8 +47,14 @@ impl ModelSource {
         })
     }
 
-    /// The local path of the source, looking Hub sources up in the cache.
+    /// The local path of the source: Hub files from the cache, downloaded
+    /// first when missing and online (settings from the environment).
     pub fn resolve(&self) -> Result<PathBuf> {
+        self.resolve_with(&HubSettings::from_env())
+    }
+
+    /// As [`resolve`](Self::resolve), with explicit Hub settings.
+    pub fn resolve_with(&self, hub: &HubSettings) -> Result<PathBuf> {
         match self {
             Self::Local(path) if path.exists() => Ok(path.clone()),
             Self::Local(path) => Err(EngineError::Missing(path.display().to_string())),
@@ -55,7 +62,53 @@ impl ModelSource {
                 repo,
                 revision,
                 file,
-            } => resolve_in_cache(&hub_cache_dir(), repo, revision, file),
+            } => match resolve_in_cache(&hub.cache, repo, revision, file) {
+                Ok(path) => Ok(path),
+                Err(missing) if hub.offline || file.is_empty() => Err(missing),
+                Err(_) => crate::download::download(hub, repo, revision, file),
+            },
+        }
+    }
+}
+
+/// Where and how Hub files are fetched.
+#[derive(Clone, PartialEq, Eq)]
+pub struct HubSettings {
+    /// The hub cache directory ([`hub_cache_dir`]).
+    pub cache: PathBuf,
+    /// `HF_ENDPOINT`, default `https://huggingface.co`.
+    pub endpoint: String,
+    /// `HF_HUB_OFFLINE`: never touch the network.
+    pub offline: bool,
+    /// `HF_TOKEN`, for gated repositories.
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for HubSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HubSettings")
+            .field("cache", &self.cache)
+            .field("endpoint", &self.endpoint)
+            .field("offline", &self.offline)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl HubSettings {
+    /// From `HF_HUB_CACHE`/`HF_HOME`, `HF_ENDPOINT`, `HF_HUB_OFFLINE`, `HF_TOKEN`.
+    pub fn from_env() -> Self {
+        let offline = std::env::var("HF_HUB_OFFLINE")
+            .map(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+            .unwrap_or(false);
+        Self {
+            cache: hub_cache_dir(),
+            endpoint: std::env::var("HF_ENDPOINT")
+                .unwrap_or_else(|_| "https://huggingface.co".to_string())
+                .trim_end_matches('/')
+                .to_string(),
+            offline,
+            token: std::env::var("HF_TOKEN").ok().filter(|t| !t.is_empty()),
         }
     }
 }
@@ -86,7 +139,7 @@ pub fn resolve_in_cache(cache: &Path, repo: &str, revision: &str, file: &str) ->
             .map(|s| s.trim().to_string())
             .map_err(|_| {
                 EngineError::Missing(format!(
-                    "hf:{repo}@{revision}: no {} in the Hugging Face cache (offline; fetch it with `huggingface-cli download {repo}`)",
+                    "hf:{repo}@{revision}:{file}: no {} in the Hugging Face cache (offline; fetch it with `huggingface-cli download {repo} {file}`)",
                     reference.display()
                 ))
             })?

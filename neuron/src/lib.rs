@@ -1,7 +1,8 @@
 //! # Cortex neuron
 //!
 //! One daemon per GPU host: discovers devices, runs models in-process with
-//! candle, publishes heartbeats and serves per-model queue groups.
+//! the inference engine (`cortex-engine`, which already exists), publishes
+//! heartbeats and serves per-model queue groups.
 //!
-//! Not built yet: the inference engine (issue 3) and the daemon on the bus
-//! (issue 4) land here. Until then this crate holds nothing.
+//! Not built yet: the daemon on the bus (issue 4) lands here. Until then
+//! this crate holds nothing.

@@ -29,6 +29,7 @@ use candle_core::{Device, Tensor};
 
 use super::cpu_linear::CpuLinear;
 use super::llama::LlamaConfig;
+use super::simd;
 use super::weights::{Slot, WeightSource};
 use super::{CausalLm, Sequence};
 use crate::error::Result;
@@ -269,7 +270,7 @@ impl Sequence for CpuSequence {
             // embeddings: the first token is chosen from exact logits.
             m.embed
                 .chunks_exact(h)
-                .map(|row| row.iter().zip(&last).map(|(a, b)| a * b).sum::<f32>())
+                .map(|row| simd::dot(row, &last))
                 .collect()
         } else {
             m.lm_head.forward_with(&last, 1, precise)?
@@ -286,7 +287,7 @@ fn add_in_place(x: &mut [f32], y: &[f32]) {
 }
 
 fn rms_norm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
-    let mean = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let mean = simd::sum_squares(x) / x.len() as f32;
     let scale = 1.0 / (mean + eps).sqrt();
     for (v, w) in x.iter_mut().zip(weight) {
         *v *= scale * w;
@@ -338,7 +339,7 @@ fn attend_one(cfg: &LlamaConfig, q: &[f32], keys: &[f32], values: &[f32]) -> Vec
         let mut max = f32::NEG_INFINITY;
         for (t, s) in scores.iter_mut().enumerate() {
             let k = &keys[t * kv_dim + g * hd..t * kv_dim + (g + 1) * hd];
-            *s = qh.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale;
+            *s = simd::dot(qh, k) * scale;
             max = max.max(*s);
         }
         let mut total = 0.0;

@@ -9,6 +9,7 @@ use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QMatMul, Q
 use candle_core::{Device, Module, Tensor};
 
 use super::linear::split_q4_1_bytes;
+use super::simd;
 use crate::error::{EngineError, Result};
 
 const BLOCK: usize = 32;
@@ -184,12 +185,12 @@ fn add_offsets(
     for i in 0..n {
         let sums: Vec<f32> = x[i * cols..(i + 1) * cols]
             .chunks_exact(BLOCK)
-            .map(|b| b.iter().sum())
+            .map(simd::sum)
             .collect();
         let out = &mut y[i * stride + start..i * stride + start + rows];
         for (o, y) in out.iter_mut().enumerate() {
             let row = &offsets[o * blocks..(o + 1) * blocks];
-            *y += row.iter().zip(&sums).map(|(a, b)| a * b).sum::<f32>();
+            *y += simd::dot(row, &sums);
         }
     }
 }

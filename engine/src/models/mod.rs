@@ -8,6 +8,7 @@ pub mod cpu;
 pub mod cpu_linear;
 pub mod linear;
 pub mod llama;
+pub mod simd;
 pub mod weights;
 pub mod wrapped;
 
