@@ -18,7 +18,8 @@ const BLOCK: usize = 32;
 struct Group {
     mm: QMatMul,
     rows: usize,
-    /// Q4_1 offsets, `rows × cols/32`.
+    /// Q4_1 offsets, stored transposed (`cols/32 × rows`) so applying them
+    /// is a few contiguous `y += s·column` sweeps.
     offsets: Option<Vec<f32>>,
 }
 
@@ -169,7 +170,7 @@ fn q8_residual(x: &[f32]) -> Vec<f32> {
     out
 }
 
-/// `y[i, start + o] += Σ_b offsets[o, b] · Σ_{j in block b} x[i, j]`.
+/// `y[i, start + o] += Σ_b offsets[b, o] · Σ_{j in block b} x[i, j]`.
 #[allow(clippy::too_many_arguments)]
 fn add_offsets(
     y: &mut [f32],
@@ -181,16 +182,14 @@ fn add_offsets(
     n: usize,
     cols: usize,
 ) {
-    let blocks = cols / BLOCK;
     for i in 0..n {
-        let sums: Vec<f32> = x[i * cols..(i + 1) * cols]
-            .chunks_exact(BLOCK)
-            .map(simd::sum)
-            .collect();
         let out = &mut y[i * stride + start..i * stride + start + rows];
-        for (o, y) in out.iter_mut().enumerate() {
-            let row = &offsets[o * blocks..(o + 1) * blocks];
-            *y += simd::dot(row, &sums);
+        for (b, block) in x[i * cols..(i + 1) * cols].chunks_exact(BLOCK).enumerate() {
+            let s = simd::sum(block);
+            let column = &offsets[b * rows..(b + 1) * rows];
+            for (y, c) in out.iter_mut().zip(column) {
+                *y += s * c;
+            }
         }
     }
 }
@@ -217,10 +216,17 @@ fn group(parts: Vec<QTensor>, cols: usize) -> Result<Group> {
                 offsets.extend(o);
             }
             let q = qtensor_from_ggml(GgmlDType::Q4_0, &codes, vec![rows, cols], &Device::Cpu)?;
+            let blocks = cols / BLOCK;
+            let mut transposed = vec![0f32; offsets.len()];
+            for (o, row) in offsets.chunks_exact(blocks).enumerate() {
+                for (b, &v) in row.iter().enumerate() {
+                    transposed[b * rows + o] = v;
+                }
+            }
             Ok(Group {
                 mm: QMatMul::from_qtensor(q)?,
                 rows,
-                offsets: Some(offsets),
+                offsets: Some(transposed),
             })
         }
         _ => {
