@@ -417,3 +417,124 @@ fn unsupported_architectures_and_dtypes_fail_naming_them() {
     let missing = load(&dir.path().join("nothing.gguf"), &LoadOptions::default()).unwrap_err();
     assert!(missing.to_string().contains("nothing.gguf"), "{missing}");
 }
+
+/// A tiny GGUF of candle's phi3 (fused qkv and gate/up) or gemma3 (q/k
+/// norms, post-norms, sliding window) layout.
+fn write_wrapped_gguf(path: &Path, arch: &str) {
+    let dev = Device::Cpu;
+    let vocab = tokens().len();
+    let seed = std::cell::Cell::new(7u64);
+    let draw = |r: usize, c: usize| {
+        let mut s = seed.get();
+        let v = uniform(r * c, 0.5, &mut s);
+        seed.set(s);
+        QTensor::quantize(&Tensor::from_vec(v, (r, c), &dev).unwrap(), GgmlDType::F32).unwrap()
+    };
+    let ones = |n: usize| {
+        QTensor::quantize(&Tensor::ones(n, DType::F32, &dev).unwrap(), GgmlDType::F32).unwrap()
+    };
+    let mut tensors: Vec<(String, QTensor)> = vec![
+        ("token_embd.weight".into(), draw(vocab, HIDDEN)),
+        ("output_norm.weight".into(), ones(HIDDEN)),
+        ("output.weight".into(), draw(vocab, HIDDEN)),
+    ];
+    let head_dim = HIDDEN / HEADS;
+    for i in 0..LAYERS {
+        let name = |n: &str| format!("blk.{i}.{n}.weight");
+        tensors.push((name("attn_norm"), ones(HIDDEN)));
+        tensors.push((name("ffn_norm"), ones(HIDDEN)));
+        tensors.push((name("attn_output"), draw(HIDDEN, HIDDEN)));
+        tensors.push((name("ffn_down"), draw(HIDDEN, FFN)));
+        if arch == "phi3" {
+            tensors.push((name("attn_qkv"), draw(3 * HIDDEN, HIDDEN)));
+            tensors.push((name("ffn_up"), draw(2 * FFN, HIDDEN)));
+        } else {
+            tensors.push((name("attn_q"), draw(HIDDEN, HIDDEN)));
+            tensors.push((name("attn_k"), draw(KV_HEADS * head_dim, HIDDEN)));
+            tensors.push((name("attn_v"), draw(KV_HEADS * head_dim, HIDDEN)));
+            tensors.push((name("attn_q_norm"), ones(head_dim)));
+            tensors.push((name("attn_k_norm"), ones(head_dim)));
+            tensors.push((name("post_attention_norm"), ones(HIDDEN)));
+            tensors.push((name("post_ffw_norm"), ones(HIDDEN)));
+            tensors.push((name("ffn_gate"), draw(FFN, HIDDEN)));
+            tensors.push((name("ffn_up"), draw(FFN, HIDDEN)));
+        }
+    }
+    let toks = tokens();
+    let types: Vec<Value> = (0..toks.len())
+        .map(|i| Value::I32(if i < 2 { 3 } else { 1 }))
+        .collect();
+    let kv_heads = if arch == "phi3" { HEADS } else { KV_HEADS };
+    let key = |k: &str| format!("{arch}.{k}");
+    let keys: Vec<String> = [
+        "context_length",
+        "embedding_length",
+        "block_count",
+        "feed_forward_length",
+        "attention.head_count",
+        "attention.head_count_kv",
+        "rope.dimension_count",
+        "attention.layer_norm_rms_epsilon",
+        "attention.key_length",
+        "attention.value_length",
+        "attention.sliding_window",
+    ]
+    .iter()
+    .map(|k| key(k))
+    .collect();
+    let mut metadata: Vec<(&str, Value)> = vec![
+        ("general.architecture", Value::String(arch.into())),
+        (&keys[0], Value::U32(64)),
+        (&keys[1], Value::U32(HIDDEN as u32)),
+        (&keys[2], Value::U32(LAYERS as u32)),
+        (&keys[3], Value::U32(FFN as u32)),
+        (&keys[4], Value::U32(HEADS as u32)),
+        (&keys[5], Value::U32(kv_heads as u32)),
+        (&keys[6], Value::U32(head_dim as u32)),
+        (&keys[7], Value::F32(1e-5)),
+        ("tokenizer.ggml.model", Value::String("gpt2".into())),
+        ("tokenizer.ggml.pre", Value::String("gpt-2".into())),
+        (
+            "tokenizer.ggml.tokens",
+            Value::Array(toks.iter().map(|t| Value::String(t.clone())).collect()),
+        ),
+        ("tokenizer.ggml.token_type", Value::Array(types)),
+        ("tokenizer.ggml.merges", Value::Array(Vec::new())),
+        ("tokenizer.ggml.eos_token_id", Value::U32(1)),
+    ];
+    if arch == "gemma3" {
+        metadata.push((&keys[8], Value::U32(head_dim as u32)));
+        metadata.push((&keys[9], Value::U32(head_dim as u32)));
+        metadata.push((&keys[10], Value::U32(8)));
+    }
+    let metadata: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
+    let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut file = std::fs::File::create(path).unwrap();
+    gguf_file::write(&mut file, &metadata, &tensors).unwrap();
+}
+
+#[test]
+fn phi3_and_gemma3_run_on_candle_with_a_clone_per_sequence() {
+    let dir = tempfile::tempdir().unwrap();
+    for arch in ["phi3", "gemma3"] {
+        let path = dir.path().join(format!("tiny-{arch}.gguf"));
+        write_wrapped_gguf(&path, arch);
+        let model = chat_model(&path);
+        assert_eq!(model.architecture, arch);
+        assert_eq!(model.context_length(), 64);
+        let engine = ChatEngine::start(model, EngineConfig::default());
+        let alone = engine
+            .submit(&request(5))
+            .unwrap()
+            .collect_blocking()
+            .unwrap();
+        // Two at once: each has its own cache, so each says the same as alone.
+        let (a, b) = (
+            engine.submit(&request(5)).unwrap(),
+            engine.submit(&request(5)).unwrap(),
+        );
+        assert_eq!(a.collect_blocking().unwrap().text, alone.text, "{arch}");
+        assert_eq!(b.collect_blocking().unwrap().text, alone.text, "{arch}");
+        assert!(alone.done.usage.completion_tokens >= 1, "{arch}");
+    }
+}
