@@ -11,12 +11,13 @@
 //! Prompts of more than one token attend through candle's matmul (gemm),
 //! which wins once the work is large.
 //!
-//! Precision: the quantized kernels round activations to 8 bits per block
-//! of 32, as llama.cpp does. For prompt passes through 4-bit weights (Q4_0,
-//! and Q4_1 on its split path) we also run that rounding error through the
-//! kernel and add it back (`forward_with(.., precise)`), which brings the
-//! prompt's logits to those of the weights applied exactly; a tied output
-//! head is applied in f32 to the prompt's last position.
+//! Precision: the quantized kernels round activations to 8 bits (blocks of
+//! 32 or 256), as llama.cpp does. For prompt passes we also run that
+//! rounding error through the kernel and add it back
+//! (`CpuLinear::forward_with(.., precise)`, which knows how each kernel
+//! rounds), which brings the prompt's logits to those of the weights
+//! applied exactly; a tied output head is applied in f32 to the prompt's
+//! last position.
 //! It matters: greedy SmolLM2 Q4_1 asked for the capital of France answers
 //! "L'Étoile, la Marseillaise…" with 8-bit activations (llama.cpp says the
 //! same) and "The capital of France is Paris." with exact ones. Prompts are

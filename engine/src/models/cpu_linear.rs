@@ -18,9 +18,45 @@ const BLOCK: usize = 32;
 struct Group {
     mm: QMatMul,
     rows: usize,
+    /// How the kernel rounds this group's activations.
+    rounding: Rounding,
     /// Q4_1 offsets, stored transposed (`cols/32 × rows`) so applying them
     /// is a few contiguous `y += s·column` sweeps.
     offsets: Option<Vec<f32>>,
+}
+
+/// How a kernel rounds activations before its integer dot products; the
+/// precise pass needs to know to correct it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rounding {
+    /// f32 weights: nothing is rounded.
+    Exact,
+    /// Q8_0/Q8_1: blocks of 32, scale `amax/127` stored as f16.
+    Q8Blocks,
+    /// Q8_K: blocks of 256, scale `−max/127` in f32 (K-quants, and Q8_0 on
+    /// the repacked VNNI kernels).
+    Q8K,
+}
+
+impl Rounding {
+    fn of(dtype: GgmlDType, rows: usize, cols: usize) -> Self {
+        use GgmlDType as D;
+        match dtype {
+            D::F32 | D::F16 | D::BF16 => Self::Exact,
+            D::Q8_0 if q8_repack_applies(rows, cols) => Self::Q8K,
+            D::Q4_0 | D::Q4_1 | D::Q5_0 | D::Q5_1 | D::Q8_0 | D::Q8_1 => Self::Q8Blocks,
+            _ => Self::Q8K,
+        }
+    }
+
+    /// What this rounding loses of `x`: `x − dequant(quant(x))`.
+    fn residual(self, x: &[f32]) -> Vec<f32> {
+        match self {
+            Self::Exact => vec![0.0; x.len()],
+            Self::Q8Blocks => q8_residual(x),
+            Self::Q8K => q8k_residual(x),
+        }
+    }
 }
 
 /// `y = x·Wᵀ + b` with W the rows of its parts, stacked.
@@ -98,19 +134,11 @@ impl CpuLinear {
     /// through the kernel and added: twice the kernel time, error ~1/127.
     pub fn forward_with(&self, x: &[f32], n: usize, precise: bool) -> Result<Vec<f32>> {
         let input = Tensor::from_slice(x, (n, self.cols), &Device::Cpu)?;
-        let residual = if precise && self.groups.iter().any(|g| q4_0_kernel(&g.mm)) {
-            Some(Tensor::from_vec(
-                q8_residual(x),
-                (n, self.cols),
-                &Device::Cpu,
-            )?)
-        } else {
-            None
-        };
         let run = |g: &Group| -> Result<Vec<f32>> {
             let mut y = g.mm.forward(&input)?;
-            if let (Some(r), true) = (&residual, q4_0_kernel(&g.mm)) {
-                y = (y + g.mm.forward(r)?)?;
+            if precise && g.rounding != Rounding::Exact {
+                let r = Tensor::from_vec(g.rounding.residual(x), (n, self.cols), &Device::Cpu)?;
+                y = (y + g.mm.forward(&r)?)?;
             }
             Ok(y.flatten_all()?.to_vec1::<f32>()?)
         };
@@ -148,16 +176,7 @@ impl CpuLinear {
     }
 }
 
-/// Whether `mm` runs candle's Q4_0 kernel, whose activations are rounded
-/// exactly as [`q8_residual`] assumes (Q8_0, f16 scale). Other kernels may
-/// repack and round differently (Q8_K on AVX-VNNI machines), where the
-/// correction would not apply; they keep 8-bit activations.
-fn q4_0_kernel(mm: &QMatMul) -> bool {
-    matches!(mm, QMatMul::QTensor(t) if t.dtype() == GgmlDType::Q4_0)
-}
-
-/// What 8-bit block quantization (Q8_0, as the kernels apply it to
-/// activations) loses of `x`: `x − dequant(quant(x))`.
+/// Q8_0 rounding's loss, computed as candle's `BlockQ8_0::from_float` rounds.
 fn q8_residual(x: &[f32]) -> Vec<f32> {
     let mut out = Vec::with_capacity(x.len());
     for block in x.chunks(BLOCK) {
@@ -166,6 +185,32 @@ fn q8_residual(x: &[f32]) -> Vec<f32> {
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         let d16 = half::f16::from_f32(d).to_f32();
         out.extend(block.iter().map(|&v| v - (v * id).round() * d16));
+    }
+    out
+}
+
+/// Q8_K rounding's loss, computed as candle's `BlockQ8K::from_float` rounds.
+fn q8k_residual(x: &[f32]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(x.len());
+    for block in x.chunks(256) {
+        let (mut max, mut amax) = (0f32, 0f32);
+        for &v in block {
+            if amax < v.abs() {
+                amax = v.abs();
+                max = v;
+            }
+        }
+        if amax == 0.0 {
+            out.extend_from_slice(block);
+            continue;
+        }
+        let iscale = -127.0 / max;
+        let d = 1.0 / iscale;
+        out.extend(
+            block
+                .iter()
+                .map(|&v| v - (iscale * v).round().clamp(-128.0, 127.0) * d),
+        );
     }
     out
 }
@@ -194,28 +239,78 @@ fn add_offsets(
     }
 }
 
+/// Whether candle 0.11's repacked x86 kernels run a Q8_0 matmul of this
+/// shape (mirrors its `repack_x86::select`): VNNI (plain AVX2 is excluded),
+/// a width that is a multiple of 256, rows in tiles of 16. They are several
+/// times faster than the Q4_0 kernel on such shapes (measured: 576×1536,
+/// 18 µs against 83 µs).
+fn q8_repack_applies(rows: usize, cols: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let forced_avx2 = std::env::var("MISTRALRS_FORCE_AVX2").as_deref() == Ok("1");
+        let forced_vnni = std::env::var("MISTRALRS_FORCE_AVXVNNI").as_deref() == Ok("1");
+        let avx512_vnni =
+            is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni");
+        let avx_vnni = (forced_vnni || is_x86_feature_detected!("avxvnni"))
+            && is_x86_feature_detected!("avx2");
+        let vnni = (!forced_avx2 && !forced_vnni && avx512_vnni) || (!forced_avx2 && avx_vnni);
+        cols % 256 == 0 && rows % 16 == 0 && vnni
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (rows, cols);
+        false
+    }
+}
+
+/// Q4_0 codes as a tensor; where the repacked Q8_0 kernel applies, widened
+/// to Q8_0 first. That is lossless: a Q4_0 value is `d·(q−8)` with
+/// `q−8` in −8..7, which Q8_0 stores as the same scale and an i8.
+fn codes_tensor(q4_0: &[u8], rows: usize, cols: usize) -> Result<QTensor> {
+    if !q8_repack_applies(rows, cols) {
+        return Ok(qtensor_from_ggml(
+            GgmlDType::Q4_0,
+            q4_0,
+            vec![rows, cols],
+            &Device::Cpu,
+        )?);
+    }
+    let mut q8 = Vec::with_capacity(q4_0.len() / 18 * 34);
+    for block in q4_0.chunks_exact(18) {
+        q8.extend_from_slice(&block[0..2]);
+        q8.extend(block[2..].iter().map(|b| ((b & 0x0F) as i8 - 8) as u8));
+        q8.extend(block[2..].iter().map(|b| ((b >> 4) as i8 - 8) as u8));
+    }
+    Ok(qtensor_from_ggml(
+        GgmlDType::Q8_0,
+        &q8,
+        vec![rows, cols],
+        &Device::Cpu,
+    )?)
+}
+
 /// Stacks same-typed tensors into one matmul.
 fn group(parts: Vec<QTensor>, cols: usize) -> Result<Group> {
     let dtype = parts[0].dtype();
     let rows: usize = parts.iter().map(|p| p.shape().dims()[0]).sum();
-    if parts.len() == 1 && dtype != GgmlDType::Q4_1 {
-        let mm = QMatMul::from_qtensor(parts.into_iter().next().expect("one part"))?;
-        return Ok(Group {
-            mm,
+    let make = |q: QTensor, offsets: Option<Vec<f32>>| -> Result<Group> {
+        let rounding = Rounding::of(q.dtype(), rows, cols);
+        Ok(Group {
+            mm: QMatMul::from_qtensor(q)?,
             rows,
-            offsets: None,
-        });
-    }
+            rounding,
+            offsets,
+        })
+    };
+    let mut bytes = Vec::new();
     match dtype {
         GgmlDType::Q4_1 => {
-            let mut codes = Vec::new();
             let mut offsets = Vec::new();
             for p in &parts {
                 let (c, o) = split_q4_1_bytes(&p.data()?)?;
-                codes.extend(c);
+                bytes.extend(c);
                 offsets.extend(o);
             }
-            let q = qtensor_from_ggml(GgmlDType::Q4_0, &codes, vec![rows, cols], &Device::Cpu)?;
             let blocks = cols / BLOCK;
             let mut transposed = vec![0f32; offsets.len()];
             for (o, row) in offsets.chunks_exact(blocks).enumerate() {
@@ -223,23 +318,23 @@ fn group(parts: Vec<QTensor>, cols: usize) -> Result<Group> {
                     transposed[b * rows + o] = v;
                 }
             }
-            Ok(Group {
-                mm: QMatMul::from_qtensor(q)?,
-                rows,
-                offsets: Some(transposed),
-            })
+            make(codes_tensor(&bytes, rows, cols)?, Some(transposed))
         }
-        _ => {
-            let mut bytes = Vec::new();
+        GgmlDType::Q4_0 => {
             for p in &parts {
                 bytes.extend_from_slice(&p.data()?);
             }
-            let q = qtensor_from_ggml(dtype, &bytes, vec![rows, cols], &Device::Cpu)?;
-            Ok(Group {
-                mm: QMatMul::from_qtensor(q)?,
-                rows,
-                offsets: None,
-            })
+            make(codes_tensor(&bytes, rows, cols)?, None)
+        }
+        _ if parts.len() == 1 => make(parts.into_iter().next().expect("one part"), None),
+        _ => {
+            for p in &parts {
+                bytes.extend_from_slice(&p.data()?);
+            }
+            make(
+                qtensor_from_ggml(dtype, &bytes, vec![rows, cols], &Device::Cpu)?,
+                None,
+            )
         }
     }
 }
@@ -311,18 +406,17 @@ mod tests {
                 .flat_map(|row| row[range.clone()].to_vec())
                 .collect()
         };
-        // The Q4_1 rows (split onto the Q4_0 kernel) get the correction…
-        let (e_fast, e_precise) = (
-            max_diff(&cols_of(&fast, 0..96), &cols_of(&exact, 0..96)),
-            max_diff(&cols_of(&precise, 0..96), &cols_of(&exact, 0..96)),
-        );
-        assert!(e_fast < 1.0, "8-bit activations: off by {e_fast}");
-        assert!(
-            e_precise < e_fast / 10.0,
-            "precise {e_precise} vs fast {e_fast}"
-        );
-        // …the Q8_0 rows keep their kernel's own rounding.
-        assert_eq!(cols_of(&fast, 96..128), cols_of(&precise, 96..128));
-        assert!(max_diff(&cols_of(&fast, 96..128), &cols_of(&exact, 96..128)) < 1.0);
+        // Each group's activation rounding is corrected, whichever kernel
+        // (Q4_0, or Q8_0/Q8_K where candle repacks) ran it.
+        for range in [0..96, 96..128] {
+            let exact = cols_of(&exact, range.clone());
+            let e_fast = max_diff(&cols_of(&fast, range.clone()), &exact);
+            let e_precise = max_diff(&cols_of(&precise, range.clone()), &exact);
+            assert!(e_fast < 1.0, "{range:?}: 8-bit activations off by {e_fast}");
+            assert!(
+                e_precise < e_fast / 10.0,
+                "{range:?}: precise {e_precise} vs fast {e_fast}"
+            );
+        }
     }
 }
