@@ -34,7 +34,8 @@ pub struct ChatModel {
     pub template: ChatTemplate,
     /// Tokens that end generation.
     pub stop_ids: Vec<u32>,
-    /// Bytes of weights (file size), for memory accounting.
+    /// Bytes the weights take in memory (file size, plus any repacking),
+    /// for memory accounting.
     pub weight_bytes: u64,
     /// The model's architecture as its files name it.
     pub architecture: String,
@@ -60,6 +61,7 @@ impl ChatModel {
         stop_ids.extend(END_OF_TURN.iter().filter_map(|t| tokenizer.token_to_id(t)));
         stop_ids.sort_unstable();
         stop_ids.dedup();
+        let weight_bytes = weight_bytes + lm.extra_bytes();
         Ok(Self {
             lm,
             tokenizer,

@@ -282,3 +282,31 @@ fn logprobs_and_tool_instructions() {
     let (prompt, _) = model().prompt(&req).unwrap();
     assert!(!prompt.contains("get_weather"));
 }
+
+#[test]
+fn repacking_stays_within_its_memory_budget() {
+    let size = std::fs::metadata(smollm_path()).unwrap().len();
+    let chat = |opts: LoadOptions| match load(&smollm_path(), &opts).unwrap() {
+        LoadedModel::Chat(m) => m,
+        LoadedModel::Embedding(_) => unreachable!(),
+    };
+    let lean = chat(LoadOptions {
+        widen_fraction: Some(0.0),
+        ..LoadOptions::default()
+    });
+    assert_eq!(lean.weight_bytes, size, "no budget, no growth");
+    let out = ChatEngine::start(lean, EngineConfig::default())
+        .submit(&chat_request())
+        .unwrap()
+        .collect_blocking()
+        .unwrap();
+    assert!(out.text.contains("Paris"), "{:?}", out.text);
+    // The default budget is a quarter of the file (used only where the
+    // faster kernel exists on this CPU).
+    let default = model();
+    assert!(default.weight_bytes >= size && default.weight_bytes <= size + size / 4);
+}
+
+fn chat_request() -> cortex_schemas::infer::GenerateRequest {
+    chat("budget", "What is the capital of France?", 12)
+}

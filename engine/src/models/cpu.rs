@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 
-use super::cpu_linear::CpuLinear;
+use super::cpu_linear::{CpuLinear, WidenBudget};
 use super::llama::LlamaConfig;
 use super::simd;
 use super::weights::{Slot, WeightSource};
@@ -59,6 +59,8 @@ struct Inner {
     sin: Vec<f32>,
     /// Correct the activations' rounding on prompt passes.
     precise_prompt: bool,
+    /// Memory beyond the file's weights (widened codes).
+    extra_bytes: u64,
     device: Device,
 }
 
@@ -83,20 +85,28 @@ fn vector(source: &mut dyn WeightSource, slot: Slot) -> Result<Vec<f32>> {
         .to_vec1::<f32>()?)
 }
 
-fn fused(source: &mut dyn WeightSource, slots: &[Slot]) -> Result<CpuLinear> {
+fn fused(
+    source: &mut dyn WeightSource,
+    slots: &[Slot],
+    budget: &mut WidenBudget,
+) -> Result<CpuLinear> {
     let mut parts = Vec::with_capacity(slots.len());
     for &slot in slots {
         parts.push((source.qtensor(slot)?, source.bias(slot)?));
     }
-    CpuLinear::fuse(parts)
+    CpuLinear::fuse(parts, budget)
 }
 
 impl CpuLlama {
+    /// `widen_bytes`: memory the loader may add to run 4-bit matrices on
+    /// faster kernels ([`WidenBudget`]).
     pub fn load(
         cfg: LlamaConfig,
         source: &mut dyn WeightSource,
         precise_prompt: bool,
+        widen_bytes: u64,
     ) -> Result<Self> {
+        let mut budget = WidenBudget::new(widen_bytes);
         // Read once: a tied output head reuses the embedding matrix as stored.
         let embed_q = source.qtensor(Slot::Embed)?;
         let embed = embed_q
@@ -115,21 +125,21 @@ impl CpuLlama {
             };
             blocks.push(Block {
                 attn_norm: vector(source, Slot::AttnNorm(i))?,
-                qkv: fused(source, &[Slot::Q(i), Slot::K(i), Slot::V(i)])?,
-                o: fused(source, &[Slot::O(i)])?,
+                qkv: fused(source, &[Slot::Q(i), Slot::K(i), Slot::V(i)], &mut budget)?,
+                o: fused(source, &[Slot::O(i)], &mut budget)?,
                 q_norm,
                 k_norm,
                 ffn_norm: vector(source, Slot::FfnNorm(i))?,
-                gate_up: fused(source, &[Slot::Gate(i), Slot::Up(i)])?,
-                down: fused(source, &[Slot::Down(i)])?,
+                gate_up: fused(source, &[Slot::Gate(i), Slot::Up(i)], &mut budget)?,
+                down: fused(source, &[Slot::Down(i)], &mut budget)?,
             });
         }
         let norm = vector(source, Slot::FinalNorm)?;
         let tied = !source.has(Slot::LmHead);
         let lm_head = if tied {
-            CpuLinear::fuse(vec![(embed_q, None)])?
+            CpuLinear::fuse(vec![(embed_q, None)], &mut budget)?
         } else {
-            fused(source, &[Slot::LmHead])?
+            fused(source, &[Slot::LmHead], &mut budget)?
         };
         let half = cfg.head_dim / 2;
         let mut cos = Vec::with_capacity(cfg.context_length * half);
@@ -154,6 +164,7 @@ impl CpuLlama {
                 cos,
                 sin,
                 precise_prompt,
+                extra_bytes: budget.spent,
                 device: Device::Cpu,
             }),
         })
@@ -177,6 +188,10 @@ impl CausalLm for CpuLlama {
 
     fn device(&self) -> &Device {
         &self.inner.device
+    }
+
+    fn extra_bytes(&self) -> u64 {
+        self.inner.extra_bytes
     }
 }
 

@@ -59,6 +59,34 @@ impl Rounding {
     }
 }
 
+/// Memory the loader may spend widening 4-bit codes to Q8_0 for speed
+/// (Q8_0 takes 34 bytes per 32 weights against Q4_0's 18). Groups are
+/// widened while the budget lasts, so a model never grows by more than it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WidenBudget {
+    pub left: u64,
+    pub spent: u64,
+}
+
+impl WidenBudget {
+    pub fn new(bytes: u64) -> Self {
+        Self {
+            left: bytes,
+            spent: 0,
+        }
+    }
+
+    fn take(&mut self, bytes: u64) -> bool {
+        if bytes <= self.left {
+            self.left -= bytes;
+            self.spent += bytes;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// `y = x·Wᵀ + b` with W the rows of its parts, stacked.
 pub struct CpuLinear {
     groups: Vec<Group>,
@@ -79,7 +107,7 @@ impl std::fmt::Debug for CpuLinear {
 
 impl CpuLinear {
     /// Stacks `parts` (weight `[rows_i, cols]`, optional bias `[rows_i]`).
-    pub fn fuse(parts: Vec<(QTensor, Option<Tensor>)>) -> Result<Self> {
+    pub fn fuse(parts: Vec<(QTensor, Option<Tensor>)>, budget: &mut WidenBudget) -> Result<Self> {
         let cols = match parts.first() {
             Some((w, _)) => w.shape().dims2()?.1,
             None => {
@@ -108,11 +136,11 @@ impl CpuLinear {
                 }
             }
             if pending.first().is_some_and(|p| p.dtype() != w.dtype()) {
-                groups.push(group(std::mem::take(&mut pending), cols)?);
+                groups.push(group(std::mem::take(&mut pending), cols, budget)?);
             }
             pending.push(w);
         }
-        groups.push(group(pending, cols)?);
+        groups.push(group(pending, cols, budget)?);
         Ok(Self {
             groups,
             bias: any_bias.then_some(bias),
@@ -266,8 +294,14 @@ fn q8_repack_applies(rows: usize, cols: usize) -> bool {
 /// Q4_0 codes as a tensor; where the repacked Q8_0 kernel applies, widened
 /// to Q8_0 first. That is lossless: a Q4_0 value is `d·(q−8)` with
 /// `q−8` in −8..7, which Q8_0 stores as the same scale and an i8.
-fn codes_tensor(q4_0: &[u8], rows: usize, cols: usize) -> Result<QTensor> {
-    if !q8_repack_applies(rows, cols) {
+fn codes_tensor(
+    q4_0: &[u8],
+    rows: usize,
+    cols: usize,
+    budget: &mut WidenBudget,
+) -> Result<QTensor> {
+    let extra = (q4_0.len() / 18 * 16) as u64;
+    if !q8_repack_applies(rows, cols) || !budget.take(extra) {
         return Ok(qtensor_from_ggml(
             GgmlDType::Q4_0,
             q4_0,
@@ -290,7 +324,7 @@ fn codes_tensor(q4_0: &[u8], rows: usize, cols: usize) -> Result<QTensor> {
 }
 
 /// Stacks same-typed tensors into one matmul.
-fn group(parts: Vec<QTensor>, cols: usize) -> Result<Group> {
+fn group(parts: Vec<QTensor>, cols: usize, budget: &mut WidenBudget) -> Result<Group> {
     let dtype = parts[0].dtype();
     let rows: usize = parts.iter().map(|p| p.shape().dims()[0]).sum();
     let make = |q: QTensor, offsets: Option<Vec<f32>>| -> Result<Group> {
@@ -318,13 +352,13 @@ fn group(parts: Vec<QTensor>, cols: usize) -> Result<Group> {
                     transposed[b * rows + o] = v;
                 }
             }
-            make(codes_tensor(&bytes, rows, cols)?, Some(transposed))
+            make(codes_tensor(&bytes, rows, cols, budget)?, Some(transposed))
         }
         GgmlDType::Q4_0 => {
             for p in &parts {
                 bytes.extend_from_slice(&p.data()?);
             }
-            make(codes_tensor(&bytes, rows, cols)?, None)
+            make(codes_tensor(&bytes, rows, cols, budget)?, None)
         }
         _ if parts.len() == 1 => make(parts.into_iter().next().expect("one part"), None),
         _ => {
@@ -377,7 +411,7 @@ mod tests {
                 )
             })
             .collect();
-        let fused = CpuLinear::fuse(parts).unwrap();
+        let fused = CpuLinear::fuse(parts, &mut WidenBudget::new(u64::MAX)).unwrap();
         assert_eq!(fused.rows(), 128);
         assert_eq!(fused.groups.len(), 2, "the two Q4_1 parts share a matmul");
 

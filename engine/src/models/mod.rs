@@ -23,6 +23,10 @@ pub trait CausalLm: Send + Sync + std::fmt::Debug {
     /// The longest sequence the model can attend over.
     fn context_length(&self) -> usize;
     fn device(&self) -> &Device;
+    /// Memory the loaded model takes beyond its weight files (repacking).
+    fn extra_bytes(&self) -> u64 {
+        0
+    }
 }
 
 /// One sequence being generated.
