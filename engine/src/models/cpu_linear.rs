@@ -23,6 +23,9 @@ struct Group {
     /// Q4_1 offsets, stored transposed (`cols/32 × rows`) so applying them
     /// is a few contiguous `y += s·column` sweeps.
     offsets: Option<Vec<f32>>,
+    /// Width of the stored rows: more than the input's when rows were
+    /// zero-padded to reach a faster kernel; the input is padded to match.
+    width: usize,
 }
 
 /// How a kernel rounds activations before its integer dot products; the
@@ -162,10 +165,23 @@ impl CpuLinear {
     /// through the kernel and added: twice the kernel time, error ~1/127.
     pub fn forward_with(&self, x: &[f32], n: usize, precise: bool) -> Result<Vec<f32>> {
         let input = Tensor::from_slice(x, (n, self.cols), &Device::Cpu)?;
+        let padded: Option<Vec<f32>> = self
+            .groups
+            .iter()
+            .find(|g| g.width != self.cols)
+            .map(|g| pad_rows(x, self.cols, g.width));
+        let padded_input = match &padded {
+            Some(p) => Some(Tensor::from_slice(p, (n, p.len() / n), &Device::Cpu)?),
+            None => None,
+        };
         let run = |g: &Group| -> Result<Vec<f32>> {
-            let mut y = g.mm.forward(&input)?;
+            let (xs, input) = match (&padded, &padded_input) {
+                (Some(p), Some(t)) if g.width != self.cols => (p.as_slice(), t),
+                _ => (x, &input),
+            };
+            let mut y = g.mm.forward(input)?;
             if precise && g.rounding != Rounding::Exact {
-                let r = Tensor::from_vec(g.rounding.residual(x), (n, self.cols), &Device::Cpu)?;
+                let r = Tensor::from_vec(g.rounding.residual(xs), (n, g.width), &Device::Cpu)?;
                 y = (y + g.mm.forward(&r)?)?;
             }
             Ok(y.flatten_all()?.to_vec1::<f32>()?)
@@ -323,17 +339,62 @@ fn codes_tensor(
     )?)
 }
 
+/// Zero blocks that widen each Q8_0 row to a multiple of 256.
+fn q8_padding(cols: usize) -> usize {
+    cols.next_multiple_of(256) - cols
+}
+
+/// Q8_0 rows as a tensor; where the repacked kernel would apply to rows
+/// zero-padded to a multiple of 256 and the budget allows, padded. Zero
+/// weights times the zero-padded input add nothing: the product is the same.
+fn q8_0_tensor(q8: &[u8], rows: usize, cols: usize, budget: &mut WidenBudget) -> Result<QTensor> {
+    let pad = q8_padding(cols);
+    let extra = (rows * pad / BLOCK * 34) as u64;
+    if pad == 0 || !q8_repack_applies(rows, cols + pad) || !budget.take(extra) {
+        return Ok(qtensor_from_ggml(
+            GgmlDType::Q8_0,
+            q8,
+            vec![rows, cols],
+            &Device::Cpu,
+        )?);
+    }
+    let row_bytes = cols / BLOCK * 34;
+    let mut out = Vec::with_capacity(q8.len() + extra as usize);
+    for row in q8.chunks_exact(row_bytes) {
+        out.extend_from_slice(row);
+        out.resize(out.len() + pad / BLOCK * 34, 0);
+    }
+    Ok(qtensor_from_ggml(
+        GgmlDType::Q8_0,
+        &out,
+        vec![rows, cols + pad],
+        &Device::Cpu,
+    )?)
+}
+
+/// `n` rows of `cols` values, each followed by zeros up to `width`.
+fn pad_rows(x: &[f32], cols: usize, width: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(x.len() / cols * width);
+    for row in x.chunks_exact(cols) {
+        out.extend_from_slice(row);
+        out.resize(out.len() + width - cols, 0.0);
+    }
+    out
+}
+
 /// Stacks same-typed tensors into one matmul.
 fn group(parts: Vec<QTensor>, cols: usize, budget: &mut WidenBudget) -> Result<Group> {
     let dtype = parts[0].dtype();
     let rows: usize = parts.iter().map(|p| p.shape().dims()[0]).sum();
     let make = |q: QTensor, offsets: Option<Vec<f32>>| -> Result<Group> {
-        let rounding = Rounding::of(q.dtype(), rows, cols);
+        let width = q.shape().dims2()?.1;
+        let rounding = Rounding::of(q.dtype(), rows, width);
         Ok(Group {
             mm: QMatMul::from_qtensor(q)?,
             rows,
             rounding,
             offsets,
+            width,
         })
     };
     let mut bytes = Vec::new();
@@ -359,6 +420,12 @@ fn group(parts: Vec<QTensor>, cols: usize, budget: &mut WidenBudget) -> Result<G
                 bytes.extend_from_slice(&p.data()?);
             }
             make(codes_tensor(&bytes, rows, cols, budget)?, None)
+        }
+        GgmlDType::Q8_0 => {
+            for p in &parts {
+                bytes.extend_from_slice(&p.data()?);
+            }
+            make(q8_0_tensor(&bytes, rows, cols, budget)?, None)
         }
         _ if parts.len() == 1 => make(parts.into_iter().next().expect("one part"), None),
         _ => {
@@ -450,6 +517,43 @@ mod tests {
             assert!(
                 e_precise < e_fast / 10.0,
                 "{range:?}: precise {e_precise} vs fast {e_fast}"
+            );
+        }
+    }
+
+    /// Q8_0 rows padded to a multiple of 256 (where that reaches the faster
+    /// kernel) compute the same product, at 8-bit precision or corrected.
+    #[test]
+    fn padded_q8_rows_compute_the_same_product() {
+        let dev = Device::Cpu;
+        let (n, rows, cols) = (2, 64, 576);
+        let w = Tensor::randn(0f32, 1.0, (rows, cols), &dev).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (n, cols), &dev).unwrap();
+        let xs = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let q = || QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
+        let exact = x
+            .matmul(&q().dequantize(&dev).unwrap().t().unwrap())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let mut budget = WidenBudget::new(u64::MAX);
+        let padded = CpuLinear::fuse(vec![(q(), None)], &mut budget).unwrap();
+        let plain = CpuLinear::fuse(vec![(q(), None)], &mut WidenBudget::new(0)).unwrap();
+        assert_eq!(plain.groups[0].width, cols);
+        if q8_repack_applies(rows, 768) {
+            assert_eq!(padded.groups[0].width, 768);
+            assert_eq!(budget.spent, (rows * 192 / 32 * 34) as u64);
+        }
+        for linear in [&padded, &plain] {
+            let fast = linear.forward(&xs, n).unwrap();
+            let precise = linear.forward_with(&xs, n, true).unwrap();
+            let (e_fast, e_precise) = (max_diff(&fast, &exact), max_diff(&precise, &exact));
+            assert!(e_fast < 1.0, "off by {e_fast}");
+            assert!(
+                e_precise < e_fast / 10.0,
+                "precise {e_precise} vs fast {e_fast}"
             );
         }
     }
