@@ -2,6 +2,12 @@
 
 use std::path::PathBuf;
 
+use cortex_schemas::error::{ErrorClass, WireError};
+
+/// The retry hint sent with `overloaded`: about one decode step of a few
+/// sequences on a small model.
+pub const OVERLOADED_RETRY_MS: u64 = 250;
+
 /// Anything that can go wrong loading a model or serving a request.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -43,6 +49,9 @@ pub enum EngineError {
     /// The request was cancelled by its caller.
     #[error("cancelled")]
     Cancelled,
+    /// The request's deadline passed before it finished.
+    #[error("deadline exceeded")]
+    DeadlineExceeded,
     /// The engine is shutting down or its worker has stopped.
     #[error("engine stopped")]
     Stopped,
@@ -52,6 +61,34 @@ pub enum EngineError {
 }
 
 impl EngineError {
+    /// The wire class a client sees for this error.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Self::InvalidRequest(_) | Self::ContextTooLong { .. } | Self::Template(_) => {
+                ErrorClass::InvalidRequest
+            }
+            Self::Overloaded { .. } => ErrorClass::Overloaded,
+            Self::Cancelled => ErrorClass::Cancelled,
+            Self::DeadlineExceeded => ErrorClass::DeadlineExceeded,
+            Self::Stopped => ErrorClass::Unavailable,
+            Self::Io { .. }
+            | Self::Missing(_)
+            | Self::Unsupported(_)
+            | Self::InvalidModel(_)
+            | Self::Tokenizer(_)
+            | Self::Candle(_) => ErrorClass::Internal,
+        }
+    }
+
+    /// The error as an `Error` frame carries it.
+    pub fn to_wire(&self) -> WireError {
+        let mut wire = WireError::new(self.class(), self.to_string());
+        if let Self::Overloaded { .. } = self {
+            wire.retry_after_ms = Some(OVERLOADED_RETRY_MS);
+        }
+        wire
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Self::Io {
             path: path.into(),
@@ -62,3 +99,37 @@ impl EngineError {
 
 /// Result alias of this crate.
 pub type Result<T> = std::result::Result<T, EngineError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_map_to_wire_classes() {
+        let too_long = EngineError::ContextTooLong {
+            prompt: 10,
+            reserve: 5,
+            window: 8,
+        };
+        assert_eq!(too_long.class(), ErrorClass::InvalidRequest);
+        assert!(too_long.to_wire().message.contains("context window of 8"));
+        let busy = EngineError::Overloaded {
+            busy: 4,
+            queued: 16,
+        }
+        .to_wire();
+        assert_eq!(busy.class, ErrorClass::Overloaded);
+        assert_eq!(busy.retry_after_ms, Some(OVERLOADED_RETRY_MS));
+        assert_eq!(EngineError::Cancelled.class(), ErrorClass::Cancelled);
+        assert_eq!(
+            EngineError::DeadlineExceeded.class(),
+            ErrorClass::DeadlineExceeded
+        );
+        assert_eq!(EngineError::Stopped.class(), ErrorClass::Unavailable);
+        assert_eq!(
+            EngineError::Unsupported("x".into()).class(),
+            ErrorClass::Internal
+        );
+        assert_eq!(EngineError::Cancelled.to_wire().retry_after_ms, None);
+    }
+}

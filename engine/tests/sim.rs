@@ -126,3 +126,34 @@ fn keeps_its_pace_and_overlaps_concurrent_sequences() {
         "four concurrent took {four:?}"
     );
 }
+
+#[test]
+fn a_passed_deadline_ends_the_request_with_its_own_error() {
+    let cfg = SimConfig {
+        tokens_per_second: 20.0,
+        reply_tokens: 100,
+        ..SimConfig::default()
+    };
+    let engine = engine(cfg, 2);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let mut req = request("late", "hi", None);
+    req.deadline_ms = Some(now_ms + 200);
+    let start = Instant::now();
+    let err = engine.submit(&req).unwrap().collect_blocking().unwrap_err();
+    assert!(
+        matches!(err, cortex_engine::EngineError::DeadlineExceeded),
+        "{err}"
+    );
+    assert_eq!(
+        err.to_wire().class,
+        cortex_schemas::error::ErrorClass::DeadlineExceeded
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        start.elapsed()
+    );
+}

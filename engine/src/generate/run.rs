@@ -110,9 +110,7 @@ impl Run {
             if self.abandoned() {
                 self.terminal = Some(Event::Error(EngineError::Cancelled));
             } else if self.job.deadline.is_some_and(|d| Instant::now() >= d) {
-                self.terminal = Some(Event::Error(EngineError::InvalidRequest(
-                    "deadline exceeded".into(),
-                )));
+                self.terminal = Some(Event::Error(EngineError::DeadlineExceeded));
             } else if let Err(e) = self.advance(model) {
                 self.terminal = Some(Event::Error(e));
             }
