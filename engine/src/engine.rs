@@ -202,15 +202,9 @@ impl ChatEngine {
     /// Validates, renders and tokenises the request, then queues it.
     /// Everything that can be refused is refused here, before any compute.
     pub fn submit(&self, req: &GenerateRequest) -> Result<Generation> {
-        let job_parts = self.prepare(req)?;
         let (tx, rx) = mpsc::channel(self.cfg.event_buffer);
         let cancel = Arc::new(AtomicBool::new(false));
-        let job = Job {
-            events: tx,
-            cancel: cancel.clone(),
-            queued_at: Instant::now(),
-            ..job_parts
-        };
+        let job = self.prepare(req, tx, cancel.clone())?;
         let mut state = self.shared.lock();
         if state.draining || state.stopped {
             return Err(EngineError::Stopped);
@@ -238,7 +232,12 @@ impl ChatEngine {
         })
     }
 
-    fn prepare(&self, req: &GenerateRequest) -> Result<Job> {
+    fn prepare(
+        &self,
+        req: &GenerateRequest,
+        events: mpsc::Sender<Event>,
+        cancel: Arc<AtomicBool>,
+    ) -> Result<Job> {
         let seed = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -275,7 +274,6 @@ impl ChatEngine {
                 .unwrap_or_default();
             Instant::now() + Duration::from_millis(ms.saturating_sub(now))
         });
-        let (events, _) = mpsc::channel(1);
         Ok(Job {
             request_id: req.request_id.clone(),
             max_tokens: req.max_tokens.map_or(window - prompt.len(), |n| n as usize),
@@ -286,7 +284,7 @@ impl ChatEngine {
             logprobs: req.logprobs.map(usize::from),
             deadline,
             events,
-            cancel: Arc::new(AtomicBool::new(false)),
+            cancel,
             queued_at: Instant::now(),
         })
     }

@@ -171,11 +171,7 @@ fn write_gguf(path: &Path, weights: &HashMap<String, Tensor>, dtype: GgmlDType) 
         tensors.push((name("ffn_up"), q(hf("mlp.up_proj"), dtype)));
         tensors.push((name("ffn_down"), q(hf("mlp.down_proj"), dtype)));
     }
-    let toks = tokens();
-    let types: Vec<Value> = (0..toks.len())
-        .map(|i| Value::I32(if i < 2 { 3 } else { 1 }))
-        .collect();
-    let metadata: Vec<(&str, Value)> = vec![
+    let mut metadata: Vec<(&str, Value)> = vec![
         ("general.architecture", Value::String("llama".into())),
         ("llama.context_length", Value::U32(256)),
         ("llama.embedding_length", Value::U32(HIDDEN as u32)),
@@ -185,17 +181,32 @@ fn write_gguf(path: &Path, weights: &HashMap<String, Tensor>, dtype: GgmlDType) 
         ("llama.attention.head_count_kv", Value::U32(KV_HEADS as u32)),
         ("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-6)),
         ("llama.rope.freq_base", Value::F32(THETA)),
+    ];
+    metadata.extend(tokenizer_metadata());
+    write_gguf_file(path, &metadata, &tensors);
+}
+
+/// The byte-level vocabulary of [`tokens`] as GGUF metadata.
+fn tokenizer_metadata() -> Vec<(&'static str, Value)> {
+    let toks = tokens();
+    let types = (0..toks.len())
+        .map(|i| Value::I32(if i < 2 { 3 } else { 1 }))
+        .collect();
+    vec![
         ("tokenizer.ggml.model", Value::String("gpt2".into())),
         ("tokenizer.ggml.pre", Value::String("gpt-2".into())),
         (
             "tokenizer.ggml.tokens",
-            Value::Array(toks.iter().map(|t| Value::String(t.clone())).collect()),
+            Value::Array(toks.into_iter().map(Value::String).collect()),
         ),
         ("tokenizer.ggml.token_type", Value::Array(types)),
         ("tokenizer.ggml.merges", Value::Array(Vec::new())),
         ("tokenizer.ggml.eos_token_id", Value::U32(1)),
         ("tokenizer.ggml.add_bos_token", Value::Bool(false)),
-    ];
+    ]
+}
+
+fn write_gguf_file(path: &Path, metadata: &[(&str, Value)], tensors: &[(String, QTensor)]) {
     let metadata: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
     let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let mut file = std::fs::File::create(path).unwrap();
@@ -203,7 +214,11 @@ fn write_gguf(path: &Path, weights: &HashMap<String, Tensor>, dtype: GgmlDType) 
 }
 
 fn chat_model(path: &Path) -> std::sync::Arc<ChatModel> {
-    match load(path, &LoadOptions::default()).unwrap() {
+    chat_model_with(path, LoadOptions::default())
+}
+
+fn chat_model_with(path: &Path, opts: LoadOptions) -> std::sync::Arc<ChatModel> {
+    match load(path, &opts).unwrap() {
         LoadedModel::Chat(m) => m,
         LoadedModel::Embedding(_) => panic!("loaded as an embedding model"),
     }
@@ -278,31 +293,21 @@ fn safetensors_and_gguf_from_the_same_weights_agree() {
     let q80 = dir.path().join("tiny-q80.gguf");
     write_gguf(&q80, &weights, GgmlDType::Q8_0);
     for path in [&hf_dir, &gguf, &q80, &q41] {
-        let reference = match load(
+        let reference = chat_model_with(
             path,
-            &LoadOptions {
+            LoadOptions {
                 tensor_decoder: true,
                 ..LoadOptions::default()
             },
-        )
-        .unwrap()
-        {
-            LoadedModel::Chat(m) => m,
-            LoadedModel::Embedding(_) => unreachable!(),
-        };
+        );
         // Both with 8-bit activations on the prompt (see models::cpu).
-        let fast = match load(
+        let fast = chat_model_with(
             path,
-            &LoadOptions {
+            LoadOptions {
                 fast_prompt: true,
                 ..LoadOptions::default()
             },
-        )
-        .unwrap()
-        {
-            LoadedModel::Chat(m) => m,
-            LoadedModel::Embedding(_) => unreachable!(),
-        };
+        );
         let (mut x, mut y) = (fast.lm.start(), reference.lm.start());
         for (i, chunk) in [&prompt[..], &[5], &[9], &[3, 4]].iter().enumerate() {
             let p = x.forward(chunk).unwrap().to_vec1::<f32>().unwrap();
@@ -460,10 +465,6 @@ fn write_wrapped_gguf(path: &Path, arch: &str) {
             tensors.push((name("ffn_up"), draw(FFN, HIDDEN)));
         }
     }
-    let toks = tokens();
-    let types: Vec<Value> = (0..toks.len())
-        .map(|i| Value::I32(if i < 2 { 3 } else { 1 }))
-        .collect();
     let kv_heads = if arch == "phi3" { HEADS } else { KV_HEADS };
     let key = |k: &str| format!("{arch}.{k}");
     let keys: Vec<String> = [
@@ -492,25 +493,14 @@ fn write_wrapped_gguf(path: &Path, arch: &str) {
         (&keys[5], Value::U32(kv_heads as u32)),
         (&keys[6], Value::U32(head_dim as u32)),
         (&keys[7], Value::F32(1e-5)),
-        ("tokenizer.ggml.model", Value::String("gpt2".into())),
-        ("tokenizer.ggml.pre", Value::String("gpt-2".into())),
-        (
-            "tokenizer.ggml.tokens",
-            Value::Array(toks.iter().map(|t| Value::String(t.clone())).collect()),
-        ),
-        ("tokenizer.ggml.token_type", Value::Array(types)),
-        ("tokenizer.ggml.merges", Value::Array(Vec::new())),
-        ("tokenizer.ggml.eos_token_id", Value::U32(1)),
     ];
+    metadata.extend(tokenizer_metadata());
     if arch == "gemma3" {
         metadata.push((&keys[8], Value::U32(head_dim as u32)));
         metadata.push((&keys[9], Value::U32(head_dim as u32)));
         metadata.push((&keys[10], Value::U32(8)));
     }
-    let metadata: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
-    let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let mut file = std::fs::File::create(path).unwrap();
-    gguf_file::write(&mut file, &metadata, &tensors).unwrap();
+    write_gguf_file(path, &metadata, &tensors);
 }
 
 #[test]

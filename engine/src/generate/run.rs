@@ -13,7 +13,7 @@ use tokio::sync::mpsc::Sender;
 
 use super::sampler::Sampler;
 use super::stop::{StopMatcher, StopStep};
-use super::tools::ToolParser;
+use super::tools::{ToolParser, ToolStep};
 use super::Event;
 use crate::chat_model::ChatModel;
 use crate::error::{EngineError, Result};
@@ -181,18 +181,7 @@ impl Run {
 
     fn emit_text(&mut self, text: &str) {
         match &mut self.tools {
-            Some(parser) => {
-                let step = parser.push(text);
-                self.pending.text.push_str(&step.text);
-                self.pending
-                    .tool_calls
-                    .extend(step.calls.into_iter().map(|c| ToolCallDelta {
-                        index: c.index,
-                        id: Some(c.id),
-                        name: Some(c.name),
-                        arguments: c.arguments,
-                    }));
-            }
+            Some(parser) => add_tool_step(&mut self.pending, parser.push(text)),
             None => self.pending.text.push_str(text),
         }
     }
@@ -222,16 +211,7 @@ impl Run {
     fn finish_with(&mut self, reason: FinishReason, stop: Option<String>) -> Result<()> {
         let mut reason = reason;
         if let Some(parser) = &mut self.tools {
-            let step = parser.finish();
-            self.pending.text.push_str(&step.text);
-            self.pending
-                .tool_calls
-                .extend(step.calls.into_iter().map(|c| ToolCallDelta {
-                    index: c.index,
-                    id: Some(c.id),
-                    name: Some(c.name),
-                    arguments: c.arguments,
-                }));
+            add_tool_step(&mut self.pending, parser.finish());
             if parser.calls() > 0 && reason == FinishReason::Stop {
                 reason = FinishReason::ToolCalls;
             }
@@ -298,4 +278,17 @@ impl Run {
     pub fn finishing(&self) -> bool {
         self.terminal.is_some()
     }
+}
+
+/// Appends what the tool parser let through: text, and whole calls.
+fn add_tool_step(pending: &mut Delta, step: ToolStep) {
+    pending.text.push_str(&step.text);
+    pending
+        .tool_calls
+        .extend(step.calls.into_iter().map(|c| ToolCallDelta {
+            index: c.index,
+            id: Some(c.id),
+            name: Some(c.name),
+            arguments: c.arguments,
+        }));
 }

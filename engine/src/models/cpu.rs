@@ -29,7 +29,7 @@ use std::sync::Arc;
 use candle_core::{Device, Tensor};
 
 use super::cpu_linear::{CpuLinear, WidenBudget};
-use super::llama::LlamaConfig;
+use super::llama::{causal_mask, rope_angles, LlamaConfig};
 use super::simd;
 use super::weights::{Slot, WeightSource};
 use super::{CausalLm, Sequence};
@@ -141,18 +141,7 @@ impl CpuLlama {
         } else {
             fused(source, &[Slot::LmHead], &mut budget)?
         };
-        let half = cfg.head_dim / 2;
-        let mut cos = Vec::with_capacity(cfg.context_length * half);
-        let mut sin = Vec::with_capacity(cfg.context_length * half);
-        for pos in 0..cfg.context_length {
-            for i in 0..half {
-                let inv =
-                    1.0 / f64::from(cfg.rope_theta).powf(2.0 * i as f64 / cfg.head_dim as f64);
-                let angle = pos as f64 * inv;
-                cos.push(angle.cos() as f32);
-                sin.push(angle.sin() as f32);
-            }
-        }
+        let (cos, sin) = rope_angles(&cfg);
         Ok(Self {
             inner: Arc::new(Inner {
                 cfg,
@@ -399,14 +388,14 @@ fn attend_many(
         .transpose(0, 1)?
         .contiguous()?;
     let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
-    let mask: Vec<f32> = (0..n)
-        .flat_map(|i| (0..len).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 }))
-        .collect();
-    let mask = Tensor::from_vec(mask, (n, len), &dev)?;
-    let scores = scores
-        .reshape((nkv, rep, n, len))?
-        .broadcast_add(&mask)?
-        .reshape((nkv, rep * n, len))?;
+    // One query row (n = 1) sees every position: no mask.
+    let scores = match causal_mask(n, pos, &dev)? {
+        Some(mask) => scores
+            .reshape((nkv, rep, n, len))?
+            .broadcast_add(&mask)?
+            .reshape((nkv, rep * n, len))?,
+        None => scores,
+    };
     let probs = candle_nn::ops::softmax_last_dim(&scores)?;
     let out = probs
         .matmul(&v)?

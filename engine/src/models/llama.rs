@@ -135,16 +135,31 @@ impl Llama {
 }
 
 fn rope_tables(cfg: &LlamaConfig, device: &Device) -> Result<(Tensor, Tensor)> {
+    let (cos, sin) = rope_angles(cfg);
+    let shape = (cfg.context_length, cfg.head_dim / 2);
+    Ok((
+        Tensor::from_vec(cos, shape, device)?,
+        Tensor::from_vec(sin, shape, device)?,
+    ))
+}
+
+/// Cosines and sines of the rotary angles, `context_length × head_dim/2`,
+/// row-major; computed in f64 so late positions keep their precision.
+pub(super) fn rope_angles(cfg: &LlamaConfig) -> (Vec<f32>, Vec<f32>) {
     let half = cfg.head_dim / 2;
-    let inv: Vec<f32> = (0..half)
-        .map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f32 / cfg.head_dim as f32))
+    let inv: Vec<f64> = (0..half)
+        .map(|i| 1.0 / f64::from(cfg.rope_theta).powf(2.0 * i as f64 / cfg.head_dim as f64))
         .collect();
-    let inv = Tensor::from_vec(inv, (1, half), device)?;
-    let positions = Tensor::arange(0u32, cfg.context_length as u32, device)?
-        .to_dtype(DType::F32)?
-        .reshape((cfg.context_length, 1))?;
-    let angles = positions.matmul(&inv)?;
-    Ok((angles.cos()?, angles.sin()?))
+    let mut cos = Vec::with_capacity(cfg.context_length * half);
+    let mut sin = Vec::with_capacity(cfg.context_length * half);
+    for pos in 0..cfg.context_length {
+        for f in &inv {
+            let angle = pos as f64 * f;
+            cos.push(angle.cos() as f32);
+            sin.push(angle.sin() as f32);
+        }
+    }
+    (cos, sin)
 }
 
 impl CausalLm for Llama {
@@ -208,7 +223,7 @@ impl Sequence for LlamaSequence {
 }
 
 /// Additive mask: 0 where a query may attend, −∞ above the diagonal.
-fn causal_mask(len: usize, pos: usize, device: &Device) -> Result<Option<Tensor>> {
+pub(super) fn causal_mask(len: usize, pos: usize, device: &Device) -> Result<Option<Tensor>> {
     if len == 1 {
         return Ok(None);
     }
