@@ -3,17 +3,33 @@
 
 mod cli;
 
-use clap::Parser;
+use std::process::ExitCode;
+
+/// Exit code of a configuration the daemon refuses (BSD `EX_USAGE`).
+const EXIT_CONFIG: u8 = 64;
 
 #[tokio::main]
-async fn main() -> std::process::ExitCode {
-    let args = cli::Cli::parse();
+async fn main() -> ExitCode {
+    let args = match cli::parse_with_file(std::env::args_os().collect()) {
+        Ok(args) => args,
+        Err(error) => {
+            eprintln!("cortex: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     cli::init_tracing(args.verbose);
     match cli::run(args).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("cortex: {error:#}");
-            std::process::ExitCode::FAILURE
+            let config = error
+                .downcast_ref::<cortex_neuron::NeuronError>()
+                .is_some_and(cortex_neuron::NeuronError::is_config);
+            if config {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -40,11 +40,11 @@ impl LoadProgress {
         }
     }
 
-    pub(crate) fn add_total(&self, bytes: u64) {
+    pub fn add_total(&self, bytes: u64) {
         self.inner.total.fetch_add(bytes, Ordering::Relaxed);
     }
 
-    pub(crate) fn add_read(&self, bytes: u64) {
+    pub fn add_read(&self, bytes: u64) {
         self.inner.read.fetch_add(bytes, Ordering::Relaxed);
     }
 }

@@ -1,8 +1,40 @@
 //! # Cortex neuron
 //!
-//! One daemon per GPU host: discovers devices, runs models in-process with
-//! the inference engine (`cortex-engine`, which already exists), publishes
-//! heartbeats and serves per-model queue groups.
+//! One daemon per GPU host: finds its devices, runs models in-process with
+//! `cortex-engine`, publishes heartbeats, and serves each model's queue
+//! group on NATS, streaming frames back to each request's inbox.
 //!
-//! Not built yet: the daemon on the bus (issue 4) lands here. Until then
-//! this crate holds nothing.
+//! ## Layout
+//! - [`config`]: flags with environment variables; [`config_file`]: the
+//!   optional TOML file; [`size`]: `24GiB` / `75%` memory sizes.
+//! - [`discovery`]: GPUs through NVML, else the CPU with a memory budget,
+//!   or simulated GPUs for the sim engine.
+//! - [`held`]: one model on this neuron (state, engine, in-flight count);
+//!   [`shared`]: the state all tasks of one neuron share.
+//! - [`lifecycle`]: load (single-flight, fit-checked), unload, drain, and
+//!   the memory estimate.
+//! - [`serve`]: queue-group and directed intake, one request from decode
+//!   to terminal frame, generation and embedding.
+//! - [`control`]: the `cortex-neuron` NATS micro service (load, unload,
+//!   drain, status).
+//! - [`heartbeat`]: `NeuronStatus` on `<prefix>.v1.heartbeat.<id>`;
+//!   [`metrics`] and [`http`]: `/metrics` and `/healthz`.
+//! - [`neuron`]: [`Neuron::start`], graceful [`Neuron::shutdown`], and
+//!   [`run`], the daemon.
+
+pub mod config;
+pub mod config_file;
+pub mod control;
+pub mod discovery;
+pub mod heartbeat;
+pub mod held;
+pub mod http;
+pub mod lifecycle;
+pub mod metrics;
+pub mod neuron;
+pub mod serve;
+pub mod shared;
+pub mod size;
+
+pub use config::{EngineKind, NeuronConfig};
+pub use neuron::{run, Neuron, NeuronError};

@@ -1,9 +1,13 @@
-//! Subcommands of the `cortex` binary. The daemons (`neuron`, `placement`,
-//! `ingress`, `up`) join as their issues land; today the binary offers the
+//! Subcommands of the `cortex` binary: the daemons (`neuron` today;
+//! `placement`, `ingress` and `up` join as their issues land) and the
 //! bus-level tools.
 
 mod events;
+mod neuron;
 mod ping;
+mod signal;
+
+pub use neuron::parse_with_file;
 
 use clap::{Parser, Subcommand};
 
@@ -24,12 +28,15 @@ pub enum Command {
     Ping(ping::PingArgs),
     /// Follow lifecycle events (`<prefix>.v1.events.>`) as JSON lines.
     Events(events::EventsArgs),
+    /// Run a neuron: discover devices, load models, serve them on NATS.
+    Neuron(Box<cortex_neuron::NeuronConfig>),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Ping(args) => ping::run(args).await,
         Command::Events(args) => events::run(args).await,
+        Command::Neuron(config) => neuron::run(*config).await,
     }
 }
 

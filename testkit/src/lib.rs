@@ -10,9 +10,11 @@
 //! - [`server`]: [`NatsServer`], one server process; `restart()` keeps port and store.
 //! - [`cluster`]: [`NatsCluster`], several routed servers with clustered JetStream.
 //! - [`wait`]: [`eventually`], polling with a deadline.
+//! - [`models`]: paths of the real models the setup script installs.
 
 pub mod binary;
 pub mod cluster;
+pub mod models;
 mod ports;
 mod process;
 pub mod server;

@@ -44,6 +44,17 @@ impl RequestStream {
     pub async fn unsubscribe(mut self) {
         let _ = self.subscriber.unsubscribe().await;
     }
+
+    /// Stops taking new requests without losing any the server already
+    /// routed here: unsubscribes, and the stream goes on yielding what was
+    /// delivered before the server processed that, then ends. A plain
+    /// unsubscribe would drop requests still on the wire, leaving their
+    /// requesters to time out.
+    pub async fn drain(&mut self) {
+        if let Err(error) = self.subscriber.drain().await {
+            tracing::debug!(%error, "drain of a served subject failed");
+        }
+    }
 }
 
 impl Stream for RequestStream {

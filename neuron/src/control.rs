@@ -1,0 +1,169 @@
+//! The control plane: a NATS micro service `cortex-neuron` (so `nats micro
+//! ls/info/stats` list every neuron) with endpoints `load`, `unload`,
+//! `drain` and `status` on `<prefix>.v1.neuron.<id>.<op>`. Requests and
+//! replies are JSON; every reply is a `Reply` envelope, and an error reply
+//! also carries the micro protocol's `Nats-Service-Error` headers.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use async_nats::service::{Request, Service, ServiceExt};
+use cortex_bus::{Encoding, NeuronOp};
+use cortex_schemas::{ErrorClass, Reply, WireError};
+use futures::StreamExt;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::task::JoinHandle;
+
+use crate::lifecycle::{drain, load, unload};
+use crate::shared::Shared;
+
+/// Name every neuron registers under.
+pub const SERVICE_NAME: &str = "cortex-neuron";
+
+/// Why the control service did not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot start the {SERVICE_NAME} service: {0}")]
+pub struct ControlError(String);
+
+/// The running service and its endpoint tasks.
+#[derive(Debug)]
+pub struct Control {
+    service: Service,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Control {
+    pub async fn start(shared: &Arc<Shared>) -> Result<Self, ControlError> {
+        let metadata = HashMap::from([
+            ("neuron".to_string(), shared.id.clone()),
+            (
+                "engine".to_string(),
+                shared.config.engine.as_str().to_string(),
+            ),
+        ]);
+        let service = shared
+            .client
+            .service_builder()
+            .description("Cortex neuron: loads models and serves them on the mesh")
+            .metadata(metadata)
+            .start(SERVICE_NAME, env!("CARGO_PKG_VERSION"))
+            .await
+            .map_err(|e| ControlError(e.to_string()))?;
+        let mut tasks = Vec::new();
+        for op in [
+            NeuronOp::Load,
+            NeuronOp::Unload,
+            NeuronOp::Drain,
+            NeuronOp::Status,
+        ] {
+            let endpoint = service
+                .endpoint_builder()
+                .name(op.as_str())
+                .add(shared.subjects.neuron(&shared.id, op))
+                .await
+                .map_err(|e| ControlError(e.to_string()))?;
+            tasks.push(tokio::spawn(serve_endpoint(shared.clone(), op, endpoint)));
+        }
+        cortex_bus::sync_with_server(&shared.client)
+            .await
+            .map_err(|e| ControlError(e.to_string()))?;
+        Ok(Self { service, tasks })
+    }
+
+    /// Unsubscribes every endpoint.
+    pub async fn stop(self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        if let Err(error) = self.service.stop().await {
+            tracing::debug!(%error, "control service stop");
+        }
+    }
+}
+
+/// Each request runs in its own task: a load can take minutes and must not
+/// hold up `status` or `drain`.
+async fn serve_endpoint(
+    shared: Arc<Shared>,
+    op: NeuronOp,
+    mut endpoint: async_nats::service::endpoint::Endpoint,
+) {
+    while let Some(request) = endpoint.next().await {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            match op {
+                NeuronOp::Load => answer(&request, |r| load::load(&shared, r)).await,
+                NeuronOp::Unload => answer(&request, |r| unload::unload(&shared, r)).await,
+                NeuronOp::Drain => answer(&request, |r| drain::drain(&shared, r)).await,
+                NeuronOp::Status => {
+                    let status = shared.status();
+                    respond(&request, &Reply::Ok(status)).await
+                }
+                NeuronOp::Infer | NeuronOp::Cancel => {}
+            }
+        });
+    }
+}
+
+/// Decodes the JSON body (an empty body is `{}`), runs `handler`, replies.
+async fn answer<Req, Rep, F, Fut>(request: &Request, handler: F)
+where
+    Req: DeserializeOwned,
+    Rep: Serialize,
+    F: FnOnce(Req) -> Fut,
+    Fut: Future<Output = Result<Rep, WireError>>,
+{
+    let body: &[u8] = if request.message.payload.is_empty() {
+        b"{}"
+    } else {
+        &request.message.payload
+    };
+    let reply: Reply<Rep> = match serde_json::from_slice::<Req>(body) {
+        Ok(decoded) => handler(decoded).await.into(),
+        Err(error) => Reply::Error(WireError::new(
+            ErrorClass::InvalidRequest,
+            format!("malformed request: {error}"),
+        )),
+    };
+    respond(request, &reply).await;
+}
+
+async fn respond<T: Serialize>(request: &Request, reply: &Reply<T>) {
+    let encoding = Encoding::Json;
+    let mut headers = encoding.headers();
+    if let Reply::Error(error) = reply {
+        headers.insert(
+            "Nats-Service-Error",
+            error.message.replace(['\r', '\n'], " ").as_str(),
+        );
+        headers.insert(
+            "Nats-Service-Error-Code",
+            status_code(error.class).to_string().as_str(),
+        );
+    }
+    let payload = match encoding.encode(reply) {
+        Ok(payload) => payload,
+        Err(error) => {
+            tracing::error!(%error, "control reply not encodable");
+            return;
+        }
+    };
+    if let Err(error) = request.respond_with_headers(Ok(payload), headers).await {
+        tracing::debug!(%error, "control reply not sent");
+    }
+}
+
+/// The HTTP-like code the micro protocol's error header carries.
+fn status_code(class: ErrorClass) -> u16 {
+    match class {
+        ErrorClass::InvalidRequest => 400,
+        ErrorClass::ModelNotFound => 404,
+        ErrorClass::Overloaded => 429,
+        ErrorClass::Cancelled => 499,
+        ErrorClass::DeadlineExceeded => 504,
+        ErrorClass::Unavailable => 503,
+        ErrorClass::Internal => 500,
+    }
+}

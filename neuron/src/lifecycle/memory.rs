@@ -1,0 +1,123 @@
+//! How much memory a model needs before it is loaded, so that a load that
+//! cannot fit is refused instead of crashing the device.
+//!
+//! Need = the profile's `vram_mb` when set; otherwise the weight files plus
+//! the KV cache of one full context window (keys and values in f32 for
+//! every layer and KV head). Concurrent sequences share the window in
+//! practice, and a neuron with more memory than that admits them anyway;
+//! placement, which knows the fleet, can ask for more with `vram_mb`.
+
+use std::path::Path;
+
+use cortex_engine::gguf::GgufFile;
+use cortex_engine::LoadProgress;
+use cortex_schemas::ModelProfile;
+
+const MIB: u64 = 1 << 20;
+
+/// Bytes `profile` at `path` needs once loaded.
+pub fn estimate(path: &Path, profile: &ModelProfile) -> u64 {
+    if let Some(mb) = profile.vram_mb {
+        return mb * MIB;
+    }
+    let files = size_on_disk(path);
+    let kv = kv_cache_bytes(path, profile.context_length).unwrap_or(files / 5);
+    files + kv
+}
+
+/// A file's size, or the sum of a directory's files.
+pub fn size_on_disk(path: &Path) -> u64 {
+    if path.is_file() {
+        return path.metadata().map_or(0, |m| m.len());
+    }
+    std::fs::read_dir(path).map_or(0, |entries| {
+        entries
+            .filter_map(Result::ok)
+            .filter_map(|e| e.metadata().ok())
+            .filter(|m| m.is_file())
+            .map(|m| m.len())
+            .sum()
+    })
+}
+
+/// The KV cache of one full window, from GGUF metadata or `config.json`.
+fn kv_cache_bytes(path: &Path, context_cap: Option<u32>) -> Option<u64> {
+    let shape = if path.is_file() {
+        gguf_shape(path)?
+    } else {
+        config_shape(&path.join("config.json"))?
+    };
+    let window = context_cap.map_or(shape.context, |cap| shape.context.min(u64::from(cap)));
+    Some(2 * shape.layers * shape.kv_heads * shape.head_dim * 4 * window)
+}
+
+struct Shape {
+    layers: u64,
+    kv_heads: u64,
+    head_dim: u64,
+    context: u64,
+}
+
+fn gguf_shape(path: &Path) -> Option<Shape> {
+    let file = GgufFile::open(path, &LoadProgress::new()).ok()?;
+    let arch = file.architecture().ok()?;
+    let get = |key: &str| file.u32(&format!("{arch}.{key}")).ok().map(u64::from);
+    let heads = get("attention.head_count")?;
+    let head_dim = get("attention.key_length").unwrap_or(get("embedding_length")? / heads.max(1));
+    Some(Shape {
+        layers: get("block_count")?,
+        kv_heads: get("attention.head_count_kv").unwrap_or(heads),
+        head_dim,
+        context: get("context_length").unwrap_or(4096),
+    })
+}
+
+fn config_shape(path: &Path) -> Option<Shape> {
+    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    let get = |key: &str| config.get(key).and_then(serde_json::Value::as_u64);
+    let heads = get("num_attention_heads")?;
+    // Encoders (BERT) keep no KV cache.
+    if config.get("model_type").and_then(|v| v.as_str()) == Some("bert") {
+        return Some(Shape {
+            layers: 0,
+            kv_heads: 0,
+            head_dim: 0,
+            context: 0,
+        });
+    }
+    Some(Shape {
+        layers: get("num_hidden_layers")?,
+        kv_heads: get("num_key_value_heads").unwrap_or(heads),
+        head_dim: get("head_dim").unwrap_or(get("hidden_size")? / heads.max(1)),
+        context: get("max_position_embeddings").unwrap_or(4096),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn profile(json: serde_json::Value) -> ModelProfile {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn vram_mb_wins_and_configs_give_a_kv_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = profile(serde_json::json!({"id": "m", "source": "x", "vram_mb": 100}));
+        assert_eq!(estimate(dir.path(), &p), 100 * MIB);
+        std::fs::write(
+            dir.path().join("config.json"),
+            r#"{"model_type":"llama","num_attention_heads":8,"num_key_value_heads":2,
+                "hidden_size":512,"num_hidden_layers":4,"max_position_embeddings":1024}"#,
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("model.safetensors"), vec![0u8; 1000]).unwrap();
+        let p = profile(serde_json::json!({"id": "m", "source": "x"}));
+        let files = size_on_disk(dir.path());
+        let kv = 2 * 4 * 2 * 64 * 4 * 1024;
+        assert_eq!(estimate(dir.path(), &p), files + kv);
+        let capped = profile(serde_json::json!({"id": "m", "source": "x", "context_length": 512}));
+        assert_eq!(estimate(dir.path(), &capped), files + kv / 2);
+    }
+}

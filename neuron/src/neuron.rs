@@ -1,0 +1,233 @@
+//! A running neuron: [`Neuron::start`] puts it on the bus, [`run`] is the
+//! daemon (validate, connect, start, wait for the shutdown signal, shut
+//! down gracefully).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::Client;
+use cortex_bus::serve_cancels;
+use cortex_schemas::{
+    EventDetail, LoadReply, LoadRequest, ModelProfile, NeuronState, NeuronStatus, WireError,
+};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ConfigError, NeuronConfig};
+use crate::control::{Control, ControlError};
+use crate::discovery::{Discovery, DiscoveryError};
+use crate::held::Intake;
+use crate::lifecycle::{drain, load};
+use crate::shared::Shared;
+
+/// How long cancelled requests get to end after the drain timeout.
+const CANCEL_GRACE: Duration = Duration::from_secs(5);
+
+/// Why the neuron could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum NeuronError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Discovery(#[from] DiscoveryError),
+    #[error(transparent)]
+    Connect(#[from] cortex_bus::ConnectError),
+    #[error("cannot subscribe: {0}")]
+    Subscribe(#[from] cortex_bus::StreamError),
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Metrics {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl NeuronError {
+    /// Whether the operator's configuration is at fault (exit code 64).
+    pub fn is_config(&self) -> bool {
+        matches!(self, Self::Config(_) | Self::Discovery(_))
+    }
+}
+
+/// The daemon: validates `config`, connects, serves until `shutdown`
+/// resolves, then drains and exits.
+pub async fn run(
+    config: NeuronConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), NeuronError> {
+    let valid = config.validate()?;
+    tracing::info!(neuron = %valid.id, engine = config.engine.as_str(), nats = ?config.nats, "starting neuron");
+    let client = config
+        .nats
+        .connect(&format!("cortex-neuron-{}", valid.id))
+        .await?;
+    let neuron = Neuron::start(config, client).await?;
+    shutdown.await;
+    tracing::info!("shutting down: draining");
+    neuron.shutdown().await;
+    Ok(())
+}
+
+/// A neuron on the bus.
+#[derive(Debug)]
+pub struct Neuron {
+    shared: Arc<Shared>,
+    control: Control,
+    directed: Intake,
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    metrics_addr: Option<SocketAddr>,
+}
+
+impl Neuron {
+    /// Validates `config`, finds the devices, subscribes (cancels, directed
+    /// requests, control service), starts heartbeats and metrics, and
+    /// preloads `--models` in the background.
+    pub async fn start(config: NeuronConfig, client: Client) -> Result<Self, NeuronError> {
+        let valid = config.validate()?;
+        let discovery = Discovery::open(
+            &valid.devices,
+            config.engine,
+            config.memory_budget,
+            &config.sim_gpus,
+        )?;
+        let preload = valid.preload.clone();
+        let shared = Shared::new(config, valid, client, discovery);
+        let stop = CancellationToken::new();
+        let mut tasks = Vec::new();
+        tasks.push(
+            serve_cancels(
+                shared.client.clone(),
+                &shared.subjects,
+                &shared.id,
+                shared.cancels.clone(),
+                stop.clone(),
+            )
+            .await?,
+        );
+        let directed = crate::serve::start_directed(&shared).await?;
+        let control = Control::start(&shared).await?;
+        let metrics_addr = match shared.valid.metrics_listen {
+            Some(addr) => {
+                let (bound, task) = crate::http::start(shared.clone(), addr, stop.clone())
+                    .await
+                    .map_err(|source| NeuronError::Metrics { addr, source })?;
+                tasks.push(task);
+                Some(bound)
+            }
+            None => None,
+        };
+        tasks.push(tokio::spawn(crate::heartbeat::run(
+            shared.clone(),
+            stop.clone(),
+        )));
+        shared
+            .event(EventDetail::NeuronJoined {
+                neuron: shared.id.clone(),
+            })
+            .await;
+        tasks.push(tokio::spawn(preload_models(shared.clone(), preload)));
+        Ok(Self {
+            shared,
+            control,
+            directed,
+            stop,
+            tasks,
+            metrics_addr,
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.shared.id
+    }
+
+    /// The status a heartbeat would carry now.
+    pub fn status(&self) -> NeuronStatus {
+        self.shared.status()
+    }
+
+    /// Where `/metrics` and `/healthz` listen, when enabled.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// Loads a model as the `load` endpoint does.
+    pub async fn load(&self, profile: ModelProfile) -> Result<LoadReply, WireError> {
+        load::load(
+            &self.shared,
+            LoadRequest {
+                profile,
+                device: None,
+            },
+        )
+        .await
+    }
+
+    /// Graceful shutdown: stop taking requests (heartbeat says `draining`),
+    /// let those in flight finish (cancel what is left after the drain
+    /// timeout), release the engines, publish a final `stopped` heartbeat,
+    /// and leave the bus.
+    pub async fn shutdown(self) {
+        let shared = &self.shared;
+        shared.set_state(NeuronState::Draining);
+        crate::heartbeat::publish(shared).await;
+        crate::serve::finish(self.directed).await;
+        let models = shared.all_models();
+        let left = drain::drain_models(shared, &models, shared.config.drain_timeout).await;
+        if left > 0 {
+            tracing::warn!(
+                left,
+                "cancelling requests still in flight after the drain timeout"
+            );
+            for held in &models {
+                held.abort.cancel();
+            }
+            for held in &models {
+                held.wait_idle(CANCEL_GRACE).await;
+            }
+        }
+        for held in &models {
+            crate::lifecycle::release(held).await;
+            shared
+                .event(EventDetail::ModelUnloaded {
+                    model: held.id().to_string(),
+                    neuron: shared.id.clone(),
+                })
+                .await;
+        }
+        shared.set_state(NeuronState::Stopped);
+        crate::heartbeat::publish(shared).await;
+        self.stop.cancel();
+        self.control.stop().await;
+        for task in self.tasks {
+            task.abort();
+        }
+        if let Err(error) = shared.client.flush().await {
+            tracing::debug!(%error, "final flush");
+        }
+        tracing::info!(neuron = %shared.id, "neuron stopped");
+    }
+}
+
+/// Loads the configured models one after another; the neuron is `ready`
+/// once all have loaded or failed (failures show in heartbeats).
+async fn preload_models(shared: Arc<Shared>, profiles: Vec<ModelProfile>) {
+    for profile in profiles {
+        let id = profile.id.clone();
+        let request = LoadRequest {
+            profile,
+            device: None,
+        };
+        if let Err(error) = load::load(&shared, request).await {
+            tracing::error!(model = id, %error, "preload failed");
+        }
+    }
+    if shared.state() == NeuronState::Starting {
+        shared.set_state(NeuronState::Ready);
+        shared.heartbeat_soon();
+    }
+}

@@ -1,0 +1,54 @@
+//! An embedding request: refused at once when every batch slot is busy,
+//! otherwise `Accepted`, the batch on a blocking thread, then one
+//! `Embeddings` frame (or `Error`).
+
+use std::sync::Arc;
+
+use cortex_bus::Responder;
+use cortex_engine::embed::EmbedEngine;
+use cortex_engine::EngineError;
+use cortex_schemas::{Accepted, EmbedRequest, ErrorClass, Frame, WireError};
+
+use super::request::{fail, Outcome};
+use crate::held::HeldModel;
+use crate::shared::Shared;
+
+pub async fn run(
+    shared: &Shared,
+    held: &HeldModel,
+    engine: Arc<EmbedEngine>,
+    request: EmbedRequest,
+    responder: &Responder,
+) -> Outcome {
+    if engine.busy() >= engine.slots() {
+        let error = EngineError::Overloaded {
+            busy: engine.busy(),
+            queued: 0,
+        };
+        return fail(responder, error.to_wire()).await;
+    }
+    let accepted = Frame::Accepted(Accepted {
+        neuron: shared.id.clone(),
+        request_id: request.request_id.clone(),
+        queue_position: 0,
+    });
+    if responder.send(&accepted).await.is_err() {
+        return Some(ErrorClass::Internal);
+    }
+    let work = tokio::task::spawn_blocking(move || engine.embed(&request));
+    tokio::select! {
+        result = work => match result {
+            Ok(Ok(response)) => {
+                let _ = responder.send(&Frame::Embeddings(response)).await;
+                None
+            }
+            Ok(Err(error)) => fail(responder, error.to_wire()).await,
+            Err(error) => {
+                fail(responder, WireError::new(ErrorClass::Internal, format!("embedding failed: {error}"))).await
+            }
+        },
+        // The batch runs to its end on its thread; its result is dropped.
+        _ = responder.cancelled() => fail(responder, WireError::new(ErrorClass::Cancelled, "cancelled")).await,
+        _ = held.abort.cancelled() => fail(responder, WireError::new(ErrorClass::Cancelled, "the model is being unloaded")).await,
+    }
+}

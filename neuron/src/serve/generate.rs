@@ -1,0 +1,136 @@
+//! A generation: the engine's events become frames. `Accepted` first (with
+//! the queue position), keepalives from the responder's timer while queued
+//! or pre-filling, `Delta`s (every delta already waiting is merged into one
+//! frame, so a neuron ahead of its publisher sends fewer, larger frames),
+//! then `Done` or `Error`. A cancel (from the requester, or a forced
+//! unload) reaches the engine, which frees the slot before its next step.
+
+use cortex_bus::Responder;
+use cortex_engine::{ChatEngine, Event};
+use cortex_schemas::{Accepted, Delta, ErrorClass, Frame, GenerateRequest, WireError};
+use tokio::sync::mpsc::error::TryRecvError;
+
+use super::request::{fail, Outcome};
+use crate::held::HeldModel;
+use crate::shared::Shared;
+
+/// Runs `request` on `engine`, streaming frames through `responder`.
+pub async fn run(
+    shared: &Shared,
+    held: &HeldModel,
+    engine: &ChatEngine,
+    mut request: GenerateRequest,
+    responder: &Responder,
+) -> Outcome {
+    apply_profile_defaults(held, &mut request);
+    let mut generation = match engine.submit(&request) {
+        Ok(generation) => generation,
+        // Refused before any work: bad parameters, prompt too long, or
+        // every slot and the queue full (overloaded, answered at once).
+        Err(error) => return fail(responder, error.to_wire()).await,
+    };
+    let mut pending = None;
+    let mut queue_position = 0;
+    match generation.events.try_recv() {
+        Ok(Event::Queued { position }) => {
+            queue_position = position;
+            responder.set_queue_position(Some(position));
+        }
+        Ok(event) => pending = Some(event),
+        Err(_) => {}
+    }
+    let accepted = Frame::Accepted(Accepted {
+        neuron: shared.id.clone(),
+        request_id: request.request_id.clone(),
+        queue_position,
+    });
+    if responder.send(&accepted).await.is_err() {
+        generation.cancel();
+        return Some(ErrorClass::Internal);
+    }
+    let mut cancelled = false;
+    loop {
+        let event = match pending.take() {
+            Some(event) => event,
+            None if cancelled => match generation.events.recv().await {
+                Some(event) => event,
+                None => return fail(responder, stopped()).await,
+            },
+            None => tokio::select! {
+                event = generation.events.recv() => match event {
+                    Some(event) => event,
+                    None => return fail(responder, stopped()).await,
+                },
+                _ = responder.cancelled() => {
+                    generation.cancel();
+                    cancelled = true;
+                    continue;
+                }
+                _ = held.abort.cancelled() => {
+                    generation.cancel();
+                    cancelled = true;
+                    continue;
+                }
+            },
+        };
+        match event {
+            Event::Queued { position } => responder.set_queue_position(Some(position)),
+            Event::Started { .. } => responder.set_queue_position(None),
+            Event::Prefill { .. } => {}
+            Event::Delta(mut delta) => {
+                pending = merge_waiting(&mut generation.events, &mut delta);
+                shared.metrics.tokens(held.id(), delta.tokens);
+                if responder.send(&Frame::Delta(delta)).await.is_err() {
+                    // The stream is over (its deadline passed): stop computing.
+                    generation.cancel();
+                    return Some(ErrorClass::DeadlineExceeded);
+                }
+            }
+            Event::Done(done) => {
+                let _ = responder.send(&Frame::Done(done)).await;
+                return None;
+            }
+            Event::Error(error) => return fail(responder, error.to_wire()).await,
+        }
+    }
+}
+
+/// Appends every delta already waiting to `delta`; returns the first other event.
+fn merge_waiting(
+    events: &mut tokio::sync::mpsc::Receiver<Event>,
+    delta: &mut Delta,
+) -> Option<Event> {
+    loop {
+        match events.try_recv() {
+            Ok(Event::Delta(more)) => {
+                delta.text.push_str(&more.text);
+                delta.tokens += more.tokens;
+                delta.tool_calls.extend(more.tool_calls);
+                delta.logprobs.extend(more.logprobs);
+            }
+            Ok(other) => return Some(other),
+            Err(TryRecvError::Empty | TryRecvError::Disconnected) => return None,
+        }
+    }
+}
+
+/// Fills what the request leaves out from the model's profile.
+fn apply_profile_defaults(held: &HeldModel, request: &mut GenerateRequest) {
+    let defaults = &held.profile.sampling;
+    let sampling = &mut request.sampling;
+    sampling.temperature = sampling.temperature.or(defaults.temperature);
+    sampling.top_p = sampling.top_p.or(defaults.top_p);
+    sampling.top_k = sampling.top_k.or(defaults.top_k);
+    sampling.min_p = sampling.min_p.or(defaults.min_p);
+    sampling.seed = sampling.seed.or(defaults.seed);
+    sampling.repetition_penalty = sampling.repetition_penalty.or(defaults.repetition_penalty);
+    sampling.presence_penalty = sampling.presence_penalty.or(defaults.presence_penalty);
+    sampling.frequency_penalty = sampling.frequency_penalty.or(defaults.frequency_penalty);
+    if request.max_tokens.is_none() {
+        request.max_tokens = held.profile.default_max_tokens;
+    }
+}
+
+fn stopped() -> WireError {
+    WireError::new(ErrorClass::Unavailable, "the model's engine stopped")
+}

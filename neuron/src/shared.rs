@@ -1,0 +1,142 @@
+//! State every task of one neuron shares: identity, connection, the models
+//! it holds, and its own lifecycle state.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_nats::Client;
+use cortex_bus::{CancelRegistry, Encoding, Subjects};
+use cortex_schemas::{Event, EventDetail, NeuronState, NeuronStatus};
+
+use crate::config::{NeuronConfig, Validated};
+use crate::discovery::Discovery;
+use crate::held::HeldModel;
+use crate::metrics::Metrics;
+
+/// One neuron's shared state.
+#[derive(Debug)]
+pub struct Shared {
+    pub id: String,
+    pub subjects: Subjects,
+    pub client: Client,
+    pub config: NeuronConfig,
+    pub valid: Validated,
+    pub discovery: Discovery,
+    pub cancels: CancelRegistry,
+    pub metrics: Metrics,
+    /// Serialises fit checks, so two loads cannot both take the same free memory.
+    pub fit_lock: Mutex<()>,
+    /// Wakes the heartbeat task to publish at once (state changes).
+    pub heartbeat_now: tokio::sync::Notify,
+    models: Mutex<BTreeMap<String, Arc<HeldModel>>>,
+    state: Mutex<NeuronState>,
+}
+
+impl Shared {
+    pub fn new(
+        config: NeuronConfig,
+        valid: Validated,
+        client: Client,
+        discovery: Discovery,
+    ) -> Arc<Self> {
+        let metrics = Metrics::new(&valid.id);
+        Arc::new(Self {
+            id: valid.id.clone(),
+            subjects: valid.subjects.clone(),
+            client,
+            config,
+            valid,
+            discovery,
+            cancels: CancelRegistry::new(),
+            metrics,
+            fit_lock: Mutex::new(()),
+            heartbeat_now: tokio::sync::Notify::new(),
+            models: Mutex::new(BTreeMap::new()),
+            state: Mutex::new(NeuronState::Starting),
+        })
+    }
+
+    /// The model table; held only for short, non-awaiting sections.
+    pub fn models(&self) -> MutexGuard<'_, BTreeMap<String, Arc<HeldModel>>> {
+        self.models.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A model by id, or by subject token (`a.b` and `a_b` name the same model).
+    pub fn model(&self, id: &str) -> Option<Arc<HeldModel>> {
+        let models = self.models();
+        if let Some(held) = models.get(id) {
+            return Some(held.clone());
+        }
+        let token = cortex_bus::ModelToken::new(id).ok()?;
+        models.values().find(|m| m.token == token).cloned()
+    }
+
+    pub fn all_models(&self) -> Vec<Arc<HeldModel>> {
+        self.models().values().cloned().collect()
+    }
+
+    pub fn state(&self) -> NeuronState {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn set_state(&self, state: NeuronState) {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = state;
+    }
+
+    /// Asks for a heartbeat now rather than at the next tick.
+    pub fn heartbeat_soon(&self) {
+        self.heartbeat_now.notify_one();
+    }
+
+    /// Whether new work (requests, loads) is taken.
+    pub fn accepting(&self) -> bool {
+        matches!(self.state(), NeuronState::Starting | NeuronState::Ready)
+    }
+
+    /// Memory our models take (or have reserved) on device `index`.
+    pub fn memory_on(&self, index: u32) -> u64 {
+        self.models()
+            .values()
+            .filter(|m| m.device() == index)
+            .map(|m| m.memory_bytes())
+            .sum()
+    }
+
+    /// The status heartbeats carry, taken now.
+    pub fn status(&self) -> NeuronStatus {
+        let devices = self.discovery.devices(|index| self.memory_on(index));
+        NeuronStatus {
+            neuron_id: self.id.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            state: self.state(),
+            engine: self.config.engine.as_str().to_string(),
+            at_ms: cortex_bus::headers::unix_ms(),
+            interval_ms: self.config.heartbeat_interval.as_millis() as u64,
+            devices,
+            models: self.all_models().iter().map(|m| m.status()).collect(),
+        }
+    }
+
+    /// Publishes a lifecycle event on `<prefix>.v1.events.<kind>` (JSON).
+    pub async fn event(&self, detail: EventDetail) {
+        let subject = self.subjects.event(detail.kind());
+        let event = Event {
+            at_ms: cortex_bus::headers::unix_ms(),
+            source: self.id.clone(),
+            detail,
+        };
+        let encoding = Encoding::Json;
+        match encoding.encode(&event) {
+            Ok(payload) => {
+                if let Err(error) = self
+                    .client
+                    .publish_with_headers(subject, encoding.headers(), payload)
+                    .await
+                {
+                    tracing::warn!(%error, "event not published");
+                }
+            }
+            Err(error) => tracing::warn!(%error, "event not encoded"),
+        }
+    }
+}
