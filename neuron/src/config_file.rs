@@ -68,7 +68,7 @@ pub fn parse(
             continue;
         }
         let flag = format!("--{long}");
-        let takes_value = arg.get_num_args().is_none_or(|n| n.takes_values());
+        let takes_value = arg.get_action().takes_values();
         match value {
             toml::Value::Boolean(on) if !takes_value => {
                 if on {

@@ -1,7 +1,7 @@
 //! Shared by the neuron tests: a real nats-server, neurons in-process,
 //! requests streamed through the bus as ingress will send them.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::time::Duration;
 
@@ -191,4 +191,43 @@ pub async fn heartbeat(client: &Client, neuron: &str) -> (serde_json::Value, Neu
         serde_json::from_slice(&message.payload).expect("heartbeat is JSON");
     let status: NeuronStatus = serde_json::from_value(json.clone()).unwrap();
     (json, status)
+}
+
+/// A plain HTTP/1.1 GET on loopback: (status code, body).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut response))
+        .await
+        .expect("HTTP response in time")
+        .unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Every reply to a request sent to many responders (micro `$SRV` verbs), within `window`.
+pub async fn gather(client: &Client, subject: &str, window: Duration) -> Vec<serde_json::Value> {
+    let inbox = client.new_inbox();
+    let mut sub = client.subscribe(inbox.clone()).await.unwrap();
+    client
+        .publish_with_reply(subject.to_string(), inbox, "".into())
+        .await
+        .unwrap();
+    let mut replies = Vec::new();
+    let deadline = tokio::time::Instant::now() + window;
+    while let Ok(Some(message)) = tokio::time::timeout_at(deadline, sub.next()).await {
+        replies.push(serde_json::from_slice(&message.payload).expect("JSON reply"));
+    }
+    replies
 }
