@@ -26,7 +26,12 @@ async fn srv_ping_and_info_list_cortex_neuron_with_its_endpoints() {
     let b = start(sim_config(&server, "b")).await;
     let client = connect(&server.url()).await;
 
-    let pings = gather(&client, "$SRV.PING.cortex-neuron", Duration::from_millis(500)).await;
+    let pings = gather(
+        &client,
+        "$SRV.PING.cortex-neuron",
+        Duration::from_millis(500),
+    )
+    .await;
     let mut neurons: Vec<&str> = pings
         .iter()
         .map(|p| {
@@ -38,7 +43,12 @@ async fn srv_ping_and_info_list_cortex_neuron_with_its_endpoints() {
     neurons.sort();
     assert_eq!(neurons, ["a", "b"]);
 
-    let infos = gather(&client, "$SRV.INFO.cortex-neuron", Duration::from_millis(500)).await;
+    let infos = gather(
+        &client,
+        "$SRV.INFO.cortex-neuron",
+        Duration::from_millis(500),
+    )
+    .await;
     assert_eq!(infos.len(), 2);
     for info in &infos {
         let neuron = info["metadata"]["neuron"].as_str().unwrap();
@@ -46,7 +56,12 @@ async fn srv_ping_and_info_list_cortex_neuron_with_its_endpoints() {
             .as_array()
             .unwrap()
             .iter()
-            .map(|e| (e["name"].as_str().unwrap().to_string(), e["subject"].as_str().unwrap().to_string()))
+            .map(|e| {
+                (
+                    e["name"].as_str().unwrap().to_string(),
+                    e["subject"].as_str().unwrap().to_string(),
+                )
+            })
             .collect();
         endpoints.sort();
         let expected: Vec<(String, String)> = ["drain", "load", "status", "unload"]
@@ -55,7 +70,12 @@ async fn srv_ping_and_info_list_cortex_neuron_with_its_endpoints() {
             .collect();
         assert_eq!(endpoints, expected);
     }
-    let stats = gather(&client, "$SRV.STATS.cortex-neuron", Duration::from_millis(500)).await;
+    let stats = gather(
+        &client,
+        "$SRV.STATS.cortex-neuron",
+        Duration::from_millis(500),
+    )
+    .await;
     assert_eq!(stats.len(), 2);
     tokio::join!(a.shutdown(), b.shutdown());
 }
@@ -66,14 +86,28 @@ async fn load_serve_status_and_unload_over_nats() {
     let neuron = start(sim_config(&server, "n")).await;
     let client = connect(&server.url()).await;
 
-    let reply = control(&client, "n", "load", load_body("sim.chat", json!({"vram_mb": 256}))).await;
+    let reply = control(
+        &client,
+        "n",
+        "load",
+        load_body("sim.chat", json!({"vram_mb": 256})),
+    )
+    .await;
     assert_eq!(reply["ok"]["model_id"], "sim.chat", "{reply}");
     assert_eq!(reply["ok"]["memory_bytes"], 256 << 20);
     // Loading again is answered at once from the ready model.
     let again = control(&client, "n", "load", load_body("sim.chat", json!({}))).await;
     assert_eq!(again["ok"]["model_id"], "sim.chat");
 
-    let answer = collect(send(&client, &infer_subject("sim.chat"), &chat("r1", "sim.chat", "hi", 5)).await).await;
+    let answer = collect(
+        send(
+            &client,
+            &infer_subject("sim.chat"),
+            &chat("r1", "sim.chat", "hi", 5),
+        )
+        .await,
+    )
+    .await;
     assert_eq!(answer.error, None);
     assert_eq!(answer.done.unwrap().usage.completion_tokens, 5);
 
@@ -86,7 +120,15 @@ async fn load_serve_status_and_unload_over_nats() {
     assert_eq!(unloaded["ok"]["cancelled"], 0, "{unloaded}");
     let status = control(&client, "n", "status", json!({})).await;
     assert_eq!(status["ok"]["models"], json!([]));
-    let gone = collect(send(&client, &infer_subject("sim.chat"), &chat("r2", "sim.chat", "hi", 5)).await).await;
+    let gone = collect(
+        send(
+            &client,
+            &infer_subject("sim.chat"),
+            &chat("r2", "sim.chat", "hi", 5),
+        )
+        .await,
+    )
+    .await;
     assert!(gone.failure.unwrap().contains("NoResponders"));
     neuron.shutdown().await;
 }
@@ -101,23 +143,54 @@ async fn loads_that_do_not_fit_are_refused_and_concurrent_loads_are_one() {
     let client = connect(&server.url()).await;
     let mut events = client.subscribe("cortex.v1.events.model.>").await.unwrap();
 
-    let too_big = control(&client, "small", "load", load_body("big", json!({"vram_mb": 2048}))).await;
+    let too_big = control(
+        &client,
+        "small",
+        "load",
+        load_body("big", json!({"vram_mb": 2048})),
+    )
+    .await;
     assert_eq!(too_big["error"]["class"], "unavailable", "{too_big}");
-    assert!(too_big["error"]["message"].as_str().unwrap().contains("needs 2.0 GiB"), "{too_big}");
+    assert!(
+        too_big["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("needs 2.0 GiB"),
+        "{too_big}"
+    );
 
     // Five loads of one model at once: one load, five ready replies.
-    let loads = (0..5).map(|_| control(&client, "small", "load", load_body("m", json!({"vram_mb": 600}))));
+    let loads = (0..5).map(|_| {
+        control(
+            &client,
+            "small",
+            "load",
+            load_body("m", json!({"vram_mb": 600})),
+        )
+    });
     for reply in futures::future::join_all(loads).await {
         assert_eq!(reply["ok"]["model_id"], "m", "{reply}");
     }
     // A second 600 MiB model no longer fits in the 1 GiB device.
-    let second = control(&client, "small", "load", load_body("m2", json!({"vram_mb": 600}))).await;
+    let second = control(
+        &client,
+        "small",
+        "load",
+        load_body("m2", json!({"vram_mb": 600})),
+    )
+    .await;
     assert_eq!(second["error"]["class"], "unavailable", "{second}");
 
     let mut kinds = Vec::new();
-    while let Ok(Some(message)) = tokio::time::timeout(Duration::from_millis(300), events.next()).await {
+    while let Ok(Some(message)) =
+        tokio::time::timeout(Duration::from_millis(300), events.next()).await
+    {
         let event: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
-        kinds.push(format!("{}:{}", event["detail"]["kind"].as_str().unwrap(), event["detail"]["model"].as_str().unwrap()));
+        kinds.push(format!(
+            "{}:{}",
+            event["detail"]["kind"].as_str().unwrap(),
+            event["detail"]["model"].as_str().unwrap()
+        ));
     }
     let loading_m = kinds.iter().filter(|k| *k == "model.loading:m").count();
     assert_eq!(loading_m, 1, "{kinds:?}");
@@ -135,7 +208,12 @@ async fn unload_is_refused_while_busy_unless_forced() {
     wait_ready(&neuron, "slow").await;
     let client = connect(&server.url()).await;
 
-    let stream = send(&client, &infer_subject("slow"), &chat("long", "slow", "hi", 100)).await;
+    let stream = send(
+        &client,
+        &infer_subject("slow"),
+        &chat("long", "slow", "hi", 100),
+    )
+    .await;
     let in_flight = tokio::spawn(collect(stream));
     eventually("the request in flight", Duration::from_secs(5), || async {
         let status = neuron.status();
@@ -145,8 +223,20 @@ async fn unload_is_refused_while_busy_unless_forced() {
 
     let refused = control(&client, "busy", "unload", json!({"model_id": "slow"})).await;
     assert_eq!(refused["error"]["class"], "unavailable");
-    assert!(refused["error"]["message"].as_str().unwrap().contains("in flight"), "{refused}");
-    let forced = control(&client, "busy", "unload", json!({"model_id": "slow", "force": true})).await;
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("in flight"),
+        "{refused}"
+    );
+    let forced = control(
+        &client,
+        "busy",
+        "unload",
+        json!({"model_id": "slow", "force": true}),
+    )
+    .await;
     assert_eq!(forced["ok"]["cancelled"], 1, "{forced}");
     let answer = in_flight.await.unwrap();
     assert_eq!(answer.error.map(|e| e.class), Some(ErrorClass::Cancelled));
@@ -164,7 +254,10 @@ async fn bad_control_requests_get_clear_errors() {
         .await
         .unwrap();
     let headers = reply.headers.clone().expect("error headers");
-    assert_eq!(headers.get("Nats-Service-Error-Code").map(|v| v.as_str()), Some("400"));
+    assert_eq!(
+        headers.get("Nats-Service-Error-Code").map(|v| v.as_str()),
+        Some("400")
+    );
     let body: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
     assert_eq!(body["error"]["class"], "invalid_request");
 
@@ -176,13 +269,25 @@ async fn bad_control_requests_get_clear_errors() {
         let mut config = config(&server, "real");
         config.metrics_listen = "off".into();
         let real = start(config).await;
-        let reply = control(&client, "real", "load", json!({"profile": {"id": "x", "source": "/no/such/model.gguf"}})).await;
+        let reply = control(
+            &client,
+            "real",
+            "load",
+            json!({"profile": {"id": "x", "source": "/no/such/model.gguf"}}),
+        )
+        .await;
         real.shutdown().await;
         reply
     };
     assert_eq!(no_file["error"]["class"], "unavailable", "{no_file}");
-    assert!(no_file["error"]["message"].as_str().unwrap().contains("/no/such/model.gguf"));
-    assert!(neuron.status().models.is_empty(), "bad input changes nothing");
+    assert!(no_file["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("/no/such/model.gguf"));
+    assert!(
+        neuron.status().models.is_empty(),
+        "bad input changes nothing"
+    );
     neuron.shutdown().await;
 }
 
@@ -211,10 +316,29 @@ async fn heartbeats_are_plain_json_and_metrics_and_health_answer() {
     assert_eq!(status.models[0].state, ModelState::Ready);
 
     // Directed subject: the held model is served, another is named as missing.
-    let answer = collect(send(&client, "cortex.v1.neuron.hb.infer", &chat("d1", "m", "hi", 3)).await).await;
+    let answer = collect(
+        send(
+            &client,
+            "cortex.v1.neuron.hb.infer",
+            &chat("d1", "m", "hi", 3),
+        )
+        .await,
+    )
+    .await;
     assert_eq!(answer.done.map(|d| d.usage.completion_tokens), Some(3));
-    let missing = collect(send(&client, "cortex.v1.neuron.hb.infer", &chat("d2", "other", "hi", 3)).await).await;
-    assert_eq!(missing.error.map(|e| e.class), Some(ErrorClass::ModelNotFound));
+    let missing = collect(
+        send(
+            &client,
+            "cortex.v1.neuron.hb.infer",
+            &chat("d2", "other", "hi", 3),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        missing.error.map(|e| e.class),
+        Some(ErrorClass::ModelNotFound)
+    );
 
     let addr = neuron.metrics_addr().expect("metrics enabled");
     let (code, body) = http_get(addr, "/metrics").await;
@@ -227,7 +351,10 @@ async fn heartbeats_are_plain_json_and_metrics_and_health_answer() {
     ] {
         assert!(body.contains(line), "{line} missing from:\n{body}");
     }
-    assert!(body.contains("cortex_vram_total_bytes{neuron=\"hb\",device=\"cpu:0\""), "{body}");
+    assert!(
+        body.contains("cortex_vram_total_bytes{neuron=\"hb\",device=\"cpu:0\""),
+        "{body}"
+    );
     let (code, body) = http_get(addr, "/healthz").await;
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("\"nats\":\"connected\""), "{body}");

@@ -30,12 +30,21 @@ async fn drain_finishes_in_flight_requests_and_new_ones_go_to_the_other_neuron()
     // Requests in flight on both neurons (each takes about a second).
     let mut before = Vec::new();
     for i in 0..8 {
-        before.push(send(&client, &subject, &chat(&format!("before-{i}"), "m", "hi", 20)).await);
+        before.push(
+            send(
+                &client,
+                &subject,
+                &chat(&format!("before-{i}"), "m", "hi", 20),
+            )
+            .await,
+        );
     }
     let before = tokio::spawn(futures::future::join_all(before.into_iter().map(collect)));
-    eventually("requests in flight on a", Duration::from_secs(5), || async {
-        (a.status().models[0].slots_busy > 0).then_some(())
-    })
+    eventually(
+        "requests in flight on a",
+        Duration::from_secs(5),
+        || async { (a.status().models[0].slots_busy > 0).then_some(()) },
+    )
     .await;
 
     let drain = {
@@ -48,18 +57,35 @@ async fn drain_finishes_in_flight_requests_and_new_ones_go_to_the_other_neuron()
     .await;
     let mut after = Vec::new();
     for i in 0..8 {
-        after.push(send(&client, &subject, &chat(&format!("after-{i}"), "m", "hi", 2)).await);
+        after.push(
+            send(
+                &client,
+                &subject,
+                &chat(&format!("after-{i}"), "m", "hi", 2),
+            )
+            .await,
+        );
     }
     for answer in futures::future::join_all(after.into_iter().map(collect)).await {
         assert_eq!(answer.error, None);
-        assert_eq!(answer.neuron(), "b", "new requests go to the neuron not draining");
+        assert_eq!(
+            answer.neuron(),
+            "b",
+            "new requests go to the neuron not draining"
+        );
     }
     let before = before.await.unwrap();
-    let on_a = before.iter().filter(|answer| answer.neuron() == "a").count();
+    let on_a = before
+        .iter()
+        .filter(|answer| answer.neuron() == "a")
+        .count();
     assert!(on_a > 0);
     for answer in &before {
         assert_eq!(answer.error, None, "in-flight requests finish");
-        assert_eq!(answer.done.as_ref().map(|d| d.usage.completion_tokens), Some(20));
+        assert_eq!(
+            answer.done.as_ref().map(|d| d.usage.completion_tokens),
+            Some(20)
+        );
     }
     let reply = drain.await.unwrap();
     assert!(reply["ok"]["finished"].as_u64().unwrap() >= 1, "{reply}");
@@ -90,7 +116,9 @@ async fn shutdown_finishes_in_flight_work_and_says_stopped() {
     assert_eq!(answer.done.map(|d| d.usage.completion_tokens), Some(20));
 
     let mut states = Vec::new();
-    while let Ok(Some(message)) = tokio::time::timeout(Duration::from_millis(500), beats.next()).await {
+    while let Ok(Some(message)) =
+        tokio::time::timeout(Duration::from_millis(500), beats.next()).await
+    {
         let status: NeuronStatus = serde_json::from_slice(&message.payload).unwrap();
         states.push(status.state);
     }
@@ -105,7 +133,12 @@ fn cpu_seconds() -> f64 {
         .rsplit_once(')')
         .map(|(_, rest)| rest.split_whitespace().collect())
         .unwrap_or_default();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     // utime and stime are fields 14 and 15 (11 and 12 after the command name).
     (ticks(11) + ticks(12)) / 100.0
 }
@@ -146,7 +179,8 @@ async fn two_hundred_sim_neurons_heartbeat_and_serve() {
     let mut seen = HashMap::new();
     let window = Instant::now();
     while seen.len() < NEURONS && window.elapsed() < Duration::from_secs(6) {
-        if let Ok(Some(message)) = tokio::time::timeout(Duration::from_secs(1), beats.next()).await {
+        if let Ok(Some(message)) = tokio::time::timeout(Duration::from_secs(1), beats.next()).await
+        {
             let status: NeuronStatus = serde_json::from_slice(&message.payload).unwrap();
             assert_eq!(status.models[0].state, ModelState::Ready);
             seen.insert(status.neuron_id, ());
@@ -162,12 +196,22 @@ async fn two_hundred_sim_neurons_heartbeat_and_serve() {
     for batch in 0..5 {
         let mut streams = Vec::new();
         for i in 0..200 {
-            streams.push(send(&client, &subject, &chat(&format!("f-{batch}-{i}"), "fleet", "hi", 8)).await);
+            streams.push(
+                send(
+                    &client,
+                    &subject,
+                    &chat(&format!("f-{batch}-{i}"), "fleet", "hi", 8),
+                )
+                .await,
+            );
         }
         for answer in futures::future::join_all(streams.into_iter().map(collect)).await {
             assert_eq!(answer.failure, None);
             assert_eq!(answer.error, None);
-            assert_eq!(answer.done.as_ref().map(|d| d.usage.completion_tokens), Some(8));
+            assert_eq!(
+                answer.done.as_ref().map(|d| d.usage.completion_tokens),
+                Some(8)
+            );
             *served.entry(answer.neuron().to_string()).or_default() += 1;
         }
     }
@@ -188,6 +232,10 @@ async fn two_hundred_sim_neurons_heartbeat_and_serve() {
         idle_cpu * 100.0,
         rss_mib(),
     );
-    assert!(served.len() > NEURONS / 2, "the queue group spreads requests: {}", served.len());
+    assert!(
+        served.len() > NEURONS / 2,
+        "the queue group spreads requests: {}",
+        served.len()
+    );
     futures::future::join_all(neurons.into_iter().map(|n| n.shutdown())).await;
 }

@@ -12,7 +12,7 @@ use futures::{Stream, StreamExt};
 use serde::Serialize;
 use tokio::time::{Instant, Sleep};
 
-use super::{clamp_keepalive, StreamError, DEFAULT_KEEPALIVE, DEFAULT_MAX_DURATION, IDLE_PERIODS};
+use super::{clamp_keepalive, idle_limit, StreamError, DEFAULT_KEEPALIVE, DEFAULT_MAX_DURATION};
 use crate::codec::{decode_message, Encoding};
 use crate::headers::{self, unix_ms};
 
@@ -22,7 +22,7 @@ pub struct StreamOptions {
     /// Encoding of the request; the responder answers in the same one.
     pub encoding: Encoding,
     /// Keepalive period asked of the responder (clamped to 50 ms..=60 s);
-    /// silence for 3 periods fails the stream.
+    /// silence for 2.5 periods fails the stream.
     pub keepalive: Duration,
     /// Unix ms after which the stream fails with `DeadlineExceeded`; also
     /// sent as `Cortex-Deadline`, which the responder enforces.
@@ -165,7 +165,7 @@ pub struct FrameStream {
 
 impl FrameStream {
     fn new(subscriber: Subscriber, subject: String, keepalive: Duration, deadline_ms: u64) -> Self {
-        let idle_limit = keepalive * IDLE_PERIODS;
+        let idle_limit = idle_limit(keepalive);
         let left = Duration::from_millis(deadline_ms.saturating_sub(unix_ms()));
         let deadline = Box::pin(tokio::time::sleep(left));
         Self {
