@@ -17,8 +17,8 @@ test: setup
 
 up: setup
 	@echo "make up: not available yet. 'cortex up' (NATS + placement + neuron + ingress with" >&2
-	@echo "SmolLM2 and MiniLM, answering curl on 127.0.0.1:31313) is built by issues 3-7." >&2
-	@echo "Today the binary offers 'cortex ping' and 'cortex events' against a running NATS." >&2
+	@echo "SmolLM2 and MiniLM, answering curl on 127.0.0.1:31313) is built by issues 5-7." >&2
+	@echo "Today the binary offers 'cortex neuron' (see README) and 'cortex ping'/'cortex events'." >&2
 	@exit 2
 
 bench: setup

@@ -325,6 +325,14 @@ mod tests {
     }
 
     #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let mut config = NeuronConfig::for_tests("nats://127.0.0.1:4222", "n1");
+        config.nats.user = Some("neuron".into());
+        config.nats.password = Some("hunter2".into());
+        assert!(!format!("{config:?}").contains("hunter2"));
+    }
+
+    #[test]
     fn model_specs_name_or_derive_the_id() {
         let p = parse_model_spec("smol=/models/SmolLM2.Q4_1.gguf").unwrap();
         assert_eq!(

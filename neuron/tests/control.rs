@@ -360,3 +360,41 @@ async fn heartbeats_are_plain_json_and_metrics_and_health_answer() {
     assert!(body.contains("\"nats\":\"connected\""), "{body}");
     neuron.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_request_is_accepted_with_its_position_and_kept_alive() {
+    let server = NatsServer::start();
+    let mut config = sim_config(&server, "q");
+    config.models = vec!["m=sim".into()];
+    config.max_concurrency = 1;
+    config.max_queue = 1;
+    config.sim_tokens_per_second = 10.0;
+    let neuron = start(config).await;
+    wait_ready(&neuron, "m").await;
+    let client = connect(&server.url()).await;
+
+    let first = send(&client, &infer_subject("m"), &chat("first", "m", "hi", 25)).await;
+    let first = tokio::spawn(collect(first));
+    eventually("the slot taken", Duration::from_secs(5), || async {
+        (neuron.status().models[0].slots_busy == 1).then_some(())
+    })
+    .await;
+    let mut queued = send(&client, &infer_subject("m"), &chat("second", "m", "hi", 2)).await;
+    let mut keepalives = Vec::new();
+    let mut accepted = None;
+    while let Some(frame) = queued.next().await {
+        match frame.expect("no stream error") {
+            cortex_schemas::Frame::Accepted(a) => accepted = Some(a),
+            cortex_schemas::Frame::Keepalive(k) => keepalives.push(k.queue_position),
+            cortex_schemas::Frame::Delta(_) => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(accepted.map(|a| a.queue_position), Some(1));
+    assert!(
+        keepalives.contains(&Some(1)),
+        "keepalives while queued: {keepalives:?}"
+    );
+    assert!(first.await.unwrap().done.is_some());
+    neuron.shutdown().await;
+}

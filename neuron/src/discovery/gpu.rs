@@ -28,6 +28,7 @@ impl std::fmt::Debug for Gpus {
 
 impl Gpus {
     /// Opens NVML; `only` restricts to these indices (each must exist).
+    /// `NoNvml` carries NVML's own reason.
     pub fn open(only: Option<&[u32]>) -> Result<Self, DiscoveryError> {
         // Driver-only hosts ship `libnvidia-ml.so.1`; the unversioned name
         // comes with development packages.

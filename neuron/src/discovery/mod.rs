@@ -23,7 +23,7 @@ pub use gpu::Gpus;
 /// Why the devices asked for cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum DiscoveryError {
-    #[error("GPUs were asked for (--devices) but NVML is not available: {0}")]
+    #[error("NVML is not available: {0}")]
     NoNvml(String),
     #[error("--devices names cuda:{index}, but NVML finds {count} GPU(s)")]
     NoSuchGpu { index: u32, count: u32 },
@@ -76,7 +76,7 @@ impl Discovery {
                 }
                 Ok(gpus) => Source::Gpus(Box::new(gpus)),
                 Err(reason) => {
-                    tracing::info!(%reason, "no NVML; serving from the CPU");
+                    tracing::info!(%reason, "no GPUs; serving from the CPU");
                     cpu()
                 }
             },
@@ -147,5 +147,64 @@ impl Discovery {
             Source::Gpus(gpus) => DeviceSpec::Cuda(gpus.cuda_ordinal(index) as usize),
             Source::Cpu { .. } | Source::Sim { .. } => DeviceSpec::Cpu,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cpu_serves_with_its_budget_and_sim_gpus_with_theirs() {
+        let cpu = Discovery::open(
+            &DeviceChoice::Cpu,
+            EngineKind::Candle,
+            MemorySize::Percent(50.0),
+            &[],
+        )
+        .unwrap();
+        let devices = cpu.devices(|_| 1 << 20);
+        assert_eq!(devices.len(), 1);
+        assert_eq!(devices[0].kind, DeviceKind::Cpu);
+        let half = MemInfo::read().total / 2;
+        assert!(devices[0].memory_total_bytes.abs_diff(half) < 64 << 20);
+        assert_eq!(devices[0].memory_used_bytes, 1 << 20);
+        assert!(devices[0].memory_free_bytes <= devices[0].memory_total_bytes - (1 << 20));
+        assert!(cpu.tracks_our_memory());
+        assert_eq!(cpu.engine_device(0), DeviceSpec::Cpu);
+
+        let sim = Discovery::open(
+            &DeviceChoice::Auto,
+            EngineKind::Sim,
+            MemorySize::Percent(50.0),
+            &[80 << 30, 24 << 30],
+        )
+        .unwrap();
+        let devices = sim.devices(|index| if index == 1 { 4 << 30 } else { 0 });
+        assert_eq!(devices.len(), 2);
+        assert_eq!(devices[1].memory_free_bytes, 20 << 30);
+        assert!(devices[0].name.contains("80.0 GiB"));
+    }
+
+    #[test]
+    fn a_cpu_build_refuses_named_gpus_and_auto_falls_back_to_the_cpu() {
+        if cfg!(feature = "cuda") {
+            return;
+        }
+        let named = Discovery::open(
+            &DeviceChoice::Cuda(vec![0]),
+            EngineKind::Candle,
+            MemorySize::Percent(50.0),
+            &[],
+        );
+        assert!(matches!(named, Err(DiscoveryError::NoCudaBuild)));
+        let auto = Discovery::open(
+            &DeviceChoice::Auto,
+            EngineKind::Candle,
+            MemorySize::Percent(50.0),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(auto.devices(|_| 0)[0].kind, DeviceKind::Cpu);
     }
 }

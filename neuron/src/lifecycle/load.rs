@@ -135,6 +135,11 @@ async fn perform(shared: Arc<Shared>, held: Arc<HeldModel>, device: Option<u32>)
         .await;
     shared.heartbeat_soon();
     let result = match bring_up(&shared, &held, device).await {
+        Ok(backend) if !shared.accepting() => {
+            // The neuron began shutting down while the model loaded.
+            tokio::task::spawn_blocking(move || drop(backend));
+            Err("the neuron is shutting down".to_string())
+        }
         Ok(backend) => {
             held.install(backend);
             match crate::serve::start_intake(&shared, &held).await {

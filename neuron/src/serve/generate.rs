@@ -134,3 +134,37 @@ fn apply_profile_defaults(held: &HeldModel, request: &mut GenerateRequest) {
 fn stopped() -> WireError {
     WireError::new(ErrorClass::Unavailable, "the model's engine stopped")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delta(text: &str) -> Event {
+        Event::Delta(Delta {
+            text: text.into(),
+            tokens: 1,
+            ..Delta::default()
+        })
+    }
+
+    #[test]
+    fn waiting_deltas_merge_into_one_frame_and_the_next_event_is_kept() {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+        for text in ["b", "c"] {
+            tx.try_send(delta(text)).unwrap();
+        }
+        tx.try_send(Event::Started { prompt_tokens: 1 }).unwrap();
+        tx.try_send(delta("d")).unwrap();
+        let mut first = Delta {
+            text: "a".into(),
+            tokens: 1,
+            ..Delta::default()
+        };
+        let next = merge_waiting(&mut rx, &mut first);
+        assert_eq!((first.text.as_str(), first.tokens), ("abc", 3));
+        assert!(matches!(next, Some(Event::Started { .. })));
+        let mut second = Delta::default();
+        assert!(merge_waiting(&mut rx, &mut second).is_none());
+        assert_eq!(second.text, "d");
+    }
+}
