@@ -20,12 +20,15 @@ pub const MAX_INPUTS: usize = 2048;
 pub struct EmbedEngine {
     model: Arc<BertEmbedder>,
     max_concurrency: usize,
-    busy: AtomicUsize,
+    busy: Arc<AtomicUsize>,
 }
 
-struct Permit<'a>(&'a AtomicUsize);
+/// A batch slot, held from admission until the batch ends (it can move to
+/// the thread that runs the batch).
+#[derive(Debug)]
+pub struct EmbedPermit(Arc<AtomicUsize>);
 
-impl Drop for Permit<'_> {
+impl Drop for EmbedPermit {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
@@ -36,7 +39,7 @@ impl EmbedEngine {
         Self {
             model,
             max_concurrency: max_concurrency.max(1),
-            busy: AtomicUsize::new(0),
+            busy: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -53,8 +56,43 @@ impl EmbedEngine {
         self.max_concurrency
     }
 
-    /// Embeds the request's inputs, in order.
+    /// Takes a batch slot, or refuses at once with `Overloaded`.
+    pub fn try_acquire(&self) -> Result<EmbedPermit> {
+        let taken = self.busy.fetch_add(1, Ordering::AcqRel);
+        let permit = EmbedPermit(Arc::clone(&self.busy));
+        if taken >= self.max_concurrency {
+            return Err(EngineError::Overloaded {
+                busy: taken,
+                queued: 0,
+            });
+        }
+        Ok(permit)
+    }
+
+    /// Embeds the request's inputs, in order, taking a slot first.
     pub fn embed(&self, req: &EmbedRequest) -> Result<EmbedResponse> {
+        Self::validate(req)?;
+        let permit = self.try_acquire()?;
+        self.embed_with(&permit, req)
+    }
+
+    /// Embeds with a slot already taken by [`Self::try_acquire`].
+    pub fn embed_with(&self, _permit: &EmbedPermit, req: &EmbedRequest) -> Result<EmbedResponse> {
+        Self::validate(req)?;
+        let out = self.model.embed(&req.inputs, req.normalize, req.truncate)?;
+        Ok(EmbedResponse {
+            model: req.model.clone(),
+            embeddings: out.vectors,
+            usage: Usage {
+                prompt_tokens: out.tokens as u32,
+                completion_tokens: 0,
+                cached_tokens: 0,
+            },
+        })
+    }
+
+    /// Refuses requests that cannot be served, before any slot is taken.
+    pub fn validate(req: &EmbedRequest) -> Result<()> {
         if req.inputs.is_empty() {
             return Err(EngineError::InvalidRequest(
                 "input must not be empty".into(),
@@ -66,23 +104,6 @@ impl EmbedEngine {
                 req.inputs.len()
             )));
         }
-        let taken = self.busy.fetch_add(1, Ordering::AcqRel);
-        let _permit = Permit(&self.busy);
-        if taken >= self.max_concurrency {
-            return Err(EngineError::Overloaded {
-                busy: taken,
-                queued: 0,
-            });
-        }
-        let out = self.model.embed(&req.inputs, req.normalize, req.truncate)?;
-        Ok(EmbedResponse {
-            model: req.model.clone(),
-            embeddings: out.vectors,
-            usage: Usage {
-                prompt_tokens: out.tokens as u32,
-                completion_tokens: 0,
-                cached_tokens: 0,
-            },
-        })
+        Ok(())
     }
 }

@@ -324,6 +324,11 @@ impl Drop for ChatEngine {
     }
 }
 
+/// Runs still holding a slot.
+fn computing(runs: &[Run]) -> usize {
+    runs.iter().filter(|run| !run.released()).count()
+}
+
 /// The worker: admit from the queue into free slots, step every running
 /// sequence once, repeat; sleep when idle.
 fn work(model: &ChatModel, shared: &Shared, cfg: EngineConfig) {
@@ -337,8 +342,18 @@ fn work(model: &ChatModel, shared: &Shared, cfg: EngineConfig) {
                 }
                 break;
             }
-            let mut admitted = false;
-            while runs.len() < cfg.max_concurrency {
+            // Cancelled jobs leave the queue at once, not when a slot frees.
+            let queued = state.waiting.len();
+            state.waiting.retain(|job| {
+                let gone = job.cancel.load(Ordering::Relaxed) || job.events.is_closed();
+                if gone {
+                    let _ = job.events.try_send(Event::Error(EngineError::Cancelled));
+                }
+                !gone
+            });
+            let mut admitted = state.waiting.len() != queued;
+            // Runs that gave their slot back only deliver their last events.
+            while computing(&runs) < cfg.max_concurrency {
                 let Some(job) = state.waiting.pop_front() else {
                     break;
                 };
@@ -356,7 +371,7 @@ fn work(model: &ChatModel, shared: &Shared, cfg: EngineConfig) {
                     });
                 }
             }
-            state.busy = runs.len();
+            state.busy = computing(&runs);
             if runs.is_empty() {
                 let _unused = shared.wake.wait_timeout(state, Duration::from_millis(100));
                 continue;
@@ -366,7 +381,10 @@ fn work(model: &ChatModel, shared: &Shared, cfg: EngineConfig) {
         runs.retain_mut(|run| {
             only_delivering &= run.finishing();
             let before = run.generated();
-            let progress = run.step(model);
+            let progress = run.step(model, &mut || {
+                let mut state = shared.lock();
+                state.busy = state.busy.saturating_sub(1);
+            });
             let made = run.generated().saturating_sub(before) as u64;
             shared.tokens.fetch_add(made, Ordering::Relaxed);
             if progress == Progress::Finished {
@@ -377,7 +395,7 @@ fn work(model: &ChatModel, shared: &Shared, cfg: EngineConfig) {
                 true
             }
         });
-        shared.lock().busy = runs.len();
+        shared.lock().busy = computing(&runs);
         if only_delivering && !runs.is_empty() {
             // Every remaining run waits on a full channel: do not spin.
             std::thread::sleep(Duration::from_millis(1));

@@ -157,3 +157,67 @@ fn a_passed_deadline_ends_the_request_with_its_own_error() {
         start.elapsed()
     );
 }
+
+/// The slot is free by the time the caller hears the run ended, so a caller
+/// that submits again at once (one slot, no queue) is never refused; and a
+/// cancelled request waiting in the queue leaves it at once.
+#[test]
+fn a_finished_or_cancelled_request_frees_its_place_before_the_caller_hears() {
+    let fast = SimConfig {
+        time_to_first_token: Duration::ZERO,
+        tokens_per_second: 10_000.0,
+        ..SimConfig::default()
+    };
+    let model = Arc::new(sim_model(fast).unwrap());
+    let engine = ChatEngine::start(
+        model.clone(),
+        EngineConfig {
+            max_concurrency: 1,
+            max_queue: 0,
+            ..EngineConfig::default()
+        },
+    );
+    for i in 0..200 {
+        let generation = engine
+            .submit(&request(&format!("r{i}"), "hi", Some(2)))
+            .unwrap_or_else(|e| panic!("request {i} refused: {e}"));
+        generation.collect_blocking().unwrap();
+    }
+
+    let slow = SimConfig {
+        tokens_per_second: 5.0,
+        ..SimConfig::default()
+    };
+    let engine = ChatEngine::start(
+        Arc::new(sim_model(slow).unwrap()),
+        EngineConfig {
+            max_concurrency: 1,
+            max_queue: 1,
+            ..EngineConfig::default()
+        },
+    );
+    let _running = engine.submit(&request("running", "hi", Some(50))).unwrap();
+    let mut queued = engine.submit(&request("queued", "hi", Some(5))).unwrap();
+    assert!(matches!(
+        queued.events.blocking_recv(),
+        Some(Event::Queued { position: 1 })
+    ));
+    let started = Instant::now();
+    queued.cancel();
+    loop {
+        match queued.events.blocking_recv() {
+            Some(Event::Error(error)) => {
+                assert!(matches!(error, cortex_engine::EngineError::Cancelled));
+                break;
+            }
+            Some(Event::Queued { .. }) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(engine.stats().queued, 0);
+}

@@ -29,7 +29,7 @@ impl Backend {
         }
     }
 
-    /// (busy, total) slots and queued requests.
+    /// (busy slots, total slots, queued requests, tokens generated so far).
     pub fn load_figures(&self) -> (u32, u32, u32, u64) {
         match self {
             Self::Chat(engine) => {
@@ -85,6 +85,9 @@ pub struct HeldModel {
     tokens_per_second: AtomicU64,
     /// Cancels every request in flight (forced unload, shutdown timeout).
     pub abort: CancellationToken,
+    /// Serialises the lifecycle steps that change the model's subscription
+    /// (resume, drain, unload, the end of a load), so none undoes another.
+    pub ops: tokio::sync::Mutex<()>,
     pub intake: Mutex<Option<Intake>>,
 }
 
@@ -107,6 +110,7 @@ impl HeldModel {
             last_used_ms: AtomicU64::new(0),
             tokens_per_second: AtomicU64::new(0f64.to_bits()),
             abort: CancellationToken::new(),
+            ops: tokio::sync::Mutex::new(()),
             intake: Mutex::new(None),
         }
     }
@@ -125,6 +129,17 @@ impl HeldModel {
 
     pub fn set_state(&self, state: ModelState) {
         self.phase().state = state;
+    }
+
+    /// Moves to `to` only from one of `from`; false (and no change) otherwise.
+    pub fn transition(&self, from: &[ModelState], to: ModelState) -> bool {
+        let mut phase = self.phase();
+        if from.contains(&phase.state) {
+            phase.state = to;
+            true
+        } else {
+            false
+        }
     }
 
     pub fn backend(&self) -> Option<Backend> {
@@ -179,18 +194,25 @@ impl HeldModel {
     }
 
     /// Takes the engine out (for unloading); the model then serves nothing.
+    /// Its memory stays reserved until [`Self::clear_reservation`], once the
+    /// engine is really gone.
     pub fn take_backend(&self) -> Option<Backend> {
-        let mut phase = self.phase();
-        phase.memory_bytes = 0;
-        phase.backend.take()
+        self.phase().backend.take()
     }
 
-    /// Waits for the load to end (ready or failed).
-    pub async fn loaded(&self) -> LoadOutcome {
+    pub fn clear_reservation(&self) {
+        self.phase().memory_bytes = 0;
+    }
+
+    /// Waits for the load to end: ready, or failed with why.
+    pub async fn loaded(&self) -> Result<(), String> {
         let mut rx = self.outcome.subscribe();
         let outcome = match rx.wait_for(|o| *o != LoadOutcome::Pending).await {
-            Ok(outcome) => outcome.clone(),
-            Err(_) => LoadOutcome::Failed("the load was abandoned".into()),
+            Ok(outcome) => match &*outcome {
+                LoadOutcome::Failed(why) => Err(why.clone()),
+                _ => Ok(()),
+            },
+            Err(_) => Err("the load was abandoned".into()),
         };
         outcome
     }

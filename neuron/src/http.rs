@@ -19,14 +19,16 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::serde_name;
 use crate::shared::Shared;
 
-/// Binds `addr` and serves until `stop` fires; returns the bound address.
-pub async fn start(
+/// Serves on `listener` (bound before the neuron connects, so a busy port
+/// is a configuration error) until `stop` fires; returns the bound address.
+pub fn serve(
     shared: Arc<Shared>,
-    addr: SocketAddr,
+    listener: tokio::net::TcpListener,
     stop: CancellationToken,
-) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let bound = listener.local_addr()?;
+) -> (SocketAddr, JoinHandle<()>) {
+    let bound = listener
+        .local_addr()
+        .expect("a bound listener has an address");
     let router = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
@@ -39,7 +41,7 @@ pub async fn start(
             tracing::warn!(%error, "metrics server ended");
         }
     });
-    Ok((bound, task))
+    (bound, task)
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {

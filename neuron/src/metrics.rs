@@ -171,6 +171,8 @@ impl Metrics {
 
     /// The exposition text, with gauges taken from `status`.
     pub fn render(&self, status: &NeuronStatus) -> String {
+        // One scrape at a time: the gauges are cleared and refilled below.
+        let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
         for family in [
             &self.slots_busy,
             &self.slots_total,
@@ -232,7 +234,6 @@ impl Metrics {
             })
             .set(1);
         let mut text = String::new();
-        let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
         if let Err(error) = prometheus_client::encoding::text::encode(&mut text, &registry) {
             tracing::error!(%error, "metrics not encodable");
         }

@@ -1,29 +1,26 @@
 //! A running neuron: [`Neuron::start`] puts it on the bus, [`run`] is the
-//! daemon (validate, connect, start, wait for the shutdown signal, shut
-//! down gracefully).
+//! daemon (validate, find devices, bind the metrics port, connect, start,
+//! wait for the shutdown signal, shut down gracefully).
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_nats::Client;
 use cortex_bus::serve_cancels;
 use cortex_schemas::{
     EventDetail, LoadReply, LoadRequest, ModelProfile, NeuronState, NeuronStatus, WireError,
 };
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ConfigError, NeuronConfig};
+use crate::config::{ConfigError, NeuronConfig, Validated};
 use crate::control::{Control, ControlError};
 use crate::discovery::{Discovery, DiscoveryError};
 use crate::held::Intake;
 use crate::lifecycle::{drain, load};
 use crate::shared::Shared;
-
-/// How long cancelled requests get to end after the drain timeout.
-const CANCEL_GRACE: Duration = Duration::from_secs(5);
 
 /// Why the neuron could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -32,44 +29,84 @@ pub enum NeuronError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Discovery(#[from] DiscoveryError),
-    #[error(transparent)]
-    Connect(#[from] cortex_bus::ConnectError),
-    #[error("cannot subscribe: {0}")]
-    Subscribe(#[from] cortex_bus::StreamError),
-    #[error(transparent)]
-    Control(#[from] ControlError),
     #[error("cannot serve metrics on {addr}: {source}")]
     Metrics {
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Connect(#[from] cortex_bus::ConnectError),
+    #[error("cannot subscribe: {0}")]
+    Subscribe(#[from] cortex_bus::StreamError),
+    #[error(transparent)]
+    Control(#[from] ControlError),
 }
 
 impl NeuronError {
     /// Whether the operator's configuration is at fault (exit code 64).
     pub fn is_config(&self) -> bool {
-        matches!(self, Self::Config(_) | Self::Discovery(_))
+        matches!(
+            self,
+            Self::Config(_) | Self::Discovery(_) | Self::Metrics { .. }
+        )
     }
 }
 
-/// The daemon: validates `config`, connects, serves until `shutdown`
+/// The daemon: validates `config`, finds the devices and binds the metrics
+/// port (all before connecting), connects, serves until `shutdown`
 /// resolves, then drains and exits.
 pub async fn run(
     config: NeuronConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), NeuronError> {
-    let valid = config.validate()?;
-    tracing::info!(neuron = %valid.id, engine = config.engine.as_str(), nats = ?config.nats, "starting neuron");
+    let prepared = Prepared::new(config).await?;
+    let config = &prepared.config;
+    tracing::info!(neuron = %prepared.valid.id, engine = config.engine.as_str(), nats = ?config.nats, "starting neuron");
     let client = config
         .nats
-        .connect(&format!("cortex-neuron-{}", valid.id))
+        .connect(&format!("cortex-neuron-{}", prepared.valid.id))
         .await?;
-    let neuron = Neuron::start(config, client).await?;
+    let neuron = Neuron::launch(prepared, client).await?;
     shutdown.await;
     tracing::info!("shutting down: draining");
     neuron.shutdown().await;
     Ok(())
+}
+
+/// Everything that can fail without the network, done first.
+#[derive(Debug)]
+struct Prepared {
+    config: NeuronConfig,
+    valid: Validated,
+    discovery: Discovery,
+    listener: Option<TcpListener>,
+}
+
+impl Prepared {
+    async fn new(config: NeuronConfig) -> Result<Self, NeuronError> {
+        let valid = config.validate()?;
+        let discovery = Discovery::open(
+            &valid.devices,
+            config.engine,
+            config.memory_budget,
+            &config.sim_gpus,
+        )?;
+        let listener = match valid.metrics_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| NeuronError::Metrics { addr, source })?,
+            ),
+            None => None,
+        };
+        Ok(Self {
+            config,
+            valid,
+            discovery,
+            listener,
+        })
+    }
 }
 
 /// A neuron on the bus.
@@ -79,6 +116,7 @@ pub struct Neuron {
     control: Control,
     directed: Intake,
     stop: CancellationToken,
+    heartbeats: JoinHandle<()>,
     tasks: Vec<JoinHandle<()>>,
     metrics_addr: Option<SocketAddr>,
 }
@@ -88,43 +126,41 @@ impl Neuron {
     /// requests, control service), starts heartbeats and metrics, and
     /// preloads `--models` in the background.
     pub async fn start(config: NeuronConfig, client: Client) -> Result<Self, NeuronError> {
-        let valid = config.validate()?;
-        let discovery = Discovery::open(
-            &valid.devices,
-            config.engine,
-            config.memory_budget,
-            &config.sim_gpus,
-        )?;
+        Self::launch(Prepared::new(config).await?, client).await
+    }
+
+    async fn launch(prepared: Prepared, client: Client) -> Result<Self, NeuronError> {
+        let Prepared {
+            config,
+            valid,
+            discovery,
+            listener,
+        } = prepared;
         let preload = valid.preload.clone();
         let shared = Shared::new(config, valid, client, discovery);
         let stop = CancellationToken::new();
         let mut tasks = Vec::new();
-        tasks.push(
-            serve_cancels(
-                shared.client.clone(),
-                &shared.subjects,
-                &shared.id,
-                shared.cancels.clone(),
-                stop.clone(),
-            )
-            .await?,
-        );
-        let directed = crate::serve::start_directed(&shared).await?;
-        let control = Control::start(&shared).await?;
-        let metrics_addr = match shared.valid.metrics_listen {
-            Some(addr) => {
-                let (bound, task) = crate::http::start(shared.clone(), addr, stop.clone())
-                    .await
-                    .map_err(|source| NeuronError::Metrics { addr, source })?;
+        let started = Self::subscribe(&shared, &stop, &mut tasks).await;
+        let (directed, control) = match started {
+            Ok(parts) => parts,
+            Err(error) => {
+                // Leave nothing running behind a failed start.
+                stop.cancel();
+                for task in tasks {
+                    task.abort();
+                }
+                return Err(error);
+            }
+        };
+        let metrics_addr = match listener {
+            Some(listener) => {
+                let (bound, task) = crate::http::serve(shared.clone(), listener, stop.clone());
                 tasks.push(task);
                 Some(bound)
             }
             None => None,
         };
-        tasks.push(tokio::spawn(crate::heartbeat::run(
-            shared.clone(),
-            stop.clone(),
-        )));
+        let heartbeats = tokio::spawn(crate::heartbeat::run(shared.clone(), stop.clone()));
         shared
             .event(EventDetail::NeuronJoined {
                 neuron: shared.id.clone(),
@@ -136,9 +172,38 @@ impl Neuron {
             control,
             directed,
             stop,
+            heartbeats,
             tasks,
             metrics_addr,
         })
+    }
+
+    /// Cancels, the directed subject and the control service.
+    async fn subscribe(
+        shared: &Arc<Shared>,
+        stop: &CancellationToken,
+        tasks: &mut Vec<JoinHandle<()>>,
+    ) -> Result<(Intake, Control), NeuronError> {
+        tasks.push(
+            serve_cancels(
+                shared.client.clone(),
+                &shared.subjects,
+                &shared.id,
+                shared.cancels.clone(),
+                stop.clone(),
+            )
+            .await?,
+        );
+        let directed = crate::serve::start_directed(shared).await?;
+        let control = match Control::start(shared).await {
+            Ok(control) => control,
+            Err(error) => {
+                directed.stop.cancel();
+                directed.task.abort();
+                return Err(error.into());
+            }
+        };
+        Ok((directed, control))
     }
 
     pub fn id(&self) -> &str {
@@ -177,31 +242,30 @@ impl Neuron {
         crate::heartbeat::publish(shared).await;
         crate::serve::finish(self.directed).await;
         let models = shared.all_models();
-        let left = drain::drain_models(shared, &models, shared.config.drain_timeout).await;
-        if left > 0 {
-            tracing::warn!(
-                left,
-                "cancelling requests still in flight after the drain timeout"
-            );
-            for held in &models {
-                held.abort.cancel();
-            }
-            for held in &models {
-                held.wait_idle(CANCEL_GRACE).await;
-            }
-        }
+        drain::drain_models(shared, &models, shared.config.drain_timeout).await;
         for held in &models {
-            crate::lifecycle::release(held).await;
-            shared
-                .event(EventDetail::ModelUnloaded {
-                    model: held.id().to_string(),
-                    neuron: shared.id.clone(),
-                })
-                .await;
+            let cancelled = crate::lifecycle::settle(held, std::time::Duration::ZERO).await;
+            if cancelled > 0 {
+                tracing::warn!(
+                    model = held.id(),
+                    cancelled,
+                    "cancelled after the drain timeout"
+                );
+            }
+            if crate::lifecycle::release(held).await {
+                shared
+                    .event(EventDetail::ModelUnloaded {
+                        model: held.id().to_string(),
+                        neuron: shared.id.clone(),
+                    })
+                    .await;
+            }
         }
         shared.set_state(NeuronState::Stopped);
-        crate::heartbeat::publish(shared).await;
+        // The heartbeat task stops first, so no `draining` beat follows the last one.
         self.stop.cancel();
+        let _ = self.heartbeats.await;
+        crate::heartbeat::publish(shared).await;
         self.control.stop().await;
         for task in self.tasks {
             task.abort();
@@ -226,8 +290,7 @@ async fn preload_models(shared: Arc<Shared>, profiles: Vec<ModelProfile>) {
             tracing::error!(model = id, %error, "preload failed");
         }
     }
-    if shared.state() == NeuronState::Starting {
-        shared.set_state(NeuronState::Ready);
+    if shared.transition_state(NeuronState::Starting, NeuronState::Ready) {
         shared.heartbeat_soon();
     }
 }

@@ -83,6 +83,17 @@ impl Shared {
         *self.state.lock().unwrap_or_else(|e| e.into_inner()) = state;
     }
 
+    /// Moves to `to` only from `from`; false (and no change) otherwise.
+    pub fn transition_state(&self, from: NeuronState, to: NeuronState) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if *state == from {
+            *state = to;
+            true
+        } else {
+            false
+        }
+    }
+
     /// Asks for a heartbeat now rather than at the next tick.
     pub fn heartbeat_soon(&self) {
         self.heartbeat_now.notify_one();

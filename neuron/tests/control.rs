@@ -161,14 +161,27 @@ async fn loads_that_do_not_fit_are_refused_and_concurrent_loads_are_one() {
 
     // Five loads of one model at once: one load, five ready replies.
     let loads = (0..5).map(|_| {
-        control(
-            &client,
-            "small",
-            "load",
-            load_body("m", json!({"vram_mb": 600})),
-        )
+        let client = client.clone();
+        async move {
+            control(
+                &client,
+                "small",
+                "load",
+                load_body("m", json!({"vram_mb": 600})),
+            )
+            .await
+        }
     });
-    for reply in futures::future::join_all(loads).await {
+    let loads = tokio::spawn(futures::future::join_all(loads));
+    // While it loads, heartbeats show its state and progress.
+    eventually("loading progress", Duration::from_secs(5), || async {
+        let status = neuron.status();
+        let model = status.models.iter().find(|m| m.model_id == "m")?;
+        assert_eq!(model.state, ModelState::Loading);
+        model.load_progress.filter(|p| *p > 0.0 && *p < 1.0)
+    })
+    .await;
+    for reply in loads.await.unwrap() {
         assert_eq!(reply["ok"]["model_id"], "m", "{reply}");
     }
     // A second 600 MiB model no longer fits in the 1 GiB device.
@@ -396,5 +409,62 @@ async fn a_queued_request_is_accepted_with_its_position_and_kept_alive() {
         "keepalives while queued: {keepalives:?}"
     );
     assert!(first.await.unwrap().done.is_some());
+    neuron.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_model_resumes_on_load_and_bad_requests_are_refused() {
+    let server = NatsServer::start();
+    let mut config = sim_config(&server, "r");
+    config.models = vec!["m=sim".into()];
+    let neuron = start(config).await;
+    wait_ready(&neuron, "m").await;
+    let client = connect(&server.url()).await;
+
+    let drained = control(&client, "r", "drain", json!({"model_id": "m"})).await;
+    assert_eq!(drained["ok"]["finished"], 0, "{drained}");
+    assert_eq!(neuron.status().models[0].state, ModelState::Draining);
+    let nobody = collect(send(&client, &infer_subject("m"), &chat("x", "m", "hi", 2)).await).await;
+    assert!(nobody.failure.unwrap().contains("NoResponders"));
+    let directed = collect(
+        send(
+            &client,
+            "cortex.v1.neuron.r.infer",
+            &chat("y", "m", "hi", 2),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        directed.error.map(|e| e.class),
+        Some(ErrorClass::Unavailable)
+    );
+
+    let resumed = control(&client, "r", "load", load_body("m", json!({}))).await;
+    assert_eq!(resumed["ok"]["model_id"], "m", "{resumed}");
+    let served = collect(send(&client, &infer_subject("m"), &chat("z", "m", "hi", 2)).await).await;
+    assert_eq!(served.error, None);
+    assert!(served.done.is_some());
+
+    // An empty request id could not be cancelled on its own: refused.
+    let anonymous =
+        collect(send(&client, &infer_subject("m"), &chat("", "m", "hi", 2)).await).await;
+    let error = anonymous.error.expect("refused");
+    assert_eq!(error.class, ErrorClass::InvalidRequest);
+    assert!(error.message.contains("request_id"));
+    // Garbage on the subject gets an error frame, not silence.
+    let garbage = cortex_bus::stream_request(
+        &client,
+        infer_subject("m"),
+        &json!({"op": "dance"}),
+        &cortex_bus::StreamOptions::default(),
+    )
+    .await
+    .unwrap();
+    let garbage = collect(garbage).await;
+    assert_eq!(
+        garbage.error.map(|e| e.class),
+        Some(ErrorClass::InvalidRequest)
+    );
     neuron.shutdown().await;
 }

@@ -59,6 +59,8 @@ pub struct Run {
     tools: Option<ToolParser>,
     pending: Delta,
     terminal: Option<Event>,
+    /// The slot was given back (just before the terminal event went out).
+    released: bool,
     started: Instant,
     prefill_ms: u64,
     queue_ms: u64,
@@ -89,6 +91,7 @@ impl Run {
             decode: DecodeStream::new(),
             pending: Delta::default(),
             terminal: None,
+            released: false,
             started: Instant::now(),
             prefill_ms: 0,
             queue_ms,
@@ -105,7 +108,9 @@ impl Run {
     }
 
     /// One step: a prefill chunk or one decoded token; then try to deliver.
-    pub fn step(&mut self, model: &ChatModel) -> Progress {
+    /// `release` is called once, just before the terminal event is sent, so
+    /// the slot counts as free by the time the caller hears the run ended.
+    pub fn step(&mut self, model: &ChatModel, release: &mut dyn FnMut()) -> Progress {
         if self.terminal.is_none() {
             if self.abandoned() {
                 self.terminal = Some(Event::Error(EngineError::Cancelled));
@@ -115,7 +120,12 @@ impl Run {
                 self.terminal = Some(Event::Error(e));
             }
         }
-        self.deliver()
+        self.deliver(release)
+    }
+
+    /// Whether the run gave its slot back (it only delivers from now on).
+    pub fn released(&self) -> bool {
+        self.released
     }
 
     fn advance(&mut self, model: &ChatModel) -> Result<()> {
@@ -237,7 +247,7 @@ impl Run {
     /// Sends the pending delta, then the terminal event, as far as the
     /// channel takes them. A full channel keeps them for the next step (the
     /// delta keeps growing); a closed one ends the run.
-    fn deliver(&mut self) -> Progress {
+    fn deliver(&mut self, release: &mut dyn FnMut()) -> Progress {
         // A delta goes out when it has something to show; tokens held back
         // (half a character, a possible stop string) ride with the next one.
         if !self.pending.text.is_empty() || !self.pending.tool_calls.is_empty() {
@@ -253,14 +263,20 @@ impl Run {
         }
         match self.terminal.take() {
             None => Progress::Running,
-            Some(event) => match self.job.events.try_send(event) {
-                Ok(()) => Progress::Finished,
-                Err(TrySendError::Full(event)) => {
-                    self.terminal = Some(event);
-                    Progress::Running
+            Some(event) => {
+                if !self.released {
+                    self.released = true;
+                    release();
                 }
-                Err(TrySendError::Closed(_)) => Progress::Finished,
-            },
+                match self.job.events.try_send(event) {
+                    Ok(()) => Progress::Finished,
+                    Err(TrySendError::Full(event)) => {
+                        self.terminal = Some(event);
+                        Progress::Running
+                    }
+                    Err(TrySendError::Closed(_)) => Progress::Finished,
+                }
+            }
         }
     }
 

@@ -13,12 +13,21 @@ use crate::shared::Shared;
 
 pub async fn drain(shared: &Arc<Shared>, request: DrainRequest) -> Result<DrainReply, WireError> {
     let models = match &request.model_id {
-        Some(id) => vec![shared.model(id).ok_or_else(|| {
-            WireError::new(
-                ErrorClass::ModelNotFound,
-                format!("neuron {} does not hold model {id:?}", shared.id),
-            )
-        })?],
+        Some(id) => {
+            let held = shared.model(id).ok_or_else(|| {
+                WireError::new(
+                    ErrorClass::ModelNotFound,
+                    format!("neuron {} does not hold model {id:?}", shared.id),
+                )
+            })?;
+            if held.state() == ModelState::Loading {
+                return Err(WireError::new(
+                    ErrorClass::Unavailable,
+                    format!("model {id:?} is still loading; drain it once loaded"),
+                ));
+            }
+            vec![held]
+        }
         None => {
             if shared.state() != NeuronState::Stopped {
                 shared.set_state(NeuronState::Draining);
@@ -48,14 +57,11 @@ pub(crate) async fn drain_models(
     timeout: Duration,
 ) -> u32 {
     for held in models {
-        if held.state() == ModelState::Ready {
-            held.set_state(ModelState::Draining);
-        }
-    }
-    shared.heartbeat_soon();
-    for held in models {
+        let _op = held.ops.lock().await;
+        held.transition(&[ModelState::Ready], ModelState::Draining);
         crate::serve::stop_intake(held).await;
     }
+    shared.heartbeat_soon();
     let deadline = tokio::time::Instant::now() + timeout;
     for held in models {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());

@@ -19,7 +19,8 @@ use cortex_schemas::{
 
 use super::memory;
 use crate::config::EngineKind;
-use crate::held::{Backend, HeldModel, LoadOutcome};
+use crate::held::{Backend, HeldModel};
+use crate::metrics::serde_name;
 use crate::shared::Shared;
 use crate::size::format_bytes;
 
@@ -84,6 +85,18 @@ pub async fn load(shared: &Arc<Shared>, request: LoadRequest) -> Result<LoadRepl
     let held = match start {
         Start::Ready(held) => return Ok(reply(&held, started)),
         Start::Resume(held) => {
+            let _op = held.ops.lock().await;
+            match held.state() {
+                ModelState::Draining => {}
+                ModelState::Ready => return Ok(reply(&held, started)),
+                state => {
+                    return Err(unavailable(format!(
+                        "model {:?} is {}",
+                        held.id(),
+                        serde_name(&state)
+                    )))
+                }
+            }
             crate::serve::start_intake(shared, &held)
                 .await
                 .map_err(|e| unavailable(format!("cannot serve {:?}: {e}", held.id())))?;
@@ -100,9 +113,8 @@ pub async fn load(shared: &Arc<Shared>, request: LoadRequest) -> Result<LoadRepl
         }
     };
     match tokio::time::timeout(LOAD_REPLY_TIMEOUT, held.loaded()).await {
-        Ok(LoadOutcome::Ready) => Ok(reply(&held, started)),
-        Ok(LoadOutcome::Failed(message)) => Err(unavailable(message)),
-        Ok(LoadOutcome::Pending) => Err(unavailable("the load was abandoned".into())),
+        Ok(Ok(())) => Ok(reply(&held, started)),
+        Ok(Err(message)) => Err(unavailable(message)),
         Err(_) => Err(unavailable(format!(
             "model {:?} is still loading after {LOAD_REPLY_TIMEOUT:?}",
             held.id()
@@ -123,8 +135,21 @@ fn unavailable(message: String) -> WireError {
     WireError::new(ErrorClass::Unavailable, message)
 }
 
+/// Marks the load failed if its task ends without saying how it went (a
+/// panic), so nobody waits on it forever.
+struct Unfinished(Arc<HeldModel>);
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if self.0.state() == ModelState::Loading {
+            self.0.set_failed("the load ended unexpectedly".into());
+        }
+    }
+}
+
 /// The load itself, start to ready or failed, with its events.
 async fn perform(shared: Arc<Shared>, held: Arc<HeldModel>, device: Option<u32>) {
+    let _unfinished = Unfinished(held.clone());
     let started = Instant::now();
     let model = held.id().to_string();
     shared
@@ -135,20 +160,26 @@ async fn perform(shared: Arc<Shared>, held: Arc<HeldModel>, device: Option<u32>)
         .await;
     shared.heartbeat_soon();
     let result = match bring_up(&shared, &held, device).await {
-        Ok(backend) if !shared.accepting() => {
-            // The neuron began shutting down while the model loaded.
-            tokio::task::spawn_blocking(move || drop(backend));
-            Err("the neuron is shutting down".to_string())
-        }
         Ok(backend) => {
-            held.install(backend);
-            match crate::serve::start_intake(&shared, &held).await {
-                Ok(()) => Ok(()),
-                Err(error) => {
-                    let backend = held.take_backend();
-                    tokio::task::spawn_blocking(move || drop(backend));
-                    Err(format!("cannot subscribe to the model's subject: {error}"))
+            // Under the model's lock: a drain or shutdown that began while
+            // it loaded either sees it ready (and drains it) or is seen here.
+            let _op = held.ops.lock().await;
+            if shared.accepting() && held.state() == ModelState::Loading {
+                held.install(backend);
+                match crate::serve::start_intake(&shared, &held).await {
+                    Ok(()) => Ok(()),
+                    Err(error) => {
+                        let backend = held.take_backend();
+                        tokio::task::spawn_blocking(move || drop(backend));
+                        Err(format!("cannot subscribe to the model's subject: {error}"))
+                    }
                 }
+            } else {
+                tokio::task::spawn_blocking(move || drop(backend));
+                Err(format!(
+                    "neuron {} began draining during the load",
+                    shared.id
+                ))
             }
         }
         Err(message) => Err(message),
@@ -193,7 +224,9 @@ async fn bring_up(
             None,
             profile
                 .vram_mb
-                .map_or(shared.config.sim_model_memory, |mb| mb << 20),
+                .map_or(shared.config.sim_model_memory, |mb| {
+                    mb.saturating_mul(1 << 20)
+                }),
         ),
         EngineKind::Candle => {
             let located = {
@@ -231,20 +264,24 @@ fn reserve(
     need: u64,
 ) -> Result<u32, String> {
     let _serial = shared.fit_lock.lock().unwrap_or_else(|e| e.into_inner());
-    let loading = |index: u32| -> u64 {
-        shared
-            .all_models()
+    let models = shared.all_models();
+    let ours = |index: u32, only_loading: bool| -> u64 {
+        models
             .iter()
-            .filter(|m| m.device() == index && m.state() == ModelState::Loading)
+            .filter(|m| m.device() == index)
+            .filter(|m| !only_loading || m.state() == ModelState::Loading)
             .map(|m| m.memory_bytes())
             .sum()
     };
-    let gpu_counts_loads = !shared.discovery.tracks_our_memory();
-    let devices = shared.discovery.devices(|index| shared.memory_on(index));
+    let from_device = !shared.discovery.tracks_our_memory();
+    let devices = shared.discovery.devices(|index| ours(index, false));
     let free = |d: &cortex_schemas::DeviceStatus| {
-        if gpu_counts_loads {
-            // NVML's free memory does not yet show loads in progress.
-            d.memory_free_bytes.saturating_sub(loading(d.index))
+        if from_device {
+            // NVML's free memory shows neither loads in progress nor the KV
+            // caches loaded models have reserved but not yet filled.
+            let measured = d.memory_free_bytes.saturating_sub(ours(d.index, true));
+            let reserved = d.memory_total_bytes.saturating_sub(ours(d.index, false));
+            measured.min(reserved)
         } else {
             d.memory_free_bytes
         }

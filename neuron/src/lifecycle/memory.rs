@@ -18,11 +18,11 @@ const MIB: u64 = 1 << 20;
 /// Bytes `profile` at `path` needs once loaded.
 pub fn estimate(path: &Path, profile: &ModelProfile) -> u64 {
     if let Some(mb) = profile.vram_mb {
-        return mb * MIB;
+        return mb.saturating_mul(MIB);
     }
     let files = size_on_disk(path);
     let kv = kv_cache_bytes(path, profile.context_length).unwrap_or(files / 5);
-    files + kv
+    files.saturating_add(kv)
 }
 
 /// A file's size, or the sum of a directory's files.
@@ -48,7 +48,12 @@ fn kv_cache_bytes(path: &Path, context_cap: Option<u32>) -> Option<u64> {
         config_shape(&path.join("config.json"))?
     };
     let window = context_cap.map_or(shape.context, |cap| shape.context.min(u64::from(cap)));
-    Some(2 * shape.layers * shape.kv_heads * shape.head_dim * 4 * window)
+    // Metadata comes from the file: saturate rather than overflow on nonsense.
+    Some(
+        [shape.layers, shape.kv_heads, shape.head_dim, window]
+            .iter()
+            .fold(8u64, |bytes, &n| bytes.saturating_mul(n)),
+    )
 }
 
 struct Shape {

@@ -10,9 +10,6 @@ use cortex_schemas::{ErrorClass, EventDetail, ModelState, UnloadReply, UnloadReq
 
 use crate::shared::Shared;
 
-/// How long cancelled requests get to leave their slots.
-const CANCEL_GRACE: Duration = Duration::from_secs(5);
-
 pub async fn unload(
     shared: &Arc<Shared>,
     request: UnloadRequest,
@@ -26,6 +23,7 @@ pub async fn unload(
             ),
         )
     })?;
+    let _op = held.ops.lock().await;
     match held.state() {
         ModelState::Loading => {
             return Err(WireError::new(
@@ -57,16 +55,12 @@ pub async fn unload(
     held.set_state(ModelState::Unloading);
     shared.heartbeat_soon();
     crate::serve::stop_intake(&held).await;
-    let mut cancelled = 0;
-    if request.force {
-        cancelled = held.in_flight();
-        held.abort.cancel();
-    }
-    if !held.wait_idle(shared.config.drain_timeout).await {
-        cancelled += held.in_flight();
-        held.abort.cancel();
-        held.wait_idle(CANCEL_GRACE).await;
-    }
+    let timeout = if request.force {
+        Duration::ZERO
+    } else {
+        shared.config.drain_timeout
+    };
+    let cancelled = super::settle(&held, timeout).await;
     super::release(&held).await;
     {
         let mut models = shared.models();

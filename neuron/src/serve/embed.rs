@@ -1,4 +1,4 @@
-//! An embedding request: refused at once when every batch slot is busy,
+//! An embedding request: refused at once when it is malformed or every batch slot is busy,
 //! otherwise `Accepted`, the batch on a blocking thread, then one
 //! `Embeddings` frame (or `Error`).
 
@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use cortex_bus::Responder;
 use cortex_engine::embed::EmbedEngine;
-use cortex_engine::EngineError;
 use cortex_schemas::{Accepted, EmbedRequest, ErrorClass, Frame, WireError};
 
 use super::request::{fail, Outcome};
@@ -20,13 +19,14 @@ pub async fn run(
     request: EmbedRequest,
     responder: &Responder,
 ) -> Outcome {
-    if engine.busy() >= engine.slots() {
-        let error = EngineError::Overloaded {
-            busy: engine.busy(),
-            queued: 0,
-        };
+    // Bad input and a full house are refused before `Accepted`.
+    if let Err(error) = EmbedEngine::validate(&request) {
         return fail(responder, error.to_wire()).await;
     }
+    let permit = match engine.try_acquire() {
+        Ok(permit) => permit,
+        Err(error) => return fail(responder, error.to_wire()).await,
+    };
     let accepted = Frame::Accepted(Accepted {
         neuron: shared.id.clone(),
         request_id: request.request_id.clone(),
@@ -35,7 +35,9 @@ pub async fn run(
     if responder.send(&accepted).await.is_err() {
         return Some(ErrorClass::Internal);
     }
-    let work = tokio::task::spawn_blocking(move || engine.embed(&request));
+    // The permit goes with the batch: the slot stays taken until it ends,
+    // even when the requester cancels and this handler returns.
+    let work = tokio::task::spawn_blocking(move || engine.embed_with(&permit, &request));
     tokio::select! {
         result = work => match result {
             Ok(Ok(response)) => {

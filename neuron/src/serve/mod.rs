@@ -87,28 +87,31 @@ pub async fn finish(mut intake: Intake) {
     }
 }
 
-/// The intake loop: each request gets its own task (their number is
-/// bounded by the engine's slots and queue: a request beyond those is
-/// refused at once and its task ends).
+/// The intake loop: each request is admitted here (decoded, routed, counted
+/// in flight), then gets its own task (their number is bounded by the
+/// engine's slots and queue: a request beyond those is refused at once and
+/// its task ends).
 async fn take(
     shared: Arc<Shared>,
     mut requests: cortex_bus::stream::RequestStream,
     stop: CancellationToken,
     route: Route,
 ) {
+    let dispatch = |incoming| {
+        let admission = request::admit(&shared, &route, incoming);
+        tokio::spawn(request::handle(shared.clone(), admission));
+    };
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
             incoming = requests.next() => match incoming {
-                Some(incoming) => {
-                    tokio::spawn(request::handle(shared.clone(), route.clone(), incoming));
-                }
+                Some(incoming) => dispatch(incoming),
                 None => return,
             },
         }
     }
     requests.drain().await;
     while let Some(incoming) = requests.next().await {
-        tokio::spawn(request::handle(shared.clone(), route.clone(), incoming));
+        dispatch(incoming);
     }
 }

@@ -1,56 +1,73 @@
 //! One inference request, from its message to its terminal frame.
+//!
+//! [`admit`] runs in the intake loop itself, before the request gets a task:
+//! it decodes, finds the model and counts the request as in flight. So once
+//! an intake has stopped, every request it took is already counted, and a
+//! drain, unload or shutdown waiting for the count to reach zero cannot miss
+//! one. The count is taken before the model's state is checked (and the
+//! lifecycle changes the state before it reads the count), so a request
+//! either sees the model draining and is refused, or is waited for.
 
 use std::sync::Arc;
 
-use cortex_bus::Incoming;
+use cortex_bus::{Incoming, Responder};
 use cortex_schemas::{ErrorClass, Frame, InferRequest, ModelState, WireError};
 
 use super::{embed, generate};
-use crate::held::{Backend, HeldModel};
+use crate::held::{Backend, HeldModel, InFlight};
+use crate::metrics::serde_name;
 use crate::shared::Shared;
 
 /// Where a request came in.
 #[derive(Debug, Clone)]
 pub enum Route {
-    /// The model's queue subject: the subscription names the model.
+    /// The model's queue subject: the subscription names the model, and
+    /// everything it delivered is served, draining or not.
     Model(Arc<HeldModel>),
-    /// The neuron's directed subject: the request names the model.
+    /// The neuron's directed subject: the request names the model, which
+    /// must be ready.
     Directed,
 }
 
-/// Serves one request. Every path ends with a terminal frame on the
-/// request's inbox (the responder sends one itself if a path forgets).
-pub async fn handle(shared: Arc<Shared>, route: Route, incoming: Incoming) {
+/// What the intake decided about a message.
+#[derive(Debug)]
+pub enum Admission {
+    /// Counted in flight; to be served.
+    Serve {
+        incoming: Incoming,
+        request: InferRequest,
+        held: Arc<HeldModel>,
+        in_flight: InFlight,
+    },
+    /// To be answered with this error alone.
+    Refuse {
+        incoming: Incoming,
+        error: WireError,
+    },
+}
+
+/// Decodes and routes a message (no I/O: called in the intake loop).
+pub fn admit(shared: &Shared, route: &Route, incoming: Incoming) -> Admission {
     let request: InferRequest = match incoming.decode() {
         Ok(request) => request,
         Err(error) => {
-            let wire = WireError::new(
+            let error = WireError::new(
                 ErrorClass::InvalidRequest,
                 format!("undecodable inference request: {error}"),
             );
-            refuse(&shared, &incoming, wire).await;
-            return;
+            return Admission::Refuse { incoming, error };
         }
     };
+    if request.request_id().is_empty() {
+        let error = WireError::new(ErrorClass::InvalidRequest, "request_id must not be empty");
+        return Admission::Refuse { incoming, error };
+    }
     let held = match route {
-        Route::Model(held) => held,
+        Route::Model(held) => held.clone(),
         Route::Directed => match shared.model(request.model()) {
-            Some(held) if held.state() == ModelState::Ready => held,
-            Some(held) => {
-                let wire = WireError::new(
-                    ErrorClass::Unavailable,
-                    format!(
-                        "model {:?} is {} on neuron {}",
-                        request.model(),
-                        crate::metrics::serde_name(&held.state()),
-                        shared.id
-                    ),
-                );
-                refuse(&shared, &incoming, wire).await;
-                return;
-            }
+            Some(held) => held,
             None => {
-                let wire = WireError::new(
+                let error = WireError::new(
                     ErrorClass::ModelNotFound,
                     format!(
                         "neuron {} does not hold model {:?}",
@@ -58,10 +75,49 @@ pub async fn handle(shared: Arc<Shared>, route: Route, incoming: Incoming) {
                         request.model()
                     ),
                 );
-                refuse(&shared, &incoming, wire).await;
-                return;
+                return Admission::Refuse { incoming, error };
             }
         },
+    };
+    let in_flight = held.begin();
+    if let Route::Directed = route {
+        let state = held.state();
+        if state != ModelState::Ready {
+            let error = WireError::new(
+                ErrorClass::Unavailable,
+                format!(
+                    "model {:?} is {} on neuron {}",
+                    held.id(),
+                    serde_name(&state),
+                    shared.id
+                ),
+            );
+            return Admission::Refuse { incoming, error };
+        }
+    }
+    Admission::Serve {
+        incoming,
+        request,
+        held,
+        in_flight,
+    }
+}
+
+/// Serves an admitted request (or sends its refusal). Every path ends with
+/// a terminal frame on the request's inbox (the responder sends one itself
+/// if a path forgets).
+pub async fn handle(shared: Arc<Shared>, admission: Admission) {
+    let (incoming, request, held, _in_flight) = match admission {
+        Admission::Refuse { incoming, error } => {
+            refuse(&shared, &incoming, error).await;
+            return;
+        }
+        Admission::Serve {
+            incoming,
+            request,
+            held,
+            in_flight,
+        } => (incoming, request, held, in_flight),
     };
     let responder = match incoming.responder(
         &shared.client,
@@ -73,7 +129,6 @@ pub async fn handle(shared: Arc<Shared>, route: Route, incoming: Incoming) {
             return;
         }
     };
-    let _in_flight = held.begin();
     let outcome = match (held.backend(), request) {
         (Some(Backend::Chat(engine)), InferRequest::Generate(request)) => {
             generate::run(&shared, &held, &engine, *request, &responder).await
@@ -86,12 +141,10 @@ pub async fn handle(shared: Arc<Shared>, route: Route, incoming: Incoming) {
                 Backend::Chat(_) => {
                     format!("model {:?} is a chat model; it cannot embed", held.id())
                 }
-                Backend::Embed(_) => {
-                    format!(
-                        "model {:?} is an embedding model; it cannot generate text",
-                        held.id()
-                    )
-                }
+                Backend::Embed(_) => format!(
+                    "model {:?} is an embedding model; it cannot generate text",
+                    held.id()
+                ),
             };
             fail(
                 &responder,
@@ -100,18 +153,12 @@ pub async fn handle(shared: Arc<Shared>, route: Route, incoming: Incoming) {
             .await
         }
         (None, _) => {
-            fail(
-                &responder,
-                WireError::new(
-                    ErrorClass::Unavailable,
-                    format!(
-                        "model {:?} is not loaded on neuron {}",
-                        held.id(),
-                        shared.id
-                    ),
-                ),
-            )
-            .await
+            let message = format!(
+                "model {:?} is not loaded on neuron {}",
+                held.id(),
+                shared.id
+            );
+            fail(&responder, WireError::new(ErrorClass::Unavailable, message)).await
         }
     };
     shared.metrics.request_finished(held.id(), outcome);
@@ -121,7 +168,7 @@ pub async fn handle(shared: Arc<Shared>, route: Route, incoming: Incoming) {
 pub type Outcome = Option<ErrorClass>;
 
 /// Ends the stream with `error`.
-pub async fn fail(responder: &cortex_bus::Responder, error: WireError) -> Outcome {
+pub async fn fail(responder: &Responder, error: WireError) -> Outcome {
     let class = error.class;
     if let Err(error) = responder.send(&Frame::Error(error)).await {
         tracing::debug!(%error, "error frame not sent");
@@ -129,14 +176,14 @@ pub async fn fail(responder: &cortex_bus::Responder, error: WireError) -> Outcom
     Some(class)
 }
 
-/// Answers a request we cannot route with a single `Error` frame (`Cortex-Seq: 0`).
+/// Answers a request we do not serve with a single `Error` frame (`Cortex-Seq: 0`).
 async fn refuse(shared: &Shared, incoming: &Incoming, error: WireError) {
     let class = error.class;
     match incoming.responder(&shared.client, None) {
         Ok(responder) => {
             fail(&responder, error).await;
         }
-        Err(error) => tracing::debug!(%error, "unroutable request without a reply subject"),
+        Err(error) => tracing::debug!(%error, "refused request without a reply subject"),
     }
     shared.metrics.request_finished("", Some(class));
 }
