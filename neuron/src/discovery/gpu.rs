@@ -65,8 +65,9 @@ impl Gpus {
         self.indices.is_empty()
     }
 
-    /// The CUDA ordinal of our device `index` (NVML and CUDA agree on order
-    /// when `CUDA_DEVICE_ORDER=PCI_BUS_ID`, which the neuron sets).
+    /// The CUDA ordinal of our device `index`. NVML numbers GPUs by PCI bus;
+    /// CUDA does too when `CUDA_DEVICE_ORDER=PCI_BUS_ID` is set (its default
+    /// puts the fastest first), which multi-GPU hosts should set.
     pub fn cuda_ordinal(&self, index: u32) -> u32 {
         self.indices.get(index as usize).copied().unwrap_or(index)
     }
