@@ -24,7 +24,10 @@ async fn main() -> ExitCode {
             eprintln!("cortex: {error:#}");
             let config = error
                 .downcast_ref::<cortex_neuron::NeuronError>()
-                .is_some_and(cortex_neuron::NeuronError::is_config);
+                .is_some_and(cortex_neuron::NeuronError::is_config)
+                || error
+                    .downcast_ref::<cortex_ingress::IngressError>()
+                    .is_some_and(cortex_ingress::IngressError::is_config);
             if config {
                 ExitCode::from(EXIT_CONFIG)
             } else {

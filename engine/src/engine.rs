@@ -96,6 +96,8 @@ pub struct ChatEngine {
 #[derive(Debug)]
 pub struct Generation {
     pub request_id: String,
+    /// Tokens of the rendered prompt.
+    pub prompt_tokens: u32,
     pub events: mpsc::Receiver<Event>,
     cancel: Arc<AtomicBool>,
 }
@@ -205,6 +207,7 @@ impl ChatEngine {
         let (tx, rx) = mpsc::channel(self.cfg.event_buffer);
         let cancel = Arc::new(AtomicBool::new(false));
         let job = self.prepare(req, tx, cancel.clone())?;
+        let prompt_tokens = job.prompt.len() as u32;
         let mut state = self.shared.lock();
         if state.draining || state.stopped {
             return Err(EngineError::Stopped);
@@ -227,6 +230,7 @@ impl ChatEngine {
         self.shared.wake.notify_one();
         Ok(Generation {
             request_id: req.request_id.clone(),
+            prompt_tokens,
             events: rx,
             cancel,
         })

@@ -1,5 +1,39 @@
 //! # Cortex ingress
 //!
-//! Stateless OpenAI- and Anthropic-compatible HTTP front over the bus.
+//! Stateless OpenAI- and Anthropic-compatible HTTP front over the bus: each
+//! request becomes one streamed NATS request/reply to a neuron. Any number
+//! of pods can run behind a load balancer; none keeps state beyond its
+//! view of the fleet (from heartbeats).
 //!
-//! Not built yet (issue 5). Until then this crate holds nothing.
+//! ## Layout
+//! - [`config`]: flags and environment; [`server`]: routes, health,
+//!   metrics, [`run`].
+//! - [`openai`], [`anthropic`]: one module per dialect: request types,
+//!   translation to the wire `GenerateRequest`, answers whole or streamed.
+//! - [`call`]: one bus call with retries before the first output and
+//!   cancel on client disconnect; [`generation`]: reading it whole;
+//!   [`sse`]: streaming it through a dialect's encoder.
+//! - [`error`]: every failure and its one mapping to status and dialect
+//!   body; [`body`]: JSON bodies with errors that name the field;
+//!   [`validate`]: checks both dialects share.
+//! - [`fleet`]: live neurons and their models, from heartbeats;
+//!   [`state`]: what handlers share (in-flight limit included);
+//!   [`metrics`]: Prometheus; [`ids`]: request ids.
+
+pub mod anthropic;
+pub mod body;
+pub mod call;
+pub mod config;
+pub mod error;
+pub mod fleet;
+pub mod generation;
+pub mod ids;
+pub mod metrics;
+pub mod openai;
+pub mod server;
+pub mod sse;
+pub mod state;
+pub mod validate;
+
+pub use config::IngressConfig;
+pub use server::{run, Ingress, IngressError};

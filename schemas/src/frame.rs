@@ -38,6 +38,10 @@ pub struct Accepted {
     pub request_id: String,
     /// 0 when a slot was free at once.
     pub queue_position: u32,
+    /// Tokens of the rendered prompt, when known at acceptance (dialects
+    /// that report input tokens at the start of a stream use it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens: Option<u32>,
 }
 
 /// Still alive: sent each keepalive period while nothing else is sent.

@@ -1,8 +1,8 @@
-//! Subcommands of the `cortex` binary: the daemons (`neuron` today;
-//! `placement`, `ingress` and `up` join as their issues land) and the
-//! bus-level tools.
+//! Subcommands of the `cortex` binary: the daemons (`neuron`, `ingress`;
+//! `placement` and `up` join as their issues land) and the bus-level tools.
 
 mod events;
+mod ingress;
 mod neuron;
 mod ping;
 mod signal;
@@ -30,6 +30,8 @@ pub enum Command {
     Events(events::EventsArgs),
     /// Run a neuron: discover devices, load models, serve them on NATS.
     Neuron(Box<cortex_neuron::NeuronConfig>),
+    /// Run an ingress pod: the OpenAI- and Anthropic-compatible HTTP API.
+    Ingress(Box<cortex_ingress::IngressConfig>),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -37,6 +39,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ping(args) => ping::run(args).await,
         Command::Events(args) => events::run(args).await,
         Command::Neuron(config) => neuron::run(*config).await,
+        Command::Ingress(config) => ingress::run(*config).await,
     }
 }
 

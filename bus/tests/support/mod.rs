@@ -129,6 +129,7 @@ pub fn accepted(neuron: &str, request_id: &str) -> Frame {
         neuron: neuron.to_string(),
         request_id: request_id.to_string(),
         queue_position: 0,
+        prompt_tokens: None,
     })
 }
 

@@ -31,6 +31,7 @@ pub async fn run(
         neuron: shared.id.clone(),
         request_id: request.request_id.clone(),
         queue_position: 0,
+        prompt_tokens: None,
     });
     if responder.send(&accepted).await.is_err() {
         return Some(ErrorClass::Internal);

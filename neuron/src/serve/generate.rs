@@ -43,6 +43,7 @@ pub async fn run(
         neuron: shared.id.clone(),
         request_id: request.request_id.clone(),
         queue_position,
+        prompt_tokens: Some(generation.prompt_tokens),
     });
     if responder.send(&accepted).await.is_err() {
         generation.cancel();

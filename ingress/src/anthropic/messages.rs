@@ -1,0 +1,469 @@
+//! `POST /v1/messages`: Anthropic Messages to the wire `GenerateRequest`,
+//! and the answer back, whole or as the API's event stream:
+//! `message_start`, then per block `content_block_start` / `ping` (once) /
+//! `content_block_delta`s / `content_block_stop`, then `message_delta`
+//! (stop reason, output tokens) and `message_stop`.
+
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::sse::Event;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use cortex_schemas::{
+    Accepted, ChatMessage, ContentPart, Delta, Done, FinishReason, GenerateInput, GenerateRequest,
+    InferRequest, Role, SamplingParams, ToolCall, ToolChoice, ToolDefinition,
+};
+use serde_json::{json, Value};
+
+use super::types::{MessageContent, MessagesRequest, System};
+use crate::error::{ApiError, Dialect, DialectError};
+use crate::generation::collect;
+use crate::ids::new_id;
+use crate::sse::{json_event, Encoder};
+use crate::state::AppState;
+use crate::validate;
+
+const DIALECT: Dialect = Dialect::Anthropic;
+
+pub async fn handle(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let started = Instant::now();
+    match serve(&state, &headers, body, started).await {
+        Ok(response) => response,
+        Err((model, error)) => {
+            state.metrics.finished(
+                &model,
+                DIALECT.as_str(),
+                error.status().as_u16(),
+                started.elapsed(),
+            );
+            DialectError(DIALECT, error).into_response()
+        }
+    }
+}
+
+async fn serve(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    started: Instant,
+) -> Result<Response, (String, ApiError)> {
+    let permit = state.admit().map_err(|e| (String::new(), e))?;
+    let request: MessagesRequest = crate::body::read_json(body, state.config.body_limit)
+        .await
+        .map_err(|e| (String::new(), e))?;
+    let model = request.model.clone();
+    let stream = request.stream;
+    let id = format!("msg_{}", new_id());
+    let generate =
+        translate(request, &id, state.deadline_ms(headers)).map_err(|e| (model.clone(), e))?;
+    let opened = crate::call::open(
+        state,
+        &InferRequest::Generate(Box::new(generate)),
+        state.deadline_ms(headers),
+    )
+    .await
+    .map_err(|e| (model.clone(), e))?;
+    if stream {
+        let encoder = EventEncoder::new(id, model);
+        return Ok(crate::sse::respond(
+            state, opened, encoder, permit, DIALECT, started,
+        ));
+    }
+    state.metrics.first_token(&model, started.elapsed());
+    let collected = collect(opened, &model)
+        .await
+        .map_err(|e| (model.clone(), e))?;
+    let done = &collected.done;
+    state.metrics.tokens(
+        &model,
+        done.usage.prompt_tokens,
+        done.usage.completion_tokens,
+    );
+    state
+        .metrics
+        .finished(&model, DIALECT.as_str(), 200, started.elapsed());
+    let mut content = Vec::new();
+    if !collected.text.is_empty() || collected.tool_calls.is_empty() {
+        content.push(json!({ "type": "text", "text": collected.text }));
+    }
+    for call in &collected.tool_calls {
+        content.push(json!({ "type": "tool_use", "id": call.id, "name": call.name, "input": arguments(call) }));
+    }
+    Ok(Json(json!({
+        "id": id,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": stop_reason(done),
+        "stop_sequence": done.stop_sequence,
+        "usage": { "input_tokens": done.usage.prompt_tokens, "output_tokens": done.usage.completion_tokens },
+    }))
+    .into_response())
+}
+
+/// A tool call's arguments as the JSON object Anthropic's `input` is.
+fn arguments(call: &ToolCall) -> Value {
+    serde_json::from_str(&call.arguments).unwrap_or_else(|_| json!({}))
+}
+
+/// Anthropic's `stop_reason`.
+fn stop_reason(done: &Done) -> &'static str {
+    match done.finish_reason {
+        FinishReason::Length => "max_tokens",
+        FinishReason::ToolCalls => "tool_use",
+        FinishReason::Stop if done.stop_sequence.is_some() => "stop_sequence",
+        FinishReason::Stop => "end_turn",
+    }
+}
+
+/// The wire request for an Anthropic Messages request, or the field at fault.
+pub fn translate(
+    request: MessagesRequest,
+    id: &str,
+    deadline_ms: u64,
+) -> Result<GenerateRequest, ApiError> {
+    validate::model(&request.model)?;
+    let max_tokens = validate::max_tokens("max_tokens", request.max_tokens)?
+        .ok_or_else(|| ApiError::invalid("max_tokens", "max_tokens: field required"))?;
+    if request.messages.is_empty() {
+        return Err(ApiError::invalid(
+            "messages",
+            "messages: must contain at least one message",
+        ));
+    }
+    let top_k = match request.top_k {
+        None => None,
+        Some(k) if k >= 0 => Some(u32::try_from(k).unwrap_or(u32::MAX)),
+        Some(k) => {
+            return Err(ApiError::invalid(
+                "top_k",
+                format!("top_k: must be 0 or more, got {k}"),
+            ))
+        }
+    };
+    let sampling = SamplingParams {
+        temperature: validate::range("temperature", request.temperature, 0.0, 1.0)?,
+        top_p: validate::top_p(request.top_p)?,
+        top_k,
+        ..SamplingParams::default()
+    };
+    let mut messages = Vec::new();
+    match request.system {
+        None => {}
+        Some(System::Text(text)) => messages.push(ChatMessage::text(Role::System, text)),
+        Some(System::Blocks(blocks)) => {
+            let mut text = String::new();
+            for (j, block) in blocks.into_iter().enumerate() {
+                match (block.kind.as_str(), block.text) {
+                    ("text", Some(t)) => text.push_str(&t),
+                    _ => {
+                        return Err(ApiError::invalid(
+                            format!("system[{j}]"),
+                            "system: only text blocks are supported",
+                        ))
+                    }
+                }
+            }
+            messages.push(ChatMessage::text(Role::System, text));
+        }
+    }
+    for (i, message) in request.messages.into_iter().enumerate() {
+        let role = match message.role.as_str() {
+            "user" => Role::User,
+            "assistant" => Role::Assistant,
+            other => {
+                return Err(ApiError::invalid(
+                    format!("messages[{i}].role"),
+                    format!("messages[{i}].role: must be user or assistant, got {other:?}"),
+                ))
+            }
+        };
+        messages.extend(message_in(i, role, message.content)?);
+    }
+    let tools = request
+        .tools
+        .unwrap_or_default()
+        .into_iter()
+        .map(|tool| ToolDefinition {
+            name: tool.name,
+            description: tool.description,
+            parameters: tool
+                .input_schema
+                .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
+        })
+        .collect::<Vec<_>>();
+    let tool_choice = match request.tool_choice {
+        None | Some(Value::Null) => None,
+        Some(choice) => Some(match choice["type"].as_str() {
+            Some("auto") => ToolChoice::Auto,
+            Some("any") => ToolChoice::Required,
+            Some("none") => ToolChoice::None,
+            Some("tool") => match choice["name"].as_str() {
+                Some(name) if tools.iter().any(|t| t.name == name) => ToolChoice::Function {
+                    name: name.to_string(),
+                },
+                _ => {
+                    return Err(ApiError::invalid(
+                        "tool_choice.name",
+                        "tool_choice: name one of the tools",
+                    ))
+                }
+            },
+            _ => {
+                return Err(ApiError::invalid(
+                    "tool_choice.type",
+                    "tool_choice.type: auto, any, tool or none",
+                ))
+            }
+        }),
+    };
+    Ok(GenerateRequest {
+        request_id: id.to_string(),
+        model: request.model,
+        input: GenerateInput::Chat { messages },
+        tools,
+        tool_choice,
+        sampling,
+        max_tokens: Some(max_tokens),
+        stop: validate::stops("stop_sequences", request.stop_sequences.unwrap_or_default())?,
+        response_format: None,
+        logprobs: None,
+        deadline_ms: Some(deadline_ms),
+    })
+}
+
+/// One Anthropic message: text and `tool_use` blocks stay in it;
+/// `tool_result` blocks become `tool` messages of their own.
+fn message_in(i: usize, role: Role, content: MessageContent) -> Result<Vec<ChatMessage>, ApiError> {
+    let blocks = match content {
+        MessageContent::Text(text) => return Ok(vec![ChatMessage::text(role, text)]),
+        MessageContent::Blocks(blocks) => blocks,
+    };
+    let mut out = Vec::new();
+    let mut current = ChatMessage {
+        role,
+        content: Vec::new(),
+        tool_calls: Vec::new(),
+        tool_call_id: None,
+        name: None,
+    };
+    for (j, block) in blocks.into_iter().enumerate() {
+        let at = |field: &str| format!("messages[{i}].content[{j}]{field}");
+        match block.kind.as_str() {
+            "text" => current.content.push(ContentPart::Text {
+                text: block
+                    .text
+                    .ok_or_else(|| ApiError::invalid(at(".text"), "a text block needs its text"))?,
+            }),
+            "tool_use" if role == Role::Assistant => current.tool_calls.push(ToolCall {
+                id: block
+                    .id
+                    .ok_or_else(|| ApiError::invalid(at(".id"), "a tool_use block needs its id"))?,
+                name: block.name.ok_or_else(|| {
+                    ApiError::invalid(at(".name"), "a tool_use block needs its name")
+                })?,
+                arguments: block.input.unwrap_or_else(|| json!({})).to_string(),
+            }),
+            "tool_result" if role == Role::User => {
+                let id = block.tool_use_id.ok_or_else(|| {
+                    ApiError::invalid(at(".tool_use_id"), "a tool_result block needs tool_use_id")
+                })?;
+                out.push(ChatMessage {
+                    role: Role::Tool,
+                    content: vec![ContentPart::Text {
+                        text: result_text(block.content, &at(".content"))?,
+                    }],
+                    tool_calls: Vec::new(),
+                    tool_call_id: Some(id),
+                    name: None,
+                });
+            }
+            "thinking" | "redacted_thinking" => {}
+            kind => {
+                return Err(ApiError::invalid(
+                    at(".type"),
+                    format!("content blocks of type {kind:?} are not supported here"),
+                ))
+            }
+        }
+    }
+    if !current.content.is_empty() || !current.tool_calls.is_empty() {
+        out.push(current);
+    }
+    if out.is_empty() {
+        return Err(ApiError::invalid(
+            format!("messages[{i}].content"),
+            format!("messages[{i}].content: must not be empty"),
+        ));
+    }
+    Ok(out)
+}
+
+/// A tool result's content: a string or text blocks.
+fn result_text(content: Option<Value>, param: &str) -> Result<String, ApiError> {
+    match content {
+        None => Ok(String::new()),
+        Some(Value::String(text)) => Ok(text),
+        Some(Value::Array(blocks)) => blocks
+            .iter()
+            .map(|b| match (b["type"].as_str(), b["text"].as_str()) {
+                (Some("text"), Some(text)) => Ok(text.to_string()),
+                _ => Err(ApiError::invalid(
+                    param,
+                    "tool_result content: only text blocks are supported",
+                )),
+            })
+            .collect(),
+        Some(_) => Err(ApiError::invalid(
+            param,
+            "tool_result content: a string or text blocks",
+        )),
+    }
+}
+
+/// Which content block is open in the stream.
+#[derive(Debug, PartialEq)]
+enum Open {
+    None,
+    Text(usize),
+    Tool(usize, u32),
+}
+
+/// Anthropic's streaming events.
+#[derive(Debug)]
+pub struct EventEncoder {
+    id: String,
+    model: String,
+    next_index: usize,
+    open: Open,
+    pinged: bool,
+}
+
+impl EventEncoder {
+    pub fn new(id: String, model: String) -> Self {
+        Self {
+            id,
+            model,
+            next_index: 0,
+            open: Open::None,
+            pinged: false,
+        }
+    }
+
+    fn event(name: &str, value: Value) -> Event {
+        json_event(Some(name), &value)
+    }
+
+    fn close(&mut self, events: &mut Vec<Event>) {
+        let index = match self.open {
+            Open::None => return,
+            Open::Text(index) | Open::Tool(index, _) => index,
+        };
+        events.push(Self::event(
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": index}),
+        ));
+        self.open = Open::None;
+    }
+
+    fn begin(&mut self, block: Value, open: impl FnOnce(usize) -> Open, events: &mut Vec<Event>) {
+        self.close(events);
+        let index = self.next_index;
+        self.next_index += 1;
+        events.push(Self::event(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": index, "content_block": block}),
+        ));
+        if !self.pinged {
+            self.pinged = true;
+            events.push(Self::event("ping", json!({"type": "ping"})));
+        }
+        self.open = open(index);
+    }
+}
+
+impl Encoder for EventEncoder {
+    fn start(&mut self, accepted: &Accepted) -> Vec<Event> {
+        vec![Self::event(
+            "message_start",
+            json!({
+                "type": "message_start",
+                "message": {
+                    "id": self.id,
+                    "type": "message",
+                    "role": "assistant",
+                    "model": self.model,
+                    "content": [],
+                    "stop_reason": null,
+                    "stop_sequence": null,
+                    "usage": { "input_tokens": accepted.prompt_tokens.unwrap_or(0), "output_tokens": 1 },
+                },
+            }),
+        )]
+    }
+
+    fn delta(&mut self, delta: &Delta) -> Vec<Event> {
+        let mut events = Vec::new();
+        if !delta.text.is_empty() {
+            if !matches!(self.open, Open::Text(_)) {
+                self.begin(json!({"type": "text", "text": ""}), Open::Text, &mut events);
+            }
+            if let Open::Text(index) = self.open {
+                events.push(Self::event(
+                    "content_block_delta",
+                    json!({"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": delta.text}}),
+                ));
+            }
+        }
+        for fragment in &delta.tool_calls {
+            let same = matches!(self.open, Open::Tool(_, call) if call == fragment.index);
+            if !same {
+                let block = json!({
+                    "type": "tool_use",
+                    "id": fragment.id.clone().unwrap_or_default(),
+                    "name": fragment.name.clone().unwrap_or_default(),
+                    "input": {},
+                });
+                self.begin(
+                    block,
+                    |index| Open::Tool(index, fragment.index),
+                    &mut events,
+                );
+            }
+            if let (Open::Tool(index, _), false) = (&self.open, fragment.arguments.is_empty()) {
+                events.push(Self::event(
+                    "content_block_delta",
+                    json!({"type": "content_block_delta", "index": index, "delta": {"type": "input_json_delta", "partial_json": fragment.arguments}}),
+                ));
+            }
+        }
+        events
+    }
+
+    fn done(&mut self, done: &Done) -> Vec<Event> {
+        let mut events = Vec::new();
+        if self.next_index == 0 {
+            // Every message has at least one block, even an empty reply.
+            self.begin(json!({"type": "text", "text": ""}), Open::Text, &mut events);
+        }
+        self.close(&mut events);
+        events.push(Self::event(
+            "message_delta",
+            json!({
+                "type": "message_delta",
+                "delta": { "stop_reason": stop_reason(done), "stop_sequence": done.stop_sequence },
+                "usage": { "output_tokens": done.usage.completion_tokens },
+            }),
+        ));
+        events.push(Self::event("message_stop", json!({"type": "message_stop"})));
+        events
+    }
+
+    fn error(&mut self, error: &ApiError) -> Vec<Event> {
+        vec![Self::event("error", error.body(DIALECT))]
+    }
+}

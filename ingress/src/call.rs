@@ -1,0 +1,241 @@
+//! One inference call over the bus, as DESIGN.md's stream protocol asks:
+//! publish on the model's queue subject; before the first output, retry an
+//! overloaded or vanished replica on another one (directed subject) within
+//! the attempts and the deadline; "no responders" means no neuron holds
+//! the model. The [`Opened`] call carries a [`CancelOnDrop`]: if the client
+//! goes away before the end, the neuron that accepted is told to cancel.
+
+use std::time::Duration;
+
+use async_nats::Client;
+use cortex_bus::{
+    send_cancel, stream_request, FrameStream, ModelToken, NeuronOp, StreamError, StreamOptions,
+    Subjects,
+};
+use cortex_schemas::{Accepted, ErrorClass, Frame, InferRequest};
+use futures::StreamExt;
+
+use crate::error::{ApiError, Kind};
+use crate::state::AppState;
+
+/// A call that has produced its first output.
+#[derive(Debug)]
+pub struct Opened {
+    /// The model id the call named.
+    pub model: String,
+    pub accepted: Accepted,
+    /// The first `Delta`, `Done` or `Embeddings` frame.
+    pub first: Frame,
+    pub stream: FrameStream,
+    pub cancel: CancelOnDrop,
+}
+
+/// Sends a cancel to the accepting neuron when dropped, unless disarmed.
+#[derive(Debug)]
+pub struct CancelOnDrop {
+    client: Client,
+    subjects: Subjects,
+    neuron: String,
+    request_id: String,
+    armed: bool,
+}
+
+impl CancelOnDrop {
+    /// The call ended normally: nothing to cancel.
+    pub fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let (client, subjects) = (self.client.clone(), self.subjects.clone());
+        let (neuron, request_id) = (self.neuron.clone(), self.request_id.clone());
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                tracing::debug!(%neuron, %request_id, "client gone: cancelling");
+                if let Err(error) = send_cancel(&client, &subjects, &neuron, &request_id).await {
+                    tracing::warn!(%error, "cancel not sent");
+                }
+            });
+        }
+    }
+}
+
+/// Longest pause between attempts when no other replica is known.
+const MAX_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Sends `request` and waits for its first output, retrying before it.
+pub async fn open(
+    state: &AppState,
+    request: &InferRequest,
+    deadline_ms: u64,
+) -> Result<Opened, ApiError> {
+    let model = request.model().to_string();
+    let token = ModelToken::new(&model).map_err(|e| ApiError::invalid("model", e.to_string()))?;
+    let options = StreamOptions {
+        request_id: Some(request.request_id().to_string()),
+        deadline_ms: Some(deadline_ms),
+        keepalive: state.config.keepalive,
+        ..StreamOptions::default()
+    };
+    let mut tried: Vec<String> = Vec::new();
+    let mut last = None;
+    for attempt in 0..state.config.attempts {
+        let directed = if attempt == 0 {
+            None
+        } else {
+            state
+                .fleet
+                .other_replicas(&model, &tried)
+                .into_iter()
+                .next()
+        };
+        let subject = match &directed {
+            Some(neuron) => state.subjects.neuron(neuron, NeuronOp::Infer),
+            None => state.subjects.infer(&token),
+        };
+        let stream = stream_request(&state.client, subject, request, &options)
+            .await
+            .map_err(|e| stream_failure(&e, &model))?;
+        match first_output(state, stream, request, &model, directed.is_some()).await {
+            Ok(opened) => return Ok(opened),
+            Err(Attempt::Final(error)) => return Err(error),
+            Err(Attempt::Retry { error, neuron }) => {
+                tracing::debug!(attempt, %model, %error, "retrying on another replica");
+                if let Some(neuron) = neuron.or(directed) {
+                    tried.push(neuron);
+                }
+                if state.fleet.other_replicas(&model, &tried).is_empty() {
+                    let hint = error.retry_after_s.map_or(MAX_BACKOFF, Duration::from_secs);
+                    tokio::time::sleep(hint.min(MAX_BACKOFF) * (attempt + 1)).await;
+                }
+                last = Some(error);
+            }
+        }
+        if cortex_bus::headers::unix_ms() >= deadline_ms {
+            return Err(ApiError::new(
+                Kind::Timeout,
+                "the request's deadline passed",
+            ));
+        }
+    }
+    Err(last.unwrap_or_else(|| ApiError::new(Kind::Unavailable, "no attempt was made")))
+}
+
+enum Attempt {
+    Retry {
+        error: ApiError,
+        neuron: Option<String>,
+    },
+    Final(ApiError),
+}
+
+/// Reads frames up to the first output; decides whether a failure is worth another replica.
+async fn first_output(
+    state: &AppState,
+    mut stream: FrameStream,
+    request: &InferRequest,
+    model: &str,
+    directed: bool,
+) -> Result<Opened, Attempt> {
+    let mut accepted: Option<Accepted> = None;
+    loop {
+        let neuron = accepted.as_ref().map(|a| a.neuron.clone());
+        match stream.next().await {
+            Some(Ok(Frame::Accepted(a))) => accepted = Some(a),
+            Some(Ok(Frame::Keepalive(_))) => {}
+            Some(Ok(frame @ (Frame::Delta(_) | Frame::Done(_) | Frame::Embeddings(_)))) => {
+                let accepted = accepted.unwrap_or_else(|| Accepted {
+                    neuron: String::new(),
+                    request_id: request.request_id().to_string(),
+                    queue_position: 0,
+                    prompt_tokens: None,
+                });
+                let cancel = CancelOnDrop {
+                    client: state.client.clone(),
+                    subjects: state.subjects.clone(),
+                    neuron: accepted.neuron.clone(),
+                    request_id: request.request_id().to_string(),
+                    armed: !accepted.neuron.is_empty() && !frame.is_terminal(),
+                };
+                return Ok(Opened {
+                    model: model.to_string(),
+                    accepted,
+                    first: frame,
+                    stream,
+                    cancel,
+                });
+            }
+            Some(Ok(Frame::Error(error))) => {
+                let api = ApiError::from_wire(&error);
+                return Err(match error.class {
+                    ErrorClass::Overloaded | ErrorClass::Unavailable => {
+                        Attempt::Retry { error: api, neuron }
+                    }
+                    _ => Attempt::Final(api),
+                });
+            }
+            Some(Err(StreamError::NoResponders { .. })) if directed => {
+                // A directed subject without a listener: that neuron is gone.
+                return Err(Attempt::Retry {
+                    error: not_loaded(model),
+                    neuron: None,
+                });
+            }
+            Some(Err(
+                StreamError::Idle { .. } | StreamError::SequenceGap { .. } | StreamError::Closed,
+            )) => {
+                return Err(Attempt::Retry {
+                    error: ApiError::new(
+                        Kind::Unavailable,
+                        format!("the neuron serving {model:?} stopped answering"),
+                    ),
+                    neuron,
+                })
+            }
+            Some(Err(error)) => return Err(Attempt::Final(stream_failure(&error, model))),
+            None => {
+                return Err(Attempt::Retry {
+                    error: ApiError::new(Kind::Unavailable, "the stream ended without an answer"),
+                    neuron,
+                })
+            }
+        }
+    }
+}
+
+fn not_loaded(model: &str) -> ApiError {
+    ApiError::new(
+        Kind::Unavailable,
+        format!("model {model:?} is not loaded on any neuron"),
+    )
+}
+
+/// A bus failure as the client sees it.
+pub fn stream_failure(error: &StreamError, model: &str) -> ApiError {
+    match error {
+        StreamError::NoResponders { .. } => not_loaded(model),
+        StreamError::PayloadTooLarge { size, max } => ApiError::new(
+            Kind::TooLarge,
+            format!("the request is {size} bytes on the bus; the limit is {max}"),
+        ),
+        StreamError::DeadlineExceeded => {
+            ApiError::new(Kind::Timeout, "the request's deadline passed")
+        }
+        StreamError::Idle { .. }
+        | StreamError::SequenceGap { .. }
+        | StreamError::MissingSeq
+        | StreamError::Closed => ApiError::new(
+            Kind::Unavailable,
+            format!("the neuron serving {model:?} stopped answering"),
+        ),
+        StreamError::InvalidHeader { header, reason } => {
+            ApiError::invalid(*header, format!("invalid {header}: {reason}"))
+        }
+        other => ApiError::new(Kind::Internal, format!("bus failure: {other}")),
+    }
+}

@@ -1,0 +1,80 @@
+//! `cortex ingress` settings: clap flags, each with an environment variable.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use cortex_bus::subject::DEFAULT_PREFIX;
+use cortex_bus::{NatsOptions, Subjects};
+
+/// `cortex ingress`: the HTTP front of the mesh.
+#[derive(Debug, Clone, clap::Args)]
+pub struct IngressConfig {
+    #[command(flatten)]
+    pub nats: NatsOptions,
+    /// Subject prefix of the mesh.
+    #[arg(long, env = "CORTEX_PREFIX", default_value = DEFAULT_PREFIX)]
+    pub prefix: String,
+    /// HTTP address.
+    #[arg(long, env = "CORTEX_INGRESS_LISTEN", default_value = "0.0.0.0:31313")]
+    pub listen: SocketAddr,
+    /// Requests this pod serves at once; beyond that 429 with `Retry-After`.
+    #[arg(long, env = "CORTEX_INGRESS_MAX_IN_FLIGHT", default_value_t = 1024)]
+    pub max_in_flight: usize,
+    /// Largest request body in bytes; beyond that 413.
+    #[arg(long, env = "CORTEX_INGRESS_BODY_LIMIT", default_value_t = 8 << 20)]
+    pub body_limit: usize,
+    /// Deadline of a request when the client sets none (`Cortex-Timeout-Ms`
+    /// or `X-Request-Timeout` headers, in ms, set one per request).
+    #[arg(long, env = "CORTEX_INGRESS_TIMEOUT", default_value = "10m",
+          value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+    /// Keepalive period asked of neurons; 2.5 silent periods fail a stream.
+    #[arg(long, env = "CORTEX_INGRESS_KEEPALIVE", default_value = "1s",
+          value_parser = humantime::parse_duration)]
+    pub keepalive: Duration,
+    /// Attempts before the first token (another replica after an overload
+    /// or a neuron that died before answering).
+    #[arg(long, env = "CORTEX_INGRESS_ATTEMPTS", default_value_t = 4)]
+    pub attempts: u32,
+    /// How long shutdown waits for open streams to finish.
+    #[arg(long, env = "CORTEX_INGRESS_SHUTDOWN_TIMEOUT", default_value = "30s",
+          value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Duration,
+}
+
+/// A configuration that cannot run; the message names the setting.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid ingress configuration: {0}")]
+pub struct ConfigError(pub String);
+
+impl IngressConfig {
+    /// Defaults for `nats_url`, listening on a free loopback port (tests).
+    pub fn for_tests(nats_url: &str) -> Self {
+        use clap::FromArgMatches;
+        #[derive(clap::Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            config: IngressConfig,
+        }
+        let matches = <Wrapper as clap::CommandFactory>::command()
+            .no_binary_name(true)
+            .get_matches_from(["--nats-url", nats_url, "--listen", "127.0.0.1:0"]);
+        Wrapper::from_arg_matches(&matches)
+            .expect("default configuration parses")
+            .config
+    }
+
+    /// Checks everything that can be checked without the network.
+    pub fn validate(&self) -> Result<Subjects, ConfigError> {
+        self.nats
+            .validate()
+            .map_err(|e| ConfigError(e.to_string()))?;
+        if self.max_in_flight == 0 {
+            return Err(ConfigError("--max-in-flight must be at least 1".into()));
+        }
+        if self.attempts == 0 {
+            return Err(ConfigError("--attempts must be at least 1".into()));
+        }
+        Subjects::new(&self.prefix).map_err(|e| ConfigError(format!("--prefix: {e}")))
+    }
+}

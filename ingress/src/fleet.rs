@@ -1,0 +1,111 @@
+//! What the mesh holds, from neuron heartbeats: which neurons are alive and
+//! which models each serves. It feeds `/v1/models` and the choice of
+//! another replica for a retry. A neuron silent for 3 heartbeat intervals,
+//! or saying `stopped`, is forgotten.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use async_nats::Client;
+use cortex_bus::{codec::decode_message, Subjects};
+use cortex_schemas::{ModelState, NeuronState, NeuronStatus};
+use futures::StreamExt;
+use tokio::task::JoinHandle;
+
+/// The latest heartbeat of every live neuron.
+#[derive(Debug, Clone, Default)]
+pub struct Fleet {
+    neurons: Arc<RwLock<HashMap<String, (NeuronStatus, Instant)>>>,
+}
+
+/// A model as the fleet serves it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServedModel {
+    pub id: String,
+    /// Neurons where it is ready.
+    pub neurons: Vec<String>,
+    /// Unix ms it was first seen ready (for `created`).
+    pub since_ms: u64,
+}
+
+impl Fleet {
+    /// Follows `<prefix>.v1.heartbeat.*` in a task.
+    pub async fn follow(
+        client: &Client,
+        subjects: &Subjects,
+    ) -> Result<(Self, JoinHandle<()>), async_nats::SubscribeError> {
+        let fleet = Self::default();
+        let mut beats = client.subscribe(subjects.heartbeats()).await?;
+        let writer = fleet.clone();
+        let task = tokio::spawn(async move {
+            while let Some(message) = beats.next().await {
+                match decode_message::<NeuronStatus>(message.headers.as_ref(), &message.payload) {
+                    Ok(status) => writer.record(status),
+                    Err(error) => tracing::debug!(%error, "undecodable heartbeat ignored"),
+                }
+            }
+        });
+        Ok((fleet, task))
+    }
+
+    fn record(&self, status: NeuronStatus) {
+        let mut neurons = self.neurons.write().unwrap_or_else(|e| e.into_inner());
+        if status.state == NeuronState::Stopped {
+            neurons.remove(&status.neuron_id);
+        } else {
+            neurons.insert(status.neuron_id.clone(), (status, Instant::now()));
+        }
+    }
+
+    /// Live neurons' statuses.
+    pub fn neurons(&self) -> Vec<NeuronStatus> {
+        let neurons = self.neurons.read().unwrap_or_else(|e| e.into_inner());
+        neurons
+            .values()
+            .filter(|(status, seen)| alive(status, *seen))
+            .map(|(status, _)| status.clone())
+            .collect()
+    }
+
+    /// Models ready somewhere, by id.
+    pub fn models(&self) -> Vec<ServedModel> {
+        let mut models: BTreeMap<String, ServedModel> = BTreeMap::new();
+        for neuron in self.neurons() {
+            for model in &neuron.models {
+                if model.state != ModelState::Ready {
+                    continue;
+                }
+                let entry = models
+                    .entry(model.model_id.clone())
+                    .or_insert_with(|| ServedModel {
+                        id: model.model_id.clone(),
+                        neurons: Vec::new(),
+                        since_ms: neuron.at_ms,
+                    });
+                entry.neurons.push(neuron.neuron_id.clone());
+                entry.since_ms = entry.since_ms.min(neuron.at_ms);
+            }
+        }
+        models.into_values().collect()
+    }
+
+    /// Live neurons with `model` ready, other than those in `tried`.
+    pub fn other_replicas(&self, model: &str, tried: &[String]) -> Vec<String> {
+        self.models()
+            .into_iter()
+            .find(|m| m.id == model)
+            .map(|m| {
+                m.neurons
+                    .into_iter()
+                    .filter(|n| !tried.contains(n))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+fn alive(status: &NeuronStatus, seen: Instant) -> bool {
+    let interval = Duration::from_millis(status.interval_ms.max(100));
+    seen.elapsed() < interval * 3
+}

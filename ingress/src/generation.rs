@@ -1,0 +1,84 @@
+//! Reading a generation to its end (non-streaming answers of both
+//! dialects): text, tool calls assembled from their fragments, usage.
+
+use cortex_schemas::{Done, Frame, TokenLogprob, ToolCall, ToolCallDelta};
+use futures::StreamExt;
+
+use crate::call::{stream_failure, Opened};
+use crate::error::ApiError;
+
+/// A whole generation.
+#[derive(Debug)]
+pub struct Collected {
+    pub text: String,
+    pub tool_calls: Vec<ToolCall>,
+    pub logprobs: Vec<TokenLogprob>,
+    pub done: Done,
+}
+
+/// Tool calls from their streamed fragments: the first fragment of a call
+/// brings its id and name, later ones append arguments.
+#[derive(Debug, Default)]
+pub struct ToolCalls(pub Vec<ToolCall>);
+
+impl ToolCalls {
+    pub fn push(&mut self, fragment: &ToolCallDelta) {
+        let index = fragment.index as usize;
+        while self.0.len() <= index {
+            self.0.push(ToolCall {
+                id: String::new(),
+                name: String::new(),
+                arguments: String::new(),
+            });
+        }
+        let call = &mut self.0[index];
+        if let Some(id) = &fragment.id {
+            call.id.clone_from(id);
+        }
+        if let Some(name) = &fragment.name {
+            call.name.clone_from(name);
+        }
+        call.arguments.push_str(&fragment.arguments);
+    }
+}
+
+/// Reads `opened` to its terminal frame.
+pub async fn collect(mut opened: Opened, model: &str) -> Result<Collected, ApiError> {
+    let mut text = String::new();
+    let mut logprobs = Vec::new();
+    let mut calls = ToolCalls::default();
+    let mut frame = Some(opened.first.clone());
+    loop {
+        let current = match frame.take() {
+            Some(frame) => frame,
+            None => match opened.stream.next().await {
+                Some(Ok(frame)) => frame,
+                Some(Err(error)) => return Err(stream_failure(&error, model)),
+                None => return Err(stream_failure(&cortex_bus::StreamError::Closed, model)),
+            },
+        };
+        match current {
+            Frame::Delta(delta) => {
+                text.push_str(&delta.text);
+                for fragment in &delta.tool_calls {
+                    calls.push(fragment);
+                }
+                logprobs.extend(delta.logprobs);
+            }
+            Frame::Done(done) => {
+                opened.cancel.disarm();
+                return Ok(Collected {
+                    text,
+                    tool_calls: calls.0,
+                    logprobs,
+                    done,
+                });
+            }
+            Frame::Error(error) => {
+                opened.cancel.disarm();
+                return Err(ApiError::from_wire(&error));
+            }
+            Frame::Accepted(_) | Frame::Keepalive(_) | Frame::Embeddings(_) => {}
+        }
+    }
+}

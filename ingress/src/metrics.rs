@@ -1,0 +1,179 @@
+//! Prometheus metrics of one ingress pod (names from DESIGN.md, `cortex_`
+//! prefix), in a registry of its own so several pods can share a process.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Request {
+    model: String,
+    dialect: String,
+    status: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Model {
+    model: String,
+}
+
+type Histograms = Family<Model, Histogram, fn() -> Histogram>;
+
+fn latency() -> Histogram {
+    // 1 ms .. ~65 s
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+fn fine_latency() -> Histogram {
+    // 0.1 ms .. ~3 s
+    Histogram::new(exponential_buckets(0.0001, 2.0, 15))
+}
+
+/// The pod's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    requests: Family<Request, Counter>,
+    duration: Histograms,
+    ttft: Histograms,
+    inter_token: Histograms,
+    queue_time: Histograms,
+    prompt_tokens: Family<Model, Counter>,
+    completion_tokens: Family<Model, Counter>,
+    in_flight: Gauge,
+    cold_starts: Family<Model, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let metrics = Self {
+            registry: Mutex::new(Registry::default()),
+            requests: Family::default(),
+            duration: Family::new_with_constructor(latency),
+            ttft: Family::new_with_constructor(latency),
+            inter_token: Family::new_with_constructor(fine_latency),
+            queue_time: Family::new_with_constructor(latency),
+            prompt_tokens: Family::default(),
+            completion_tokens: Family::default(),
+            in_flight: Gauge::default(),
+            cold_starts: Family::default(),
+        };
+        let mut registry = Registry::with_prefix("cortex");
+        registry.register(
+            "requests",
+            "HTTP requests by model, dialect and status",
+            metrics.requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from request to last byte",
+            metrics.duration.clone(),
+        );
+        registry.register(
+            "time_to_first_token_seconds",
+            "Time from request to first output",
+            metrics.ttft.clone(),
+        );
+        registry.register(
+            "inter_token_latency_seconds",
+            "Time between output frames of a stream",
+            metrics.inter_token.clone(),
+        );
+        registry.register(
+            "queue_time_seconds",
+            "Time requests waited for a slot on the neuron",
+            metrics.queue_time.clone(),
+        );
+        registry.register(
+            "prompt_tokens",
+            "Prompt tokens processed",
+            metrics.prompt_tokens.clone(),
+        );
+        registry.register(
+            "completion_tokens",
+            "Tokens generated",
+            metrics.completion_tokens.clone(),
+        );
+        registry.register(
+            "in_flight_requests",
+            "Requests this pod is serving",
+            metrics.in_flight.clone(),
+        );
+        registry.register(
+            "cold_starts",
+            "Requests that waited for a model to load",
+            metrics.cold_starts.clone(),
+        );
+        *metrics.registry.lock().unwrap_or_else(|e| e.into_inner()) = registry;
+        metrics
+    }
+
+    fn model(model: &str) -> Model {
+        Model {
+            model: model.to_string(),
+        }
+    }
+
+    pub fn finished(&self, model: &str, dialect: &str, status: u16, duration: Duration) {
+        self.requests
+            .get_or_create(&Request {
+                model: model.to_string(),
+                dialect: dialect.to_string(),
+                status: status.to_string(),
+            })
+            .inc();
+        self.duration
+            .get_or_create(&Self::model(model))
+            .observe(duration.as_secs_f64());
+    }
+
+    pub fn first_token(&self, model: &str, after: Duration) {
+        self.ttft
+            .get_or_create(&Self::model(model))
+            .observe(after.as_secs_f64());
+    }
+
+    pub fn between_tokens(&self, model: &str, gap: Duration) {
+        self.inter_token
+            .get_or_create(&Self::model(model))
+            .observe(gap.as_secs_f64());
+    }
+
+    pub fn queued(&self, model: &str, ms: u64) {
+        self.queue_time
+            .get_or_create(&Self::model(model))
+            .observe(ms as f64 / 1000.0);
+    }
+
+    pub fn tokens(&self, model: &str, prompt: u32, completion: u32) {
+        self.prompt_tokens
+            .get_or_create(&Self::model(model))
+            .inc_by(u64::from(prompt));
+        self.completion_tokens
+            .get_or_create(&Self::model(model))
+            .inc_by(u64::from(completion));
+    }
+
+    /// The exposition text, with the in-flight gauge set to `in_flight`.
+    pub fn render(&self, in_flight: usize) -> String {
+        let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        self.in_flight.set(in_flight as i64);
+        let mut text = String::new();
+        if let Err(error) = prometheus_client::encoding::text::encode(&mut text, &registry) {
+            tracing::error!(%error, "metrics not encodable");
+        }
+        text
+    }
+}

@@ -1,0 +1,132 @@
+//! `POST /v1/embeddings`: a string or a list of strings; vectors as float
+//! arrays or base64 of little-endian f32s.
+
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::Engine;
+use cortex_schemas::{EmbedRequest, Frame, InferRequest};
+use serde_json::{json, Value};
+
+use super::types::{EmbeddingInput, EmbeddingsRequest};
+use crate::error::{ApiError, Dialect, DialectError, Kind};
+use crate::ids::new_id;
+use crate::state::AppState;
+use crate::validate;
+
+pub async fn handle(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let started = Instant::now();
+    let (model, result) = serve(&state, &headers, body).await;
+    let status = match &result {
+        Ok(_) => 200,
+        Err(error) => error.status().as_u16(),
+    };
+    state
+        .metrics
+        .finished(&model, Dialect::OpenAi.as_str(), status, started.elapsed());
+    match result {
+        Ok(response) => response,
+        Err(error) => DialectError(Dialect::OpenAi, error).into_response(),
+    }
+}
+
+async fn serve(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> (String, Result<Response, ApiError>) {
+    let permit = match state.admit() {
+        Ok(permit) => permit,
+        Err(error) => return (String::new(), Err(error)),
+    };
+    let request: EmbeddingsRequest =
+        match crate::body::read_json(body, state.config.body_limit).await {
+            Ok(request) => request,
+            Err(error) => return (String::new(), Err(error)),
+        };
+    let model = request.model.clone();
+    let result = embed(state, headers, request).await;
+    drop(permit);
+    (model, result)
+}
+
+async fn embed(
+    state: &AppState,
+    headers: &HeaderMap,
+    request: EmbeddingsRequest,
+) -> Result<Response, ApiError> {
+    validate::model(&request.model)?;
+    let base64 = match request.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "encoding_format",
+                format!("encoding_format: float or base64, got {other:?}"),
+            ))
+        }
+    };
+    if request.dimensions.is_some() {
+        return Err(ApiError::invalid(
+            "dimensions",
+            "dimensions: this server returns the model's own size; leave it out",
+        ));
+    }
+    let inputs = match request.input {
+        EmbeddingInput::One(text) => vec![text],
+        EmbeddingInput::Many(texts) => texts,
+        EmbeddingInput::Tokens(_) => {
+            return Err(ApiError::invalid(
+                "input",
+                "input: token arrays are not supported; send strings",
+            ))
+        }
+    };
+    if inputs.is_empty() {
+        return Err(ApiError::invalid("input", "input: must not be empty"));
+    }
+    let wire = InferRequest::Embed(EmbedRequest {
+        request_id: format!("embd-{}", new_id()),
+        model: request.model.clone(),
+        inputs,
+        normalize: true,
+        truncate: false,
+        deadline_ms: Some(state.deadline_ms(headers)),
+    });
+    let mut opened = crate::call::open(state, &wire, state.deadline_ms(headers)).await?;
+    opened.cancel.disarm();
+    let Frame::Embeddings(response) = opened.first else {
+        return Err(ApiError::new(
+            Kind::Internal,
+            "the neuron answered an embedding request with text",
+        ));
+    };
+    let data: Vec<Value> = response
+        .embeddings
+        .iter()
+        .enumerate()
+        .map(|(index, vector)| {
+            let embedding = if base64 {
+                let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
+                json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(vector)
+            };
+            json!({ "object": "embedding", "index": index, "embedding": embedding })
+        })
+        .collect();
+    state
+        .metrics
+        .tokens(&request.model, response.usage.prompt_tokens, 0);
+    Ok(Json(json!({
+        "object": "list",
+        "data": data,
+        "model": request.model,
+        "usage": { "prompt_tokens": response.usage.prompt_tokens, "total_tokens": response.usage.prompt_tokens },
+    }))
+    .into_response())
+}

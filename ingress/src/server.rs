@@ -1,0 +1,201 @@
+//! The HTTP server: routes, health, metrics, and [`run`], the daemon.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ConfigError, IngressConfig};
+use crate::error::{ApiError, Dialect, Kind};
+use crate::fleet::Fleet;
+use crate::state::AppState;
+use crate::{anthropic, openai};
+
+/// Why the ingress could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum IngressError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Connect(#[from] cortex_bus::ConnectError),
+    #[error("cannot follow heartbeats: {0}")]
+    Subscribe(#[from] async_nats::SubscribeError),
+}
+
+impl IngressError {
+    /// Whether the operator's configuration is at fault (exit code 64).
+    pub fn is_config(&self) -> bool {
+        matches!(self, Self::Config(_) | Self::Listen { .. })
+    }
+}
+
+/// Every route of the HTTP API.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(openai::chat::handle))
+        .route("/v1/embeddings", post(openai::embeddings::handle))
+        .route("/v1/models", get(openai::models::list))
+        .route("/v1/models/{id}", get(openai::models::get))
+        .route("/v1/messages", post(anthropic::messages::handle))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn healthz() -> impl IntoResponse {
+    Json(json!({"status": "ok"}))
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    let connected = state.client.connection_state() == async_nats::connection::State::Connected;
+    let code = if connected {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        code,
+        Json(json!({"nats": if connected { "connected" } else { "disconnected" }})),
+    )
+        .into_response()
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(state.in_flight()),
+    )
+        .into_response()
+}
+
+async fn not_found(uri: Uri) -> Response {
+    let dialect = if uri.path().starts_with("/v1/messages") {
+        Dialect::Anthropic
+    } else {
+        Dialect::OpenAi
+    };
+    ApiError::new(Kind::NotFound, format!("no route {}", uri.path())).into_response_for(dialect)
+}
+
+/// A running ingress.
+#[derive(Debug)]
+pub struct Ingress {
+    pub addr: SocketAddr,
+    stop: CancellationToken,
+    server: JoinHandle<()>,
+    fleet: JoinHandle<()>,
+    state: AppState,
+}
+
+impl Ingress {
+    /// Binds, connects the fleet view and serves.
+    pub async fn start(
+        config: IngressConfig,
+        client: async_nats::Client,
+    ) -> Result<Self, IngressError> {
+        let subjects = config.validate()?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| IngressError::Listen {
+                    addr: config.listen,
+                    source,
+                })?;
+        Self::launch(config, subjects, listener, client).await
+    }
+
+    async fn launch(
+        config: IngressConfig,
+        subjects: cortex_bus::Subjects,
+        listener: TcpListener,
+        client: async_nats::Client,
+    ) -> Result<Self, IngressError> {
+        let addr = listener
+            .local_addr()
+            .map_err(|source| IngressError::Listen {
+                addr: config.listen,
+                source,
+            })?;
+        let (fleet, fleet_task) = Fleet::follow(&client, &subjects).await?;
+        let state = AppState::new(client, subjects, config, fleet);
+        let stop = CancellationToken::new();
+        let app = router(state.clone());
+        let server = {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let served = axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await;
+                if let Err(error) = served {
+                    tracing::error!(%error, "HTTP server ended");
+                }
+            })
+        };
+        tracing::info!(%addr, "ingress listening");
+        Ok(Self {
+            addr,
+            stop,
+            server,
+            fleet: fleet_task,
+            state,
+        })
+    }
+
+    /// Stops accepting connections and waits (up to the configured timeout)
+    /// for requests in flight to finish.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        let timeout = self.state.config.shutdown_timeout;
+        if tokio::time::timeout(timeout, self.server).await.is_err() {
+            tracing::warn!(?timeout, "requests still open at shutdown");
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.state.in_flight() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.fleet.abort();
+        let _ = self.state.client.flush().await;
+    }
+}
+
+/// The daemon: validate, bind, connect, serve until `shutdown`, drain.
+pub async fn run(
+    config: IngressConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), IngressError> {
+    let subjects = config.validate()?;
+    let listener =
+        TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| IngressError::Listen {
+                addr: config.listen,
+                source,
+            })?;
+    tracing::info!(nats = ?config.nats, "starting ingress");
+    let client = config.nats.connect("cortex-ingress").await?;
+    let ingress = Ingress::launch(config, subjects, listener, client).await?;
+    shutdown.await;
+    tracing::info!("shutting down: finishing open requests");
+    ingress.shutdown().await;
+    Ok(())
+}

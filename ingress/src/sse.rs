@@ -1,0 +1,144 @@
+//! Streaming answers: a task reads the call's frames and turns them into
+//! SSE events through a dialect's [`Encoder`]; the response body reads them
+//! from a bounded channel. When the client goes away the body is dropped,
+//! the task's next send fails, and the call's `CancelOnDrop` cancels the
+//! generation on the neuron.
+
+use std::convert::Infallible;
+use std::time::{Duration, Instant};
+
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use cortex_schemas::{Accepted, Delta, Done, Frame};
+use futures::StreamExt;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+
+use crate::call::{stream_failure, Opened};
+use crate::error::{ApiError, Dialect};
+use crate::state::AppState;
+
+/// Events buffered toward a client before the pump waits for it.
+const EVENT_BUFFER: usize = 64;
+
+/// A dialect's stream shape.
+pub trait Encoder: Send + 'static {
+    /// Events before any output (role chunk, `message_start`, ...).
+    fn start(&mut self, accepted: &Accepted) -> Vec<Event>;
+    fn delta(&mut self, delta: &Delta) -> Vec<Event>;
+    /// The closing events, after which the stream ends.
+    fn done(&mut self, done: &Done) -> Vec<Event>;
+    /// A failure after the stream began.
+    fn error(&mut self, error: &ApiError) -> Vec<Event>;
+}
+
+/// An SSE event whose data is `value` as JSON, named `name` when given.
+pub fn json_event(name: Option<&str>, value: &serde_json::Value) -> Event {
+    let event = Event::default().data(value.to_string());
+    match name {
+        Some(name) => event.event(name),
+        None => event,
+    }
+}
+
+/// Streams `opened` to the client in `encoder`'s shape.
+pub fn respond(
+    state: &AppState,
+    opened: Opened,
+    encoder: impl Encoder,
+    permit: OwnedSemaphorePermit,
+    dialect: Dialect,
+    started: Instant,
+) -> Response {
+    let (tx, mut rx) = mpsc::channel::<Event>(EVENT_BUFFER);
+    tokio::spawn(pump(
+        state.clone(),
+        opened,
+        encoder,
+        tx,
+        permit,
+        dialect,
+        started,
+    ));
+    let body = futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).map(Ok::<_, Infallible>);
+    Sse::new(body)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
+}
+
+async fn pump(
+    state: AppState,
+    mut opened: Opened,
+    mut encoder: impl Encoder,
+    tx: mpsc::Sender<Event>,
+    _permit: OwnedSemaphorePermit,
+    dialect: Dialect,
+    started: Instant,
+) {
+    let model = opened.model.clone();
+    state.metrics.first_token(&model, started.elapsed());
+    let mut last = Instant::now();
+    let mut status = 200;
+    let mut events = encoder.start(&opened.accepted);
+    let mut frame = Some(opened.first.clone());
+    'stream: loop {
+        for event in events.drain(..) {
+            if tx.send(event).await.is_err() {
+                // The client went away: dropping `opened` cancels on the neuron.
+                status = 499;
+                break 'stream;
+            }
+        }
+        let current = match frame.take() {
+            Some(frame) => frame,
+            None => match opened.stream.next().await {
+                Some(Ok(frame)) => frame,
+                Some(Err(error)) => {
+                    let error = stream_failure(&error, &model);
+                    status = error.status().as_u16();
+                    events = encoder.error(&error);
+                    opened.cancel.disarm();
+                    flush(&tx, events).await;
+                    break;
+                }
+                None => break,
+            },
+        };
+        match current {
+            Frame::Delta(delta) => {
+                state.metrics.between_tokens(&model, last.elapsed());
+                last = Instant::now();
+                events = encoder.delta(&delta);
+            }
+            Frame::Done(done) => {
+                opened.cancel.disarm();
+                state.metrics.queued(&model, done.timings.queue_ms);
+                state.metrics.tokens(
+                    &model,
+                    done.usage.prompt_tokens,
+                    done.usage.completion_tokens,
+                );
+                flush(&tx, encoder.done(&done)).await;
+                break;
+            }
+            Frame::Error(error) => {
+                opened.cancel.disarm();
+                let error = ApiError::from_wire(&error);
+                status = error.status().as_u16();
+                flush(&tx, encoder.error(&error)).await;
+                break;
+            }
+            Frame::Accepted(_) | Frame::Keepalive(_) | Frame::Embeddings(_) => {}
+        }
+    }
+    state
+        .metrics
+        .finished(&model, dialect.as_str(), status, started.elapsed());
+}
+
+async fn flush(tx: &mpsc::Sender<Event>, events: Vec<Event>) {
+    for event in events {
+        if tx.send(event).await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! What every handler shares: the NATS connection, the fleet view, the
+//! in-flight limit and the metrics. Nothing here is state that another pod
+//! would need: any number of pods can run side by side.
+
+use std::sync::Arc;
+
+use async_nats::Client;
+use cortex_bus::Subjects;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::config::IngressConfig;
+use crate::error::{ApiError, Kind};
+use crate::fleet::Fleet;
+use crate::metrics::Metrics;
+
+/// Shared by all handlers (cheap to clone).
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub client: Client,
+    pub subjects: Subjects,
+    pub config: Arc<IngressConfig>,
+    pub fleet: Fleet,
+    pub metrics: Arc<Metrics>,
+    limiter: Arc<Semaphore>,
+}
+
+impl AppState {
+    pub fn new(client: Client, subjects: Subjects, config: IngressConfig, fleet: Fleet) -> Self {
+        Self {
+            limiter: Arc::new(Semaphore::new(config.max_in_flight)),
+            client,
+            subjects,
+            config: Arc::new(config),
+            fleet,
+            metrics: Arc::new(Metrics::new()),
+        }
+    }
+
+    /// A place among this pod's in-flight requests, or 429 at once.
+    pub fn admit(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        self.limiter
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ApiError {
+                retry_after_s: Some(1),
+                ..ApiError::new(
+                    Kind::Overloaded,
+                    format!(
+                        "this ingress is serving its limit of {} requests; retry shortly",
+                        self.config.max_in_flight
+                    ),
+                )
+            })
+    }
+
+    /// Requests in flight on this pod.
+    pub fn in_flight(&self) -> usize {
+        self.config.max_in_flight - self.limiter.available_permits()
+    }
+
+    /// The deadline of a request: `cortex-timeout-ms` if the client sent
+    /// one (capped by the configured timeout), else the configured timeout.
+    pub fn deadline_ms(&self, headers: &axum::http::HeaderMap) -> u64 {
+        let default = self.config.request_timeout.as_millis() as u64;
+        let asked = headers
+            .get("cortex-timeout-ms")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        cortex_bus::headers::unix_ms() + asked.map_or(default, |ms| ms.min(default))
+    }
+}

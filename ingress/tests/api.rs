@@ -1,0 +1,343 @@
+//! The HTTP API against a real nats-server and sim neurons: both dialects,
+//! whole and streamed, the model list, errors, overload and disconnects.
+
+mod support;
+
+use std::time::Duration;
+
+use cortex_testkit::{eventually, NatsServer};
+use serde_json::{json, Value};
+use support::*;
+
+fn chat_body(model: &str, stream: bool, extra: Value) -> String {
+    let mut body = json!({
+        "model": model,
+        "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello there"}],
+        "max_tokens": 6,
+        "stream": stream,
+    });
+    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+        b.extend(e.clone());
+    }
+    body.to_string()
+}
+
+fn messages_body(model: &str, stream: bool) -> String {
+    json!({
+        "model": model,
+        "max_tokens": 6,
+        "system": [{"type": "text", "text": "Be brief."}],
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "Hello there"}]}],
+        "stream": stream,
+    })
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_chat_whole_and_streamed() {
+    let server = NatsServer::start();
+    let _neuron = sim_neuron(&server, "n1", &["sim-chat"], |_| {}).await;
+    let ingress = ingress(&server, &["sim-chat"], |_| {}).await;
+    let url = format!("http://{}/v1/chat/completions", ingress.addr);
+
+    let reply = post(&url, &chat_body("sim-chat", false, json!({})), &[]).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let body = reply.json();
+    assert_eq!(body["object"], "chat.completion");
+    assert!(body["id"].as_str().unwrap().starts_with("chatcmpl-"));
+    assert_eq!(body["choices"][0]["message"]["role"], "assistant");
+    assert!(!body["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .is_empty());
+    assert_eq!(body["choices"][0]["finish_reason"], "length");
+    assert_eq!(body["usage"]["completion_tokens"], 6);
+    assert!(body["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
+
+    let reply = post(
+        &url,
+        &chat_body(
+            "sim-chat",
+            true,
+            json!({"stream_options": {"include_usage": true}}),
+        ),
+        &[],
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert!(
+        reply.content_type.starts_with("text/event-stream"),
+        "{}",
+        reply.content_type
+    );
+    let events = parse_sse(&reply.body);
+    assert_eq!(events.last().unwrap().data, "[DONE]");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(&e.data).unwrap())
+        .collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert!(!text.is_empty());
+    let finish = &chunks[chunks.len() - 2];
+    assert_eq!(finish["choices"][0]["finish_reason"], "length");
+    let usage = chunks.last().unwrap();
+    assert_eq!(usage["choices"], json!([]));
+    assert_eq!(usage["usage"]["completion_tokens"], 6);
+    for chunk in &chunks {
+        assert_eq!(chunk["object"], "chat.completion.chunk");
+        assert_eq!(chunk["id"], chunks[0]["id"]);
+    }
+    ingress.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_messages_whole_and_streamed_in_the_real_order() {
+    let server = NatsServer::start();
+    let _neuron = sim_neuron(&server, "n1", &["sim-chat"], |_| {}).await;
+    let ingress = ingress(&server, &["sim-chat"], |_| {}).await;
+    let url = format!("http://{}/v1/messages", ingress.addr);
+    let headers = [
+        ("x-api-key", "anything"),
+        ("anthropic-version", "2023-06-01"),
+    ];
+
+    let reply = post(&url, &messages_body("sim-chat", false), &headers).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let body = reply.json();
+    assert_eq!(body["type"], "message");
+    assert_eq!(body["role"], "assistant");
+    assert_eq!(body["content"][0]["type"], "text");
+    assert_eq!(body["stop_reason"], "max_tokens");
+    assert_eq!(body["usage"]["output_tokens"], 6);
+
+    let reply = post(&url, &messages_body("sim-chat", true), &headers).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let events = parse_sse(&reply.body);
+    let names: Vec<&str> = events
+        .iter()
+        .map(|e| e.event.as_deref().unwrap_or(""))
+        .collect();
+    let deltas = names
+        .iter()
+        .filter(|n| **n == "content_block_delta")
+        .count();
+    assert!(deltas >= 1);
+    let mut expected = vec!["message_start", "content_block_start", "ping"];
+    expected.extend(std::iter::repeat_n("content_block_delta", deltas));
+    expected.extend(["content_block_stop", "message_delta", "message_stop"]);
+    assert_eq!(names, expected);
+    for event in &events {
+        let data: Value = serde_json::from_str(&event.data).unwrap();
+        assert_eq!(
+            data["type"],
+            event.event.clone().unwrap(),
+            "the data's type names the event"
+        );
+    }
+    let start: Value = serde_json::from_str(&events[0].data).unwrap();
+    assert!(start["message"]["usage"]["input_tokens"].as_u64().unwrap() > 0);
+    let delta: Value = serde_json::from_str(&events[events.len() - 2].data).unwrap();
+    assert_eq!(delta["delta"]["stop_reason"], "max_tokens");
+    assert_eq!(delta["usage"]["output_tokens"], 6);
+    ingress.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_model_list_comes_from_heartbeats() {
+    let server = NatsServer::start();
+    let _a = sim_neuron(&server, "a", &["m1", "m2"], |_| {}).await;
+    let _b = sim_neuron(&server, "b", &["m1"], |_| {}).await;
+    let ingress = ingress(&server, &["m1", "m2"], |_| {}).await;
+    let base = format!("http://{}", ingress.addr);
+    eventually("m1 on both neurons", Duration::from_secs(5), || {
+        let url = format!("{base}/v1/models/m1");
+        async move {
+            let (_, body) = get(&url).await;
+            let body: Value = serde_json::from_str(&body).ok()?;
+            (body["neurons"].as_array()?.len() == 2).then_some(())
+        }
+    })
+    .await;
+    let (status, body) = get(&format!("{base}/v1/models")).await;
+    assert_eq!(status, 200);
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["object"], "list");
+    let ids: Vec<&str> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["m1", "m2"]);
+    let (status, body) = get(&format!("{base}/v1/models/nope")).await;
+    assert_eq!(status, 404);
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["error"]["code"],
+        "model_not_found"
+    );
+    ingress.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_the_right_status_and_dialect_body() {
+    let server = NatsServer::start();
+    let _neuron = sim_neuron(&server, "n1", &["m"], |_| {}).await;
+    let ingress = ingress(&server, &["m"], |c| c.body_limit = 4096).await;
+    let chat = format!("http://{}/v1/chat/completions", ingress.addr);
+    let messages = format!("http://{}/v1/messages", ingress.addr);
+    let embeddings = format!("http://{}/v1/embeddings", ingress.addr);
+    let user = json!([{"role": "user", "content": "hi"}]);
+    let big = "x".repeat(5000);
+    // (url, body, status, param or anthropic error type)
+    let cases: Vec<(&str, String, u16, &str)> = vec![
+        (&chat, "{not json".into(), 400, "body"),
+        (&chat, "".into(), 400, "body"),
+        (&chat, "[]".into(), 400, "body"),
+        (&chat, json!({"messages": user}).to_string(), 400, "model"),
+        (&chat, json!({"model": "m"}).to_string(), 400, "messages"),
+        (&chat, json!({"model": "m", "messages": []}).to_string(), 400, "messages"),
+        (&chat, json!({"model": 7, "messages": user}).to_string(), 400, "model"),
+        (&chat, json!({"model": "", "messages": user}).to_string(), 400, "model"),
+        (&chat, json!({"model": "m", "messages": user, "max_tokens": -1}).to_string(), 400, "max_tokens"),
+        (&chat, json!({"model": "m", "messages": user, "max_tokens": 0}).to_string(), 400, "max_tokens"),
+        (&chat, json!({"model": "m", "messages": user, "max_completion_tokens": -5}).to_string(), 400, "max_completion_tokens"),
+        (&chat, json!({"model": "m", "messages": user, "max_tokens": "ten"}).to_string(), 400, "max_tokens"),
+        (&chat, json!({"model": "m", "messages": user, "n": 2}).to_string(), 400, "n"),
+        (&chat, json!({"model": "m", "messages": user, "temperature": 3.0}).to_string(), 400, "temperature"),
+        (&chat, json!({"model": "m", "messages": user, "top_p": 0}).to_string(), 400, "top_p"),
+        (&chat, json!({"model": "m", "messages": user, "presence_penalty": 9}).to_string(), 400, "presence_penalty"),
+        (&chat, json!({"model": "m", "messages": user, "frequency_penalty": -9}).to_string(), 400, "frequency_penalty"),
+        (&chat, json!({"model": "m", "messages": user, "top_logprobs": 5}).to_string(), 400, "top_logprobs"),
+        (&chat, json!({"model": "m", "messages": user, "logprobs": true, "top_logprobs": 50}).to_string(), 400, "top_logprobs"),
+        (&chat, json!({"model": "m", "messages": [{"role": "robot", "content": "hi"}]}).to_string(), 400, "messages[0].role"),
+        (&chat, json!({"model": "m", "messages": [{"role": "user"}]}).to_string(), 400, "messages[0].content"),
+        (&chat, json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}).to_string(), 400, "messages[0].content[0].type"),
+        (&chat, json!({"model": "m", "messages": [{"role": "tool", "content": "42"}]}).to_string(), 400, "messages[0].tool_call_id"),
+        (&chat, json!({"model": "m", "messages": user, "stop": ["a", ""]}).to_string(), 400, "stop"),
+        (&chat, json!({"model": "m", "messages": user, "tool_choice": "sometimes"}).to_string(), 400, "tool_choice"),
+        (&chat, json!({"model": "m", "messages": user, "tool_choice": {"type": "function", "function": {"name": "nope"}}}).to_string(), 400, "tool_choice"),
+        (&chat, json!({"model": "m", "messages": user, "response_format": {"type": "yaml"}}).to_string(), 400, "response_format.type"),
+        (&chat, json!({"model": "m", "messages": user, "tools": [{"type": "retrieval", "function": {"name": "f"}}]}).to_string(), 400, "tools[0].type"),
+        (&chat, json!({"model": "bad model", "messages": user}).to_string(), 400, "model"),
+        (&chat, json!({"model": "m", "messages": user, "padding": big}).to_string(), 413, ""),
+        (&chat, json!({"model": "not-loaded", "messages": user}).to_string(), 503, ""),
+        (&embeddings, json!({"model": "m", "input": []}).to_string(), 400, "input"),
+        (&embeddings, json!({"model": "m", "input": [[1, 2, 3]]}).to_string(), 400, "input"),
+        (&embeddings, json!({"model": "m", "input": "hi", "encoding_format": "hex"}).to_string(), 400, "encoding_format"),
+        (&messages, json!({"model": "m", "messages": user}).to_string(), 400, "invalid_request_error"),
+        (&messages, json!({"model": "m", "max_tokens": 10, "messages": []}).to_string(), 400, "invalid_request_error"),
+        (&messages, json!({"model": "m", "max_tokens": -3, "messages": user}).to_string(), 400, "invalid_request_error"),
+        (&messages, json!({"model": "m", "max_tokens": 10, "messages": [{"role": "system", "content": "x"}]}).to_string(), 400, "invalid_request_error"),
+        (&messages, json!({"model": "m", "max_tokens": 10, "messages": user, "temperature": 1.5}).to_string(), 400, "invalid_request_error"),
+        (&messages, json!({"model": "m", "max_tokens": 10, "messages": user, "top_k": -1}).to_string(), 400, "invalid_request_error"),
+        (&messages, json!({"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": [{"type": "image"}]}]}).to_string(), 400, "invalid_request_error"),
+        (&messages, json!({"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": [{"type": "tool_result"}]}]}).to_string(), 400, "invalid_request_error"),
+        (&messages, json!({"model": "m", "max_tokens": 10, "messages": user, "tool_choice": {"type": "tool", "name": "x"}}).to_string(), 400, "invalid_request_error"),
+        (&messages, json!({"model": "m", "max_tokens": 10, "messages": user, "padding": big}).to_string(), 413, "request_too_large"),
+        (&messages, "{}".into(), 400, "invalid_request_error"),
+    ];
+    assert!(cases.len() >= 30);
+    for (url, body, status, expected) in &cases {
+        let reply = post(url, body, &[]).await;
+        assert_eq!(reply.status, *status, "{body} -> {}", reply.body);
+        let json = reply.json();
+        if url.ends_with("/v1/messages") {
+            assert_eq!(json["type"], "error", "{body}");
+            assert_eq!(json["error"]["type"], *expected, "{body} -> {}", reply.body);
+            assert!(!json["error"]["message"].as_str().unwrap().is_empty());
+        } else {
+            assert!(
+                json["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| !m.is_empty()),
+                "{}",
+                reply.body
+            );
+            assert!(json["error"]["type"].is_string());
+            if !expected.is_empty() {
+                assert_eq!(
+                    json["error"]["param"], *expected,
+                    "{body} -> {}",
+                    reply.body
+                );
+            }
+        }
+    }
+    let (status, body) = get(&format!("http://{}/v1/nothing", ingress.addr)).await;
+    assert_eq!(status, 404);
+    assert!(body.contains("no route"));
+    ingress.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_hangs_up_frees_the_slot_on_the_neuron() {
+    let server = NatsServer::start();
+    let neuron = sim_neuron(&server, "n1", &["slow"], |c| c.sim_tokens_per_second = 10.0).await;
+    let ingress = ingress(&server, &["slow"], |_| {}).await;
+    let url = format!("http://{}/v1/chat/completions", ingress.addr);
+    let body = chat_body("slow", true, json!({"max_tokens": 200}));
+
+    let seen = post_and_hang_up(&url, &body, 2).await;
+    assert_eq!(seen.len(), 2);
+    // 200 tokens at 10/s would hold the slot for 20 s; the cancel frees it at once.
+    eventually("the slot freed", Duration::from_secs(3), || async {
+        (neuron.status().models[0].slots_busy == 0).then_some(())
+    })
+    .await;
+    ingress.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saturated_replicas_give_429_with_retry_after() {
+    let server = NatsServer::start();
+    let _neuron = sim_neuron(&server, "n1", &["tiny"], |c| {
+        c.max_concurrency = 1;
+        c.max_queue = 0;
+        c.sim_tokens_per_second = 10.0;
+    })
+    .await;
+    let ingress = ingress(&server, &["tiny"], |_| {}).await;
+    let url = format!("http://{}/v1/chat/completions", ingress.addr);
+    let long = tokio::spawn({
+        let url = url.clone();
+        async move {
+            post(
+                &url,
+                &chat_body("tiny", false, json!({"max_tokens": 20})),
+                &[],
+            )
+            .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let reply = post(&url, &chat_body("tiny", false, json!({})), &[]).await;
+    assert_eq!(reply.status, 429, "{}", reply.body);
+    assert!(reply.retry_after.is_some());
+    assert_eq!(reply.json()["error"]["type"], "rate_limit_error");
+    assert_eq!(long.await.unwrap().status, 200);
+
+    // This pod's own limit sheds at once too.
+    let limited = support::ingress(&server, &["tiny"], |c| c.max_in_flight = 1).await;
+    let url = format!("http://{}/v1/chat/completions", limited.addr);
+    let first = tokio::spawn({
+        let url = url.clone();
+        async move {
+            post(
+                &url,
+                &chat_body("tiny", false, json!({"max_tokens": 10})),
+                &[],
+            )
+            .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let shed = post(&url, &chat_body("tiny", false, json!({})), &[]).await;
+    assert_eq!(shed.status, 429, "{}", shed.body);
+    assert_eq!(shed.retry_after.as_deref(), Some("1"));
+    assert_eq!(first.await.unwrap().status, 200);
+    tokio::join!(ingress.shutdown(), limited.shutdown());
+}

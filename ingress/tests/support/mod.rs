@@ -1,0 +1,226 @@
+//! Shared by the ingress tests: a real nats-server, sim (or real) neurons
+//! in-process, an ingress pod in-process, and a plain HTTP client.
+
+#![allow(dead_code, unused_imports)]
+
+use std::io::{BufRead, BufReader};
+use std::time::Duration;
+
+use cortex_ingress::{Ingress, IngressConfig};
+use cortex_neuron::{EngineKind, Neuron, NeuronConfig};
+use cortex_testkit::{eventually, NatsServer};
+use serde_json::Value;
+
+pub use cortex_testkit::models::{minilm_dir, smollm_path};
+
+pub async fn connect(url: &str) -> async_nats::Client {
+    cortex_bus::NatsOptions::new([url])
+        .connect("cortex-test")
+        .await
+        .unwrap()
+}
+
+/// A sim neuron serving `models` (`id=sim` entries).
+pub async fn sim_neuron(
+    server: &NatsServer,
+    id: &str,
+    models: &[&str],
+    tune: impl FnOnce(&mut NeuronConfig),
+) -> Neuron {
+    let mut config = NeuronConfig::for_tests(&server.url(), id);
+    config.engine = EngineKind::Sim;
+    config.heartbeat_interval = Duration::from_millis(200);
+    config.models = models.iter().map(|m| format!("{m}=sim")).collect();
+    tune(&mut config);
+    start_neuron(config, models).await
+}
+
+/// A neuron with the candle engine and `models` (`ID=PATH`).
+pub async fn real_neuron(server: &NatsServer, id: &str, specs: &[String]) -> Neuron {
+    let mut config = NeuronConfig::for_tests(&server.url(), id);
+    config.heartbeat_interval = Duration::from_millis(200);
+    config.models = specs.to_vec();
+    let ids: Vec<String> = specs
+        .iter()
+        .map(|s| s.split('=').next().unwrap().to_string())
+        .collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    start_neuron(config, &ids).await
+}
+
+async fn start_neuron(config: NeuronConfig, models: &[&str]) -> Neuron {
+    let client = config.nats.connect("cortex-neuron-test").await.unwrap();
+    let neuron = Neuron::start(config, client).await.unwrap();
+    for model in models {
+        eventually(
+            &format!("{model} ready"),
+            Duration::from_secs(120),
+            || async {
+                neuron
+                    .status()
+                    .models
+                    .iter()
+                    .any(|m| m.model_id == *model && m.state == cortex_schemas::ModelState::Ready)
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+    neuron
+}
+
+/// An ingress pod on a free loopback port, once it sees `models` in heartbeats.
+pub async fn ingress(
+    server: &NatsServer,
+    models: &[&str],
+    tune: impl FnOnce(&mut IngressConfig),
+) -> Ingress {
+    let mut config = IngressConfig::for_tests(&server.url());
+    tune(&mut config);
+    let ingress = Ingress::start(config, connect(&server.url()).await)
+        .await
+        .unwrap();
+    let base = format!("http://{}", ingress.addr);
+    for model in models {
+        let url = format!("{base}/v1/models/{model}");
+        eventually(&format!("{model} listed"), Duration::from_secs(10), || {
+            let url = url.clone();
+            async move { (get(&url).await.0 == 200).then_some(()) }
+        })
+        .await;
+    }
+    ingress
+}
+
+/// A response: status, headers of interest, body.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub retry_after: Option<String>,
+    pub content_type: String,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into()
+}
+
+pub async fn get(url: &str) -> (u16, String) {
+    let url = url.to_string();
+    tokio::task::spawn_blocking(move || {
+        let mut response = agent().get(&url).call().expect("HTTP GET");
+        let status = response.status().as_u16();
+        (
+            status,
+            response.body_mut().read_to_string().unwrap_or_default(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+/// POSTs `body` (raw text) with `headers`.
+pub async fn post(url: &str, body: &str, headers: &[(&str, &str)]) -> Reply {
+    let (url, body) = (url.to_string(), body.to_string());
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        let mut request = agent()
+            .post(&url)
+            .header("content-type", "application/json");
+        for (name, value) in &headers {
+            request = request.header(name, value);
+        }
+        let mut response = request.send(body.as_str()).expect("HTTP POST");
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let retry_after = header("retry-after");
+        let content_type = header("content-type").unwrap_or_default();
+        Reply {
+            status: response.status().as_u16(),
+            retry_after,
+            content_type,
+            body: response
+                .body_mut()
+                .with_config()
+                .limit(64 << 20)
+                .read_to_string()
+                .unwrap_or_default(),
+        }
+    })
+    .await
+    .unwrap()
+}
+
+/// One server-sent event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SseEvent {
+    pub event: Option<String>,
+    pub data: String,
+}
+
+/// Parses an SSE body into events (comments skipped).
+pub fn parse_sse(body: &str) -> Vec<SseEvent> {
+    let mut events = Vec::new();
+    let mut event = None;
+    let mut data: Vec<String> = Vec::new();
+    for line in body.lines() {
+        if line.is_empty() {
+            if !data.is_empty() {
+                events.push(SseEvent {
+                    event: event.take(),
+                    data: data.join("\n"),
+                });
+            }
+            data.clear();
+            event = None;
+        } else if let Some(value) = line.strip_prefix("event:") {
+            event = Some(value.trim().to_string());
+        } else if let Some(value) = line.strip_prefix("data:") {
+            data.push(value.strip_prefix(' ').unwrap_or(value).to_string());
+        }
+    }
+    events
+}
+
+/// Streams a POST and stops reading after `events` events (the connection is
+/// then dropped, as a client that goes away).
+pub async fn post_and_hang_up(url: &str, body: &str, events: usize) -> Vec<String> {
+    let (url, body) = (url.to_string(), body.to_string());
+    tokio::task::spawn_blocking(move || {
+        let response = agent()
+            .post(&url)
+            .header("content-type", "application/json")
+            .send(body.as_str())
+            .expect("HTTP POST");
+        let mut reader = BufReader::new(response.into_body().into_reader());
+        let mut seen = Vec::new();
+        let mut line = String::new();
+        while seen.len() < events && reader.read_line(&mut line).unwrap_or(0) > 0 {
+            if let Some(data) = line.trim_end().strip_prefix("data: ") {
+                seen.push(data.to_string());
+            }
+            line.clear();
+        }
+        seen
+    })
+    .await
+    .unwrap()
+}
