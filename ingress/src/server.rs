@@ -48,10 +48,15 @@ impl IngressError {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(openai::chat::handle))
+        .route("/v1/completions", post(openai::completions::handle))
         .route("/v1/embeddings", post(openai::embeddings::handle))
         .route("/v1/models", get(openai::models::list))
         .route("/v1/models/{id}", get(openai::models::get))
         .route("/v1/messages", post(anthropic::messages::handle))
+        .route(
+            "/v1/messages/count_tokens",
+            post(anthropic::count_tokens::handle),
+        )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -14,13 +14,16 @@ use crate::sampling::{ResponseFormat, SamplingParams};
 pub enum InferRequest {
     Generate(Box<GenerateRequest>),
     Embed(EmbedRequest),
+    /// Render and tokenise the prompt only; the answer is a `Done` whose
+    /// `usage.prompt_tokens` is the count (nothing is generated).
+    CountTokens(Box<GenerateRequest>),
 }
 
 impl InferRequest {
     /// The request id, whichever the operation.
     pub fn request_id(&self) -> &str {
         match self {
-            Self::Generate(r) => &r.request_id,
+            Self::Generate(r) | Self::CountTokens(r) => &r.request_id,
             Self::Embed(r) => &r.request_id,
         }
     }
@@ -28,7 +31,7 @@ impl InferRequest {
     /// The model id the request names.
     pub fn model(&self) -> &str {
         match self {
-            Self::Generate(r) => &r.model,
+            Self::Generate(r) | Self::CountTokens(r) => &r.model,
             Self::Embed(r) => &r.model,
         }
     }

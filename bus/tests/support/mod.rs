@@ -106,6 +106,14 @@ pub async fn spawn_echo(
                         };
                         let _ = responder.send(&Frame::Done(done)).await;
                     }
+                    InferRequest::CountTokens(_) => {
+                        let _ = responder
+                            .fail(
+                                ErrorClass::InvalidRequest,
+                                "the echo responder does not count",
+                            )
+                            .await;
+                    }
                     InferRequest::Embed(embed) => {
                         let embeddings =
                             embed.inputs.iter().map(|s| vec![s.len() as f32]).collect();

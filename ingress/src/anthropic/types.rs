@@ -81,14 +81,3 @@ pub struct Tool {
     #[serde(default)]
     pub input_schema: Option<Value>,
 }
-
-/// `POST /v1/messages/count_tokens`.
-#[derive(Debug, Deserialize)]
-pub struct CountTokensRequest {
-    pub model: String,
-    pub messages: Vec<Message>,
-    #[serde(default)]
-    pub system: Option<System>,
-    #[serde(default)]
-    pub tools: Option<Vec<Tool>>,
-}

@@ -96,6 +96,32 @@ pub async fn run(
     }
 }
 
+/// Counts the prompt's tokens as the model's template and tokenizer make
+/// them; answers with a `Done` carrying the count.
+pub async fn count(
+    model: &cortex_engine::chat_model::ChatModel,
+    request: &GenerateRequest,
+    responder: &Responder,
+) -> Outcome {
+    match model.prompt(request) {
+        Ok((_, tokens)) => {
+            let done = cortex_schemas::Done {
+                finish_reason: cortex_schemas::FinishReason::Stop,
+                stop_sequence: None,
+                usage: cortex_schemas::Usage {
+                    prompt_tokens: tokens.len() as u32,
+                    completion_tokens: 0,
+                    cached_tokens: 0,
+                },
+                timings: cortex_schemas::Timings::default(),
+            };
+            let _ = responder.send(&Frame::Done(done)).await;
+            None
+        }
+        Err(error) => fail(responder, error.to_wire()).await,
+    }
+}
+
 /// Appends every delta already waiting to `delta`; returns the first other event.
 fn merge_waiting(
     events: &mut tokio::sync::mpsc::Receiver<Event>,

@@ -136,6 +136,9 @@ pub async fn handle(shared: Arc<Shared>, admission: Admission) {
         (Some(Backend::Embed(engine)), InferRequest::Embed(request)) => {
             embed::run(&shared, &held, engine, request, &responder).await
         }
+        (Some(Backend::Chat(engine)), InferRequest::CountTokens(request)) => {
+            generate::count(engine.model(), &request, &responder).await
+        }
         (Some(backend), _) => {
             let message = match backend {
                 Backend::Chat(_) => {

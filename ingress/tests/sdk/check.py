@@ -1,0 +1,118 @@
+"""Drives a Cortex ingress with the official openai and anthropic SDKs.
+
+Usage: check.py BASE_URL CHAT_MODEL EMBEDDING_MODEL
+Exits non-zero (with the failing check) when any SDK call or its parser fails.
+"""
+
+import sys
+
+import anthropic
+import openai
+
+base, chat, embedding = sys.argv[1], sys.argv[2], sys.argv[3]
+WEATHER = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}},
+    "required": ["city"],
+}
+
+
+def check(name, condition, detail=""):
+    if not condition:
+        sys.exit(f"FAILED {name}: {detail}")
+    print(f"ok {name}")
+
+
+oa = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+user = [{"role": "user", "content": "Hello there"}]
+
+r = oa.chat.completions.create(model=chat, messages=user, max_tokens=6)
+check("openai chat", r.choices[0].message.content and r.usage.completion_tokens == 6, r)
+check("openai chat finish", r.choices[0].finish_reason == "length", r.choices[0].finish_reason)
+
+chunks = list(
+    oa.chat.completions.create(
+        model=chat, messages=user, max_tokens=6, stream=True,
+        stream_options={"include_usage": True},
+    )
+)
+text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+check("openai stream text", len(text) > 0, chunks)
+check("openai stream role first", chunks[0].choices[0].delta.role == "assistant", chunks[0])
+check("openai stream usage", chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 6, chunks[-1])
+
+r = oa.chat.completions.create(
+    model=chat,
+    max_tokens=4,
+    tools=[{"type": "function", "function": {"name": "get_weather", "parameters": WEATHER}}],
+    messages=[
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [{
+            "id": "call_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"},
+        }]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "18 C and sunny"},
+    ],
+)
+check("openai tool round trip", r.choices[0].message is not None, r)
+
+r = oa.completions.create(model=chat, prompt="Once upon a time", max_tokens=4)
+check("openai legacy completion", r.choices[0].text is not None and r.usage.completion_tokens == 4, r)
+
+ids = [m.id for m in oa.models.list()]
+check("openai models list", chat in ids and embedding in ids, ids)
+check("openai model retrieve", oa.models.retrieve(chat).id == chat)
+
+e = oa.embeddings.create(model=embedding, input=["Paris is in France.", "Bonjour"])
+check("openai embeddings (SDK default base64)", len(e.data) == 2 and len(e.data[0].embedding) == 384, len(e.data))
+e = oa.embeddings.create(model=embedding, input="Paris", encoding_format="float")
+check("openai embeddings float", len(e.data[0].embedding) == 384)
+
+try:
+    oa.chat.completions.create(model=chat, messages=[], max_tokens=1)
+    check("openai bad request raises", False)
+except openai.BadRequestError as err:
+    check("openai bad request raises", err.status_code == 400, err)
+try:
+    oa.models.retrieve("no-such-model")
+    check("openai not found raises", False)
+except openai.NotFoundError as err:
+    check("openai not found raises", err.status_code == 404, err)
+
+an = anthropic.Anthropic(base_url=base, api_key="unused", max_retries=0)
+m = an.messages.create(model=chat, max_tokens=6, system="Be brief.", messages=user)
+check("anthropic message", m.content[0].type == "text" and m.usage.output_tokens == 6, m)
+check("anthropic stop reason", m.stop_reason == "max_tokens", m.stop_reason)
+
+with an.messages.stream(model=chat, max_tokens=6, messages=user) as stream:
+    streamed = "".join(stream.text_stream)
+    final = stream.get_final_message()
+check("anthropic stream text", len(streamed) > 0 and final.content[0].text == streamed, (streamed, final))
+check("anthropic stream usage", final.usage.output_tokens == 6 and final.usage.input_tokens > 0, final.usage)
+
+m = an.messages.create(
+    model=chat,
+    max_tokens=4,
+    tools=[{"name": "get_weather", "description": "Weather now", "input_schema": WEATHER}],
+    messages=[
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": [
+            {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}},
+        ]},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "toolu_1", "content": "18 C and sunny"},
+        ]},
+    ],
+)
+check("anthropic tool round trip", m.content is not None, m)
+
+c = an.messages.count_tokens(model=chat, messages=user, system="Be brief.")
+check("anthropic count_tokens", c.input_tokens > 0, c)
+
+try:
+    an.messages.create(model=chat, max_tokens=0, messages=user)
+    check("anthropic bad request raises", False)
+except anthropic.BadRequestError as err:
+    check("anthropic bad request raises", err.status_code == 400, err)
+
+print("all SDK checks passed")
