@@ -36,10 +36,43 @@ pub struct IngressConfig {
     /// or a neuron that died before answering).
     #[arg(long, env = "CORTEX_INGRESS_ATTEMPTS", default_value_t = 4)]
     pub attempts: u32,
+    /// API keys, comma-separated: each the key itself or `sha256:<hex>` of
+    /// it. None means no authentication.
+    #[arg(
+        long,
+        env = "CORTEX_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_keys: Vec<ApiKey>,
+    /// Requests per minute per API key (0: no limit).
+    #[arg(long, env = "CORTEX_RATE_LIMIT_RPM", default_value_t = 0)]
+    pub rate_limit_rpm: u32,
+    /// Tokens (prompt and generated) per minute per API key (0: no limit).
+    #[arg(long, env = "CORTEX_RATE_LIMIT_TPM", default_value_t = 0)]
+    pub rate_limit_tpm: u32,
     /// How long shutdown waits for open streams to finish.
     #[arg(long, env = "CORTEX_INGRESS_SHUTDOWN_TIMEOUT", default_value = "30s",
           value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
+}
+
+/// An API key from the configuration; never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey(pub String);
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl std::str::FromStr for ApiKey {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_string()))
+    }
 }
 
 /// A configuration that cannot run; the message names the setting.
@@ -72,9 +105,16 @@ impl IngressConfig {
         if self.max_in_flight == 0 {
             return Err(ConfigError("--max-in-flight must be at least 1".into()));
         }
+        self.keys()?;
         if self.attempts == 0 {
             return Err(ConfigError("--attempts must be at least 1".into()));
         }
         Subjects::new(&self.prefix).map_err(|e| ConfigError(format!("--prefix: {e}")))
+    }
+
+    /// The API keys as digests.
+    pub fn keys(&self) -> Result<crate::auth::Keys, ConfigError> {
+        let entries: Vec<String> = self.api_keys.iter().map(|k| k.0.clone()).collect();
+        crate::auth::Keys::parse(&entries).map_err(|e| ConfigError(e.to_string()))
     }
 }

@@ -16,11 +16,14 @@
 //! - [`error`]: every failure and its one mapping to status and dialect
 //!   body; [`body`]: JSON bodies with errors that name the field;
 //!   [`validate`]: checks both dialects share.
+//! - [`auth`]: API keys (constant-time check) and per-key request and
+//!   token limits.
 //! - [`fleet`]: live neurons and their models, from heartbeats;
 //!   [`state`]: what handlers share (in-flight limit included);
 //!   [`metrics`]: Prometheus; [`ids`]: request ids.
 
 pub mod anthropic;
+pub mod auth;
 pub mod body;
 pub mod call;
 pub mod config;
@@ -34,6 +37,9 @@ pub mod server;
 pub mod sse;
 pub mod state;
 pub mod validate;
+
+#[cfg(test)]
+mod encoder_tests;
 
 pub use config::IngressConfig;
 pub use server::{run, Ingress, IngressError};

@@ -46,7 +46,9 @@ impl IngressError {
 
 /// Every route of the HTTP API.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    // The API routes sit behind authentication and per-key limits; health
+    // and metrics do not.
+    let api = Router::new()
         .route("/v1/chat/completions", post(openai::chat::handle))
         .route("/v1/completions", post(openai::completions::handle))
         .route("/v1/embeddings", post(openai::embeddings::handle))
@@ -57,6 +59,12 @@ pub fn router(state: AppState) -> Router {
             "/v1/messages/count_tokens",
             post(anthropic::count_tokens::handle),
         )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::authenticate,
+        ));
+    Router::new()
+        .merge(api)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

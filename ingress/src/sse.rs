@@ -13,6 +13,7 @@ use cortex_schemas::{Accepted, Delta, Done, Frame};
 use futures::StreamExt;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
+use crate::auth::Caller;
 use crate::call::{stream_failure, Opened};
 use crate::error::{ApiError, Dialect};
 use crate::state::AppState;
@@ -40,25 +41,25 @@ pub fn json_event(name: Option<&str>, value: &serde_json::Value) -> Event {
     }
 }
 
+/// What a stream carries along besides its frames.
+#[derive(Debug)]
+pub struct Context {
+    /// This pod's in-flight place, held until the stream ends.
+    pub permit: OwnedSemaphorePermit,
+    pub caller: Caller,
+    pub dialect: Dialect,
+    pub started: Instant,
+}
+
 /// Streams `opened` to the client in `encoder`'s shape.
 pub fn respond(
     state: &AppState,
     opened: Opened,
     encoder: impl Encoder,
-    permit: OwnedSemaphorePermit,
-    dialect: Dialect,
-    started: Instant,
+    context: Context,
 ) -> Response {
     let (tx, mut rx) = mpsc::channel::<Event>(EVENT_BUFFER);
-    tokio::spawn(pump(
-        state.clone(),
-        opened,
-        encoder,
-        tx,
-        permit,
-        dialect,
-        started,
-    ));
+    tokio::spawn(pump(state.clone(), opened, encoder, tx, context));
     let body = futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).map(Ok::<_, Infallible>);
     Sse::new(body)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
@@ -70,10 +71,14 @@ async fn pump(
     mut opened: Opened,
     mut encoder: impl Encoder,
     tx: mpsc::Sender<Event>,
-    _permit: OwnedSemaphorePermit,
-    dialect: Dialect,
-    started: Instant,
+    context: Context,
 ) {
+    let Context {
+        permit: _permit,
+        caller,
+        dialect,
+        started,
+    } = context;
     let model = opened.model.clone();
     state.metrics.first_token(&model, started.elapsed());
     let mut last = Instant::now();
@@ -112,7 +117,8 @@ async fn pump(
             Frame::Done(done) => {
                 opened.cancel.disarm();
                 state.metrics.queued(&model, done.timings.queue_ms);
-                state.metrics.tokens(
+                state.record_tokens(
+                    caller,
                     &model,
                     done.usage.prompt_tokens,
                     done.usage.completion_tokens,
@@ -141,4 +147,36 @@ async fn flush(tx: &mpsc::Sender<Event>, events: Vec<Event>) {
             return;
         }
     }
+}
+
+/// The wire text of `events`, as a client receives it (tests).
+#[cfg(test)]
+pub async fn render(events: Vec<Event>) -> String {
+    let body = futures::stream::iter(events.into_iter().map(Ok::<_, Infallible>));
+    let response = Sse::new(body).into_response();
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .expect("an SSE body");
+    String::from_utf8(bytes.to_vec()).expect("UTF-8")
+}
+
+/// `(event name, data as JSON or the raw text)` of each event in `text`.
+#[cfg(test)]
+pub fn parse(text: &str) -> Vec<(Option<String>, serde_json::Value)> {
+    text.split("\n\n")
+        .filter(|block| !block.trim().is_empty())
+        .map(|block| {
+            let mut name = None;
+            let mut data = String::new();
+            for line in block.lines() {
+                if let Some(value) = line.strip_prefix("event: ") {
+                    name = Some(value.to_string());
+                } else if let Some(value) = line.strip_prefix("data: ") {
+                    data.push_str(value);
+                }
+            }
+            let value = serde_json::from_str(&data).unwrap_or(serde_json::Value::String(data));
+            (name, value)
+        })
+        .collect()
 }

@@ -8,6 +8,7 @@ use async_nats::Client;
 use cortex_bus::Subjects;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::auth::{Caller, Keys, Limits};
 use crate::config::IngressConfig;
 use crate::error::{ApiError, Kind};
 use crate::fleet::Fleet;
@@ -21,12 +22,23 @@ pub struct AppState {
     pub config: Arc<IngressConfig>,
     pub fleet: Fleet,
     pub metrics: Arc<Metrics>,
+    pub keys: Arc<Keys>,
+    pub limits: Arc<Limits>,
     limiter: Arc<Semaphore>,
 }
 
 impl AppState {
     pub fn new(client: Client, subjects: Subjects, config: IngressConfig, fleet: Fleet) -> Self {
+        // Validated before: `run` and `Ingress::start` call `validate` first.
+        let keys = config.keys().unwrap_or_default();
+        let limits = Limits::new(
+            keys_count(&keys),
+            config.rate_limit_rpm,
+            config.rate_limit_tpm,
+        );
         Self {
+            keys: Arc::new(keys),
+            limits: Arc::new(limits),
             limiter: Arc::new(Semaphore::new(config.max_in_flight)),
             client,
             subjects,
@@ -53,6 +65,12 @@ impl AppState {
             })
     }
 
+    /// Counts a finished request's tokens in metrics and against its caller's budget.
+    pub fn record_tokens(&self, caller: Caller, model: &str, prompt: u32, completion: u32) {
+        self.metrics.tokens(model, prompt, completion);
+        self.limits.spend(caller, prompt + completion);
+    }
+
     /// Requests in flight on this pod.
     pub fn in_flight(&self) -> usize {
         self.config.max_in_flight - self.limiter.available_permits()
@@ -68,4 +86,8 @@ impl AppState {
             .and_then(|v| v.trim().parse::<u64>().ok());
         cortex_bus::headers::unix_ms() + asked.map_or(default, |ms| ms.min(default))
     }
+}
+
+fn keys_count(keys: &Keys) -> usize {
+    keys.len().max(1)
 }

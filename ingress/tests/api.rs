@@ -341,3 +341,80 @@ async fn saturated_replicas_give_429_with_retry_after() {
     assert_eq!(first.await.unwrap().status, 200);
     tokio::join!(ingress.shutdown(), limited.shutdown());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_and_per_key_limits() {
+    use cortex_ingress::config::ApiKey;
+    let server = NatsServer::start();
+    let _neuron = sim_neuron(&server, "n1", &["m"], |_| {}).await;
+    // "other" given as its SHA-256, as a config file would hold it.
+    let other = "sha256:d9298a10d1b0735837dc4bd85dac641b0f3cef27a47e5d53a54f2f3f5b2fcffa";
+    let pod = ingress(&server, &[], |c| {
+        c.api_keys = vec![ApiKey("secret".into()), ApiKey(other.into())];
+        c.rate_limit_rpm = 3;
+    })
+    .await;
+    let chat = format!("http://{}/v1/chat/completions", pod.addr);
+    let messages = format!("http://{}/v1/messages", pod.addr);
+    let body = chat_body("m", false, json!({}));
+
+    let none = post(&chat, &body, &[]).await;
+    assert_eq!(none.status, 401);
+    assert_eq!(none.json()["error"]["type"], "authentication_error");
+    let wrong = post(
+        &messages,
+        &messages_body("m", false),
+        &[("x-api-key", "guess")],
+    )
+    .await;
+    assert_eq!(wrong.status, 401);
+    assert_eq!(wrong.json()["error"]["type"], "authentication_error");
+    assert_eq!(wrong.json()["type"], "error");
+    assert!(!format!("{:?}", IngressConfigProbe::new()).contains("secret"));
+
+    for _ in 0..3 {
+        let ok = post(&chat, &body, &[("authorization", "Bearer secret")]).await;
+        assert_eq!(ok.status, 200, "{}", ok.body);
+    }
+    let limited = post(&chat, &body, &[("authorization", "Bearer secret")]).await;
+    assert_eq!(limited.status, 429, "{}", limited.body);
+    assert!(limited.retry_after.is_some());
+    // Another key has its own budget.
+    let other_key = post(
+        &messages,
+        &messages_body("m", false),
+        &[("x-api-key", "other")],
+    )
+    .await;
+    assert_eq!(other_key.status, 200, "{}", other_key.body);
+    let (health, _) = get(&format!("http://{}/healthz", pod.addr)).await;
+    assert_eq!(health, 200, "health needs no key");
+
+    let tokens = ingress(&server, &[], |c| c.rate_limit_tpm = 10).await;
+    let url = format!("http://{}/v1/chat/completions", tokens.addr);
+    assert_eq!(post(&url, &body, &[]).await.status, 200);
+    let over = post(&url, &body, &[]).await;
+    assert_eq!(
+        over.status, 429,
+        "the first request spent more than 10 tokens: {}",
+        over.body
+    );
+    tokio::join!(pod.shutdown(), tokens.shutdown());
+}
+
+/// A configuration holding a key, to check `Debug` hides it.
+struct IngressConfigProbe(cortex_ingress::IngressConfig);
+
+impl IngressConfigProbe {
+    fn new() -> Self {
+        let mut config = cortex_ingress::IngressConfig::for_tests("nats://127.0.0.1:4222");
+        config.api_keys = vec![cortex_ingress::config::ApiKey("secret".into())];
+        Self(config)
+    }
+}
+
+impl std::fmt::Debug for IngressConfigProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}

@@ -11,6 +11,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use cortex_schemas::{
     Accepted, ChatMessage, ContentPart, Delta, Done, FinishReason, GenerateInput, GenerateRequest,
@@ -19,6 +20,7 @@ use cortex_schemas::{
 use serde_json::{json, Value};
 
 use super::types::{MessageContent, MessagesRequest, System};
+use crate::auth::Caller;
 use crate::error::{ApiError, Dialect, DialectError};
 use crate::generation::collect;
 use crate::ids::new_id;
@@ -28,9 +30,15 @@ use crate::validate;
 
 const DIALECT: Dialect = Dialect::Anthropic;
 
-pub async fn handle(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+pub async fn handle(
+    State(state): State<AppState>,
+    caller: Option<Extension<Caller>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let started = Instant::now();
-    match serve(&state, &headers, body, started).await {
+    let caller = caller.map_or(Caller(0), |Extension(caller)| caller);
+    match serve(&state, caller, &headers, body, started).await {
         Ok(response) => response,
         Err((model, error)) => {
             state.metrics.finished(
@@ -46,6 +54,7 @@ pub async fn handle(State(state): State<AppState>, headers: HeaderMap, body: Bod
 
 async fn serve(
     state: &AppState,
+    caller: Caller,
     headers: &HeaderMap,
     body: Body,
     started: Instant,
@@ -69,7 +78,15 @@ async fn serve(
     if stream {
         let encoder = EventEncoder::new(id, model);
         return Ok(crate::sse::respond(
-            state, opened, encoder, permit, DIALECT, started,
+            state,
+            opened,
+            encoder,
+            crate::sse::Context {
+                permit,
+                caller,
+                dialect: DIALECT,
+                started,
+            },
         ));
     }
     state.metrics.first_token(&model, started.elapsed());
@@ -77,7 +94,8 @@ async fn serve(
         .await
         .map_err(|e| (model.clone(), e))?;
     let done = &collected.done;
-    state.metrics.tokens(
+    state.record_tokens(
+        caller,
         &model,
         done.usage.prompt_tokens,
         done.usage.completion_tokens,

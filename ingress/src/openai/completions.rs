@@ -8,6 +8,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use cortex_schemas::{
     Accepted, Delta, Done, GenerateInput, GenerateRequest, InferRequest, SamplingParams,
@@ -16,6 +17,7 @@ use serde_json::{json, Value};
 
 use super::chat::{finish_reason, usage_json};
 use super::types::{CompletionRequest, Prompt};
+use crate::auth::Caller;
 use crate::error::{ApiError, Dialect, DialectError};
 use crate::generation::collect;
 use crate::ids::{new_id, unix_seconds};
@@ -25,9 +27,15 @@ use crate::validate;
 
 const DIALECT: Dialect = Dialect::OpenAi;
 
-pub async fn handle(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+pub async fn handle(
+    State(state): State<AppState>,
+    caller: Option<Extension<Caller>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let started = Instant::now();
-    match serve(&state, &headers, body, started).await {
+    let caller = caller.map_or(Caller(0), |Extension(caller)| caller);
+    match serve(&state, caller, &headers, body, started).await {
         Ok(response) => response,
         Err((model, error)) => {
             state.metrics.finished(
@@ -43,6 +51,7 @@ pub async fn handle(State(state): State<AppState>, headers: HeaderMap, body: Bod
 
 async fn serve(
     state: &AppState,
+    caller: Caller,
     headers: &HeaderMap,
     body: Body,
     started: Instant,
@@ -71,7 +80,15 @@ async fn serve(
             include_usage,
         };
         return Ok(crate::sse::respond(
-            state, opened, encoder, permit, DIALECT, started,
+            state,
+            opened,
+            encoder,
+            crate::sse::Context {
+                permit,
+                caller,
+                dialect: DIALECT,
+                started,
+            },
         ));
     }
     state.metrics.first_token(&model, started.elapsed());
@@ -79,7 +96,8 @@ async fn serve(
         .await
         .map_err(|e| (model.clone(), e))?;
     let done = &collected.done;
-    state.metrics.tokens(
+    state.record_tokens(
+        caller,
         &model,
         done.usage.prompt_tokens,
         done.usage.completion_tokens,

@@ -7,20 +7,28 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use base64::Engine;
 use cortex_schemas::{EmbedRequest, Frame, InferRequest};
 use serde_json::{json, Value};
 
 use super::types::{EmbeddingInput, EmbeddingsRequest};
+use crate::auth::Caller;
 use crate::error::{ApiError, Dialect, DialectError, Kind};
 use crate::ids::new_id;
 use crate::state::AppState;
 use crate::validate;
 
-pub async fn handle(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+pub async fn handle(
+    State(state): State<AppState>,
+    caller: Option<Extension<Caller>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let started = Instant::now();
-    let (model, result) = serve(&state, &headers, body).await;
+    let caller = caller.map_or(Caller(0), |Extension(caller)| caller);
+    let (model, result) = serve(&state, caller, &headers, body).await;
     let status = match &result {
         Ok(_) => 200,
         Err(error) => error.status().as_u16(),
@@ -36,6 +44,7 @@ pub async fn handle(State(state): State<AppState>, headers: HeaderMap, body: Bod
 
 async fn serve(
     state: &AppState,
+    caller: Caller,
     headers: &HeaderMap,
     body: Body,
 ) -> (String, Result<Response, ApiError>) {
@@ -49,13 +58,14 @@ async fn serve(
             Err(error) => return (String::new(), Err(error)),
         };
     let model = request.model.clone();
-    let result = embed(state, headers, request).await;
+    let result = embed(state, caller, headers, request).await;
     drop(permit);
     (model, result)
 }
 
 async fn embed(
     state: &AppState,
+    caller: Caller,
     headers: &HeaderMap,
     request: EmbeddingsRequest,
 ) -> Result<Response, ApiError> {
@@ -119,9 +129,7 @@ async fn embed(
             json!({ "object": "embedding", "index": index, "embedding": embedding })
         })
         .collect();
-    state
-        .metrics
-        .tokens(&request.model, response.usage.prompt_tokens, 0);
+    state.record_tokens(caller, &request.model, response.usage.prompt_tokens, 0);
     Ok(Json(json!({
         "object": "list",
         "data": data,

@@ -1,0 +1,161 @@
+//! Both dialects' stream encoders against the event sequences the real APIs
+//! send for a reply with text and then a tool call (the shapes the
+//! official SDKs' stream parsers expect; recorded from the APIs' reference
+//! documentation of streaming with tools).
+
+use cortex_schemas::{Accepted, Delta, Done, FinishReason, Timings, ToolCallDelta, Usage};
+use serde_json::json;
+
+use crate::anthropic::messages::EventEncoder;
+use crate::openai::chat::ChunkEncoder;
+use crate::sse::{parse, render, Encoder};
+
+fn accepted() -> Accepted {
+    Accepted {
+        neuron: "n1".into(),
+        request_id: "r1".into(),
+        queue_position: 0,
+        prompt_tokens: Some(21),
+    }
+}
+
+/// Text, then one tool call whose arguments arrive in two fragments.
+fn frames() -> Vec<Delta> {
+    vec![
+        Delta {
+            text: "Let me check.".into(),
+            tokens: 3,
+            ..Delta::default()
+        },
+        Delta {
+            tokens: 4,
+            tool_calls: vec![ToolCallDelta {
+                index: 0,
+                id: Some("call_1".into()),
+                name: Some("get_weather".into()),
+                arguments: "{\"city\": ".into(),
+            }],
+            ..Delta::default()
+        },
+        Delta {
+            tokens: 2,
+            tool_calls: vec![ToolCallDelta {
+                index: 0,
+                id: None,
+                name: None,
+                arguments: "\"Paris\"}".into(),
+            }],
+            ..Delta::default()
+        },
+    ]
+}
+
+fn done() -> Done {
+    Done {
+        finish_reason: FinishReason::ToolCalls,
+        stop_sequence: None,
+        usage: Usage {
+            prompt_tokens: 21,
+            completion_tokens: 9,
+            cached_tokens: 0,
+        },
+        timings: Timings::default(),
+    }
+}
+
+async fn run(mut encoder: impl Encoder) -> String {
+    let mut events = encoder.start(&accepted());
+    for delta in frames() {
+        events.extend(encoder.delta(&delta));
+    }
+    events.extend(encoder.done(&done()));
+    render(events).await
+}
+
+#[tokio::test]
+async fn openai_chunks_follow_the_real_tool_call_stream() {
+    let text = run(ChunkEncoder {
+        id: "chatcmpl-1".into(),
+        model: "m".into(),
+        created: 1,
+        include_usage: true,
+        logprobs: false,
+    })
+    .await;
+    let events = parse(&text);
+    let deltas: Vec<serde_json::Value> = events
+        .iter()
+        .filter_map(|(_, data)| data.get("choices")?.get(0).map(|c| c["delta"].clone()))
+        .collect();
+    assert_eq!(deltas[0]["role"], "assistant");
+    assert_eq!(deltas[1], json!({"content": "Let me check."}));
+    assert_eq!(
+        deltas[2],
+        json!({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                               "function": {"name": "get_weather", "arguments": "{\"city\": "}}]})
+    );
+    assert_eq!(
+        deltas[3],
+        json!({"tool_calls": [{"index": 0, "function": {"arguments": "\"Paris\"}"}}]})
+    );
+    assert_eq!(deltas[4], json!({}));
+    let finish = &events[4].1;
+    assert_eq!(finish["choices"][0]["finish_reason"], "tool_calls");
+    let usage = &events[5].1;
+    assert_eq!(usage["choices"], json!([]));
+    assert_eq!(usage["usage"]["total_tokens"], 30);
+    assert_eq!(events.last().unwrap().1, json!("[DONE]"));
+    assert!(
+        events.iter().all(|(name, _)| name.is_none()),
+        "OpenAI streams have no event names"
+    );
+}
+
+#[tokio::test]
+async fn anthropic_events_follow_the_real_tool_use_stream() {
+    let text = run(EventEncoder::new("msg_1".into(), "m".into())).await;
+    let events = parse(&text);
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_deref().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "message_start",
+            "content_block_start",
+            "ping",
+            "content_block_delta",
+            "content_block_stop",
+            "content_block_start",
+            "content_block_delta",
+            "content_block_delta",
+            "content_block_stop",
+            "message_delta",
+            "message_stop",
+        ]
+    );
+    assert_eq!(events[0].1["message"]["usage"]["input_tokens"], 21);
+    assert_eq!(
+        events[1].1["content_block"],
+        json!({"type": "text", "text": ""})
+    );
+    assert_eq!(
+        events[3].1["delta"],
+        json!({"type": "text_delta", "text": "Let me check."})
+    );
+    assert_eq!(events[4].1["index"], 0);
+    assert_eq!(
+        events[5].1["content_block"],
+        json!({"type": "tool_use", "id": "call_1", "name": "get_weather", "input": {}})
+    );
+    assert_eq!(events[5].1["index"], 1);
+    assert_eq!(
+        events[6].1["delta"],
+        json!({"type": "input_json_delta", "partial_json": "{\"city\": "})
+    );
+    assert_eq!(events[7].1["delta"]["partial_json"], "\"Paris\"}");
+    assert_eq!(events[8].1["index"], 1);
+    assert_eq!(events[9].1["delta"]["stop_reason"], "tool_use");
+    assert_eq!(events[9].1["usage"]["output_tokens"], 9);
+    for (name, data) in &events {
+        assert_eq!(data["type"].as_str(), name.as_deref());
+    }
+}
