@@ -19,13 +19,16 @@
 //! - [`auth`]: API keys (constant-time check) and per-key request and
 //!   token limits.
 //! - [`fleet`]: live neurons and their models, from heartbeats;
+//!   [`catalog`]: what placement can load, from the `cortex-catalog` bucket;
 //!   [`state`]: what handlers share (in-flight limit included);
-//!   [`metrics`]: Prometheus; [`ids`]: request ids.
+//!   [`metrics`]: Prometheus; [`ids`]: request ids; [`trace`]: a log
+//!   line per request.
 
 pub mod anthropic;
 pub mod auth;
 pub mod body;
 pub mod call;
+pub mod catalog;
 pub mod config;
 pub mod error;
 pub mod fleet;
@@ -36,10 +39,19 @@ pub mod openai;
 pub mod server;
 pub mod sse;
 pub mod state;
+pub mod trace;
 pub mod validate;
 
 #[cfg(test)]
 mod encoder_tests;
 
 pub use config::IngressConfig;
+
+/// The serde name of a unit enum value (`chat`, `embedding`).
+pub(crate) fn metrics_name<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
 pub use server::{run, Ingress, IngressError};

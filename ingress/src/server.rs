@@ -69,6 +69,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(crate::trace::log))
         .with_state(state)
 }
 
@@ -116,7 +117,7 @@ pub struct Ingress {
     pub addr: SocketAddr,
     stop: CancellationToken,
     server: JoinHandle<()>,
-    fleet: JoinHandle<()>,
+    followers: [JoinHandle<()>; 2],
     state: AppState,
 }
 
@@ -150,7 +151,8 @@ impl Ingress {
                 source,
             })?;
         let (fleet, fleet_task) = Fleet::follow(&client, &subjects).await?;
-        let state = AppState::new(client, subjects, config, fleet);
+        let (catalog, catalog_task) = crate::catalog::Catalog::follow(&client);
+        let state = AppState::new(client, subjects, config, fleet, catalog);
         let stop = CancellationToken::new();
         let app = router(state.clone());
         let server = {
@@ -169,7 +171,7 @@ impl Ingress {
             addr,
             stop,
             server,
-            fleet: fleet_task,
+            followers: [fleet_task, catalog_task],
             state,
         })
     }
@@ -186,7 +188,9 @@ impl Ingress {
         while self.state.in_flight() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        self.fleet.abort();
+        for follower in &self.followers {
+            follower.abort();
+        }
         let _ = self.state.client.flush().await;
     }
 }

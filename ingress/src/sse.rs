@@ -116,13 +116,7 @@ async fn pump(
             }
             Frame::Done(done) => {
                 opened.cancel.disarm();
-                state.metrics.queued(&model, done.timings.queue_ms);
-                state.record_tokens(
-                    caller,
-                    &model,
-                    done.usage.prompt_tokens,
-                    done.usage.completion_tokens,
-                );
+                state.record_done(caller, &model, &done);
                 flush(&tx, encoder.done(&done)).await;
                 break;
             }

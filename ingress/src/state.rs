@@ -9,6 +9,7 @@ use cortex_bus::Subjects;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::auth::{Caller, Keys, Limits};
+use crate::catalog::Catalog;
 use crate::config::IngressConfig;
 use crate::error::{ApiError, Kind};
 use crate::fleet::Fleet;
@@ -21,6 +22,7 @@ pub struct AppState {
     pub subjects: Subjects,
     pub config: Arc<IngressConfig>,
     pub fleet: Fleet,
+    pub catalog: Catalog,
     pub metrics: Arc<Metrics>,
     pub keys: Arc<Keys>,
     pub limits: Arc<Limits>,
@@ -28,7 +30,13 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(client: Client, subjects: Subjects, config: IngressConfig, fleet: Fleet) -> Self {
+    pub fn new(
+        client: Client,
+        subjects: Subjects,
+        config: IngressConfig,
+        fleet: Fleet,
+        catalog: Catalog,
+    ) -> Self {
         // Validated before: `run` and `Ingress::start` call `validate` first.
         let keys = config.keys().unwrap_or_default();
         let limits = Limits::new(
@@ -44,6 +52,7 @@ impl AppState {
             subjects,
             config: Arc::new(config),
             fleet,
+            catalog,
             metrics: Arc::new(Metrics::new()),
         }
     }
@@ -63,6 +72,18 @@ impl AppState {
                     ),
                 )
             })
+    }
+
+    /// Records a finished generation: queue time and tokens in metrics,
+    /// tokens against the caller's budget.
+    pub fn record_done(&self, caller: Caller, model: &str, done: &cortex_schemas::Done) {
+        self.metrics.queued(model, done.timings.queue_ms);
+        self.record_tokens(
+            caller,
+            model,
+            done.usage.prompt_tokens,
+            done.usage.completion_tokens,
+        );
     }
 
     /// Counts a finished request's tokens in metrics and against its caller's budget.

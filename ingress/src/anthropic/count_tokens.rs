@@ -28,6 +28,7 @@ async fn count(state: &AppState, headers: &HeaderMap, body: Body) -> Result<u32,
         crate::body::read_json(body, state.config.body_limit).await?;
     // count_tokens has no max_tokens; the translation wants one.
     request.max_tokens.get_or_insert(1);
+    request.model = state.catalog.resolve(&request.model);
     let deadline = state.deadline_ms(headers);
     let generate = translate(request, &format!("count_{}", new_id()), deadline)?;
     let mut opened = crate::call::open(

@@ -60,9 +60,11 @@ async fn serve(
     started: Instant,
 ) -> Result<Response, (String, ApiError)> {
     let permit = state.admit().map_err(|e| (String::new(), e))?;
-    let request: MessagesRequest = crate::body::read_json(body, state.config.body_limit)
+    let mut request: MessagesRequest = crate::body::read_json(body, state.config.body_limit)
         .await
         .map_err(|e| (String::new(), e))?;
+    // Aliases become catalogue ids before anything is sent.
+    request.model = state.catalog.resolve(&request.model);
     let model = request.model.clone();
     let stream = request.stream;
     let id = format!("msg_{}", new_id());
@@ -94,12 +96,7 @@ async fn serve(
         .await
         .map_err(|e| (model.clone(), e))?;
     let done = &collected.done;
-    state.record_tokens(
-        caller,
-        &model,
-        done.usage.prompt_tokens,
-        done.usage.completion_tokens,
-    );
+    state.record_done(caller, &model, done);
     state
         .metrics
         .finished(&model, DIALECT.as_str(), 200, started.elapsed());
