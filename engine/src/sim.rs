@@ -3,7 +3,10 @@
 //! — byte-level tokenizer, ChatML template, the same scheduler, sampling,
 //! stop strings and tool parsing — whose decoder does no maths: it waits
 //! out a configured time to first token and token rate, and writes
-//! deterministic text. It is never chosen by default; neurons run it only
+//! deterministic text. When the prompt offers tools (the Hermes `<tools>`
+//! block the chat model adds for templates without tool support), it calls
+//! the first one instead, with empty arguments, so tool calls can be
+//! exercised end to end without a real model. It is never chosen by default; neurons run it only
 //! when told `--engine sim`.
 
 use std::sync::Arc;
@@ -143,6 +146,9 @@ impl CausalLm for SimLm {
             position: 0,
             generated: 0,
             salt: 0,
+            prompt: Vec::new(),
+            last: None,
+            script: Vec::new(),
             device: self.device.clone(),
         })
     }
@@ -167,17 +173,67 @@ struct SimSequence {
     position: usize,
     generated: usize,
     salt: u64,
+    /// The prompt so far (it may arrive in several chunks).
+    prompt: Vec<u32>,
+    /// The token this sequence chose last; fed back, it marks a decode step.
+    last: Option<u32>,
+    /// Tokens to write instead of words (a tool call), then end of turn.
+    script: Vec<u32>,
     device: Device,
+}
+
+/// Id of the byte-level token for byte `b` (after the special tokens).
+fn byte_token(b: u8) -> u32 {
+    (SPECIALS.len() + usize::from(b)) as u32
+}
+
+/// The prompt's bytes, from its byte-level tokens.
+fn prompt_bytes(tokens: &[u32]) -> Vec<u8> {
+    let first = SPECIALS.len() as u32;
+    tokens
+        .iter()
+        .filter(|&&t| t >= first && t < first + 256)
+        .map(|&t| (t - first) as u8)
+        .collect()
+}
+
+/// A Hermes tool call, as tokens: of the function the prompt says must be
+/// called, else of the first one it offers.
+fn tool_call_script(tokens: &[u32]) -> Vec<u32> {
+    let text = String::from_utf8_lossy(&prompt_bytes(tokens)).into_owned();
+    let Some((_, tools)) = text.split_once("<tools>\n") else {
+        return Vec::new();
+    };
+    let forced = tools
+        .split_once("You must call the function ")
+        .and_then(|(_, rest)| rest.split_once('.'))
+        .map(|(name, _)| name.to_string());
+    let first = ["\"name\":\"", "\"name\": \""].iter().find_map(|key| {
+        tools
+            .split_once(key)
+            .and_then(|(_, rest)| rest.split_once('"'))
+            .map(|(name, _)| name.to_string())
+    });
+    let Some(name) = forced.or(first) else {
+        return Vec::new();
+    };
+    let call = format!("<tool_call>\n{{\"name\": \"{name}\", \"arguments\": {{}}}}\n</tool_call>");
+    call.bytes().map(byte_token).collect()
 }
 
 impl Sequence for SimSequence {
     fn forward(&mut self, tokens: &[u32]) -> Result<Tensor> {
-        if self.position == 0 {
-            self.salt = tokens.iter().fold(tokens.len() as u64, |h, &t| {
+        // Decode steps feed back the token chosen last; anything else is
+        // (a chunk of) the prompt.
+        let decoding = tokens.len() == 1 && self.last == Some(tokens[0]);
+        if decoding {
+            self.generated += 1;
+        } else {
+            self.prompt.extend_from_slice(tokens);
+            self.script = tool_call_script(&self.prompt);
+            self.salt = self.prompt.iter().fold(self.prompt.len() as u64, |h, &t| {
                 h.wrapping_mul(0x100_0000_01B3).wrapping_add(u64::from(t))
             });
-        } else {
-            self.generated += 1;
         }
         self.position += tokens.len();
         let now = Instant::now();
@@ -186,12 +242,18 @@ impl Sequence for SimSequence {
         }
         let step = Duration::from_secs_f64(1.0 / self.cfg.tokens_per_second.max(1e-3));
         self.due = self.due.max(now) + step;
-        let next = if self.generated >= self.cfg.reply_tokens {
+        let next = if !self.script.is_empty() {
+            match self.script.get(self.generated) {
+                Some(&token) => token,
+                None => self.eos,
+            }
+        } else if self.generated >= self.cfg.reply_tokens {
             self.eos
         } else {
             let words = WORDS.len() as u64;
             self.first_word + ((self.salt + self.generated as u64 * 7) % words) as u32
         };
+        self.last = Some(next);
         let mut logits = vec![0f32; self.vocab];
         logits[next as usize] = 30.0;
         Ok(Tensor::from_vec(logits, self.vocab, &self.device)?)

@@ -221,3 +221,41 @@ fn a_finished_or_cancelled_request_frees_its_place_before_the_caller_hears() {
     );
     assert_eq!(engine.stats().queued, 0);
 }
+
+/// With tools offered, the sim calls the first one; without, it writes words.
+#[test]
+fn offered_tools_are_called() {
+    let engine = engine(
+        SimConfig {
+            time_to_first_token: Duration::ZERO,
+            tokens_per_second: 100_000.0,
+            ..SimConfig::default()
+        },
+        1,
+    );
+    let mut req = request("tools", "What is the weather in Paris?", Some(200));
+    req.tools = vec![cortex_schemas::chat::ToolDefinition {
+        name: "get_weather".into(),
+        description: Some("Weather now".into()),
+        parameters: serde_json::json!({"type": "object", "properties": {"city": {"type": "string"}}}),
+    }];
+    let collected = engine.submit(&req).unwrap().collect_blocking().unwrap();
+    assert_eq!(
+        collected.done.finish_reason,
+        FinishReason::ToolCalls,
+        "{collected:?}"
+    );
+    let name = collected.tool_calls.iter().find_map(|c| c.name.clone());
+    assert_eq!(name.as_deref(), Some("get_weather"));
+    let arguments: String = collected
+        .tool_calls
+        .iter()
+        .map(|c| c.arguments.as_str())
+        .collect();
+    assert_eq!(arguments, "{}");
+
+    req.tool_choice = Some(cortex_schemas::chat::ToolChoice::None);
+    let plain = engine.submit(&req).unwrap().collect_blocking().unwrap();
+    assert!(plain.tool_calls.is_empty());
+    assert!(!plain.text.is_empty());
+}

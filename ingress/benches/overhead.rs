@@ -3,6 +3,11 @@
 //! the same model through `POST /v1/chat/completions` → ingress → NATS →
 //! neuron → back, at 1, 16 and 128 concurrent clients, in the same run.
 //!
+//! With `LITELLM=/path/to/litellm` (the `litellm[proxy]` PyPI package's
+//! script), LiteLLM's proxy runs in front of the same ingress and is
+//! measured too: its added latency is through LiteLLM minus direct to the
+//! ingress.
+//!
 //! `cargo bench -p cortex-ingress --bench overhead` (or `make bench-ingress`).
 
 use std::sync::Arc;
@@ -79,6 +84,99 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
 }
 
+fn ms(d: Duration) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1e3)
+}
+
+/// LiteLLM's proxy in front of the ingress, killed on drop.
+struct LiteLlm {
+    child: std::process::Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+const LITELLM_KEY: &str = "sk-cortex-bench-0123456789abcdef";
+
+impl LiteLlm {
+    fn start(bin: &std::ffi::OsStr, ingress_url: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let api_base = ingress_url.trim_end_matches("/chat/completions");
+        let config = dir.path().join("litellm.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "model_list:\n  - model_name: sim\n    litellm_params:\n      model: openai/sim\n      api_base: {api_base}\n      api_key: unused\n"
+            ),
+        )
+        .unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new(bin)
+            .args([
+                "--config",
+                config.to_str().unwrap(),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+            ])
+            .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+            .env("LITELLM_MASTER_KEY", LITELLM_KEY)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("LiteLLM starts");
+        let health = format!("http://127.0.0.1:{port}/health/liveliness");
+        let started = Instant::now();
+        while ureq::get(&health).call().is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "LiteLLM did not come up"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Self {
+            child,
+            url: format!("http://127.0.0.1:{port}/v1/chat/completions"),
+            _dir: dir,
+        }
+    }
+
+    fn drive(&self, clients: usize) -> (Vec<Duration>, f64) {
+        let url = self.url.clone();
+        drive(clients, move |_| {
+            thread_local! {
+                static AGENT: ureq::Agent = ureq::Agent::config_builder()
+                    .timeout_global(Some(Duration::from_secs(60)))
+                    .build()
+                    .into();
+            }
+            AGENT.with(|agent| {
+                let mut response = agent
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .header("authorization", &format!("Bearer {LITELLM_KEY}"))
+                    .send(BODY)
+                    .expect("request through LiteLLM");
+                let _ = response.body_mut().read_to_string().unwrap();
+            });
+        })
+    }
+}
+
+impl Drop for LiteLlm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const BODY: &str =
+    r#"{"model":"sim","max_tokens":1,"messages":[{"role":"user","content":"Hello"}]}"#;
+
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -119,10 +217,12 @@ fn main() {
         },
     ));
     let url = format!("http://{}/v1/chat/completions", ingress.addr);
-    let body = r#"{"model":"sim","max_tokens":1,"messages":[{"role":"user","content":"Hello"}]}"#;
+    let body = BODY;
 
-    println!("| clients | direct p50 | direct p99 | direct req/s | ingress p50 | ingress p99 | ingress req/s | added p50 | added p99 |");
+    let litellm = std::env::var_os("LITELLM").map(|bin| LiteLlm::start(&bin, &url));
+    println!("| clients | direct p50 | direct p99 | direct req/s | ingress p50 | ingress p99 | ingress req/s | ingress adds p50 | ingress adds p99 |");
     println!("|---|---|---|---|---|---|---|---|---|");
+    let mut ingress_runs = Vec::new();
     for clients in LEVELS {
         let direct = {
             let engine = engine.clone();
@@ -153,7 +253,11 @@ fn main() {
                 });
             })
         };
-        let ms = |d: Duration| format!("{:.3} ms", d.as_secs_f64() * 1e3);
+        ingress_runs.push((
+            clients,
+            percentile(&through.0, 0.5),
+            percentile(&through.0, 0.99),
+        ));
         let (d50, d99) = (percentile(&direct.0, 0.5), percentile(&direct.0, 0.99));
         let (i50, i99) = (percentile(&through.0, 0.5), percentile(&through.0, 0.99));
         println!(
@@ -168,6 +272,24 @@ fn main() {
             ms(i99.saturating_sub(d99)),
         );
     }
+    if let Some(litellm) = &litellm {
+        println!();
+        println!("| clients | LiteLLM p50 | LiteLLM p99 | LiteLLM req/s | LiteLLM adds p50 | LiteLLM adds p99 |");
+        println!("|---|---|---|---|---|---|");
+        for (clients, i50, i99) in ingress_runs {
+            let run = litellm.drive(clients);
+            let (l50, l99) = (percentile(&run.0, 0.5), percentile(&run.0, 0.99));
+            println!(
+                "| {clients} | {} | {} | {:.0} | {} | {} |",
+                ms(l50),
+                ms(l99),
+                run.1,
+                ms(l50.saturating_sub(i50)),
+                ms(l99.saturating_sub(i99)),
+            );
+        }
+    }
+    drop(litellm);
     runtime.block_on(async {
         ingress.shutdown().await;
         neuron.shutdown().await;

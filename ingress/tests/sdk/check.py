@@ -41,20 +41,36 @@ check("openai stream text", len(text) > 0, chunks)
 check("openai stream role first", chunks[0].choices[0].delta.role == "assistant", chunks[0])
 check("openai stream usage", chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 6, chunks[-1])
 
+tools = [{"type": "function", "function": {"name": "get_weather", "parameters": WEATHER}}]
+ask = [{"role": "user", "content": "Weather in Paris?"}]
+r = oa.chat.completions.create(model=chat, max_tokens=128, tools=tools, messages=ask)
+call = r.choices[0].message.tool_calls[0] if r.choices[0].message.tool_calls else None
+check("openai tool call", r.choices[0].finish_reason == "tool_calls" and call.function.name == "get_weather", r)
+check("openai tool call arguments", call.function.arguments == "{}", call)
+
+streamed_calls = {}
+for chunk in oa.chat.completions.create(model=chat, max_tokens=128, tools=tools, messages=ask, stream=True):
+    for delta in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+        entry = streamed_calls.setdefault(delta.index, {"id": None, "name": "", "arguments": ""})
+        entry["id"] = entry["id"] or delta.id
+        entry["name"] += (delta.function.name or "") if delta.function else ""
+        entry["arguments"] += (delta.function.arguments or "") if delta.function else ""
+check("openai streamed tool call", streamed_calls.get(0, {}).get("name") == "get_weather", streamed_calls)
+
 r = oa.chat.completions.create(
     model=chat,
     max_tokens=4,
-    tools=[{"type": "function", "function": {"name": "get_weather", "parameters": WEATHER}}],
-    messages=[
-        {"role": "user", "content": "Weather in Paris?"},
+    tools=tools,
+    tool_choice="none",
+    messages=ask + [
         {"role": "assistant", "content": None, "tool_calls": [{
-            "id": "call_1", "type": "function",
-            "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"},
+            "id": call.id, "type": "function",
+            "function": {"name": call.function.name, "arguments": call.function.arguments},
         }]},
-        {"role": "tool", "tool_call_id": "call_1", "content": "18 C and sunny"},
+        {"role": "tool", "tool_call_id": call.id, "content": "18 C and sunny"},
     ],
 )
-check("openai tool round trip", r.choices[0].message is not None, r)
+check("openai tool round trip", r.choices[0].message.content and r.choices[0].finish_reason == "length", r)
 
 r = oa.completions.create(model=chat, prompt="Once upon a time", max_tokens=4)
 check("openai legacy completion", r.choices[0].text is not None and r.usage.completion_tokens == 4, r)
@@ -90,21 +106,32 @@ with an.messages.stream(model=chat, max_tokens=6, messages=user) as stream:
 check("anthropic stream text", len(streamed) > 0 and final.content[0].text == streamed, (streamed, final))
 check("anthropic stream usage", final.usage.output_tokens == 6 and final.usage.input_tokens > 0, final.usage)
 
+an_tools = [{"name": "get_weather", "description": "Weather now", "input_schema": WEATHER}]
+m = an.messages.create(model=chat, max_tokens=128, tools=an_tools, messages=ask)
+use = [b for b in m.content if b.type == "tool_use"]
+check("anthropic tool use", m.stop_reason == "tool_use" and use and use[0].name == "get_weather", m)
+check("anthropic tool use input", use[0].input == {}, use[0])
+
+with an.messages.stream(model=chat, max_tokens=128, tools=an_tools, messages=ask) as stream:
+    final = stream.get_final_message()
+streamed_use = [b for b in final.content if b.type == "tool_use"]
+check("anthropic streamed tool use", final.stop_reason == "tool_use" and streamed_use[0].name == "get_weather", final)
+
 m = an.messages.create(
     model=chat,
     max_tokens=4,
-    tools=[{"name": "get_weather", "description": "Weather now", "input_schema": WEATHER}],
-    messages=[
-        {"role": "user", "content": "Weather in Paris?"},
+    tools=an_tools,
+    tool_choice={"type": "none"},
+    messages=ask + [
         {"role": "assistant", "content": [
-            {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}},
+            {"type": "tool_use", "id": use[0].id, "name": use[0].name, "input": use[0].input},
         ]},
         {"role": "user", "content": [
-            {"type": "tool_result", "tool_use_id": "toolu_1", "content": "18 C and sunny"},
+            {"type": "tool_result", "tool_use_id": use[0].id, "content": "18 C and sunny"},
         ]},
     ],
 )
-check("anthropic tool round trip", m.content is not None, m)
+check("anthropic tool round trip", m.content[0].type == "text" and m.stop_reason == "max_tokens", m)
 
 c = an.messages.count_tokens(model=chat, messages=user, system="Be brief.")
 check("anthropic count_tokens", c.input_tokens > 0, c)
