@@ -5,7 +5,7 @@
 export NATS_SERVER_BIN := $(CURDIR)/.cache/bin/nats-server
 export CORTEX_MODELS_DIR := $(CURDIR)/.cache/models
 
-.PHONY: setup test up bench bench-engine
+.PHONY: setup test up bench bench-engine bench-ingress
 
 setup:
 	scripts/setup.sh
@@ -27,3 +27,8 @@ bench: setup
 # Engine speed beside llama.cpp: LLAMA_BENCH=/path/to/llama-bench make bench-engine
 bench-engine: setup
 	cargo bench -p cortex-engine --bench speed
+
+# Ingress overhead beside a direct engine call, and beside LiteLLM's proxy
+# when LITELLM points at its script: LITELLM=/path/to/litellm make bench-ingress
+bench-ingress: setup
+	cargo bench -p cortex-ingress --bench overhead

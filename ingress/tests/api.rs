@@ -519,3 +519,43 @@ async fn metrics_and_health_answer() {
     assert!(body.contains("connected"));
     pod.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overloaded_replica_is_retried_on_another_before_the_first_token() {
+    let server = NatsServer::start();
+    // "busy" holds one request and queues none; "spare" has room.
+    let busy = sim_neuron(&server, "busy", &["m"], |c| {
+        c.max_concurrency = 1;
+        c.max_queue = 0;
+        c.sim_tokens_per_second = 20.0;
+    })
+    .await;
+    let _spare = sim_neuron(&server, "spare", &["m"], |c| c.max_concurrency = 32).await;
+    let pod = ingress(&server, &["m"], |_| {}).await;
+    eventually("both replicas listed", Duration::from_secs(5), || {
+        let url = format!("http://{}/v1/models/m", pod.addr);
+        async move {
+            let (_, body) = get(&url).await;
+            let body: Value = serde_json::from_str(&body).ok()?;
+            (body["neurons"].as_array()?.len() == 2).then_some(())
+        }
+    })
+    .await;
+    let url = format!("http://{}/v1/chat/completions", pod.addr);
+    let requests = (0..12).map(|_| {
+        let url = url.clone();
+        async move { post(&url, &chat_body("m", false, json!({"max_tokens": 10})), &[]).await }
+    });
+    let replies = futures::future::join_all(requests).await;
+    for reply in &replies {
+        assert_eq!(
+            reply.status, 200,
+            "every request lands somewhere: {}",
+            reply.body
+        );
+    }
+    // Without the retry, the requests that first landed on "busy" (about
+    // half) would have been 429s.
+    drop(busy);
+    pod.shutdown().await;
+}
