@@ -559,3 +559,57 @@ async fn an_overloaded_replica_is_retried_on_another_before_the_first_token() {
     drop(busy);
     pod.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_failures_are_error_events_and_oversized_requests_are_413() {
+    let server = NatsServer::start();
+    let _neuron = sim_neuron(&server, "n1", &["slow"], |c| c.sim_tokens_per_second = 10.0).await;
+    let pod = ingress(&server, &["slow"], |_| {}).await;
+    let chat = format!("http://{}/v1/chat/completions", pod.addr);
+    let messages = format!("http://{}/v1/messages", pod.addr);
+    // A 700 ms deadline (header) ends a 50-token stream after its first tokens.
+    let deadline = [("cortex-timeout-ms", "700")];
+
+    let reply = post(
+        &chat,
+        &chat_body("slow", true, json!({"max_tokens": 50})),
+        &deadline,
+    )
+    .await;
+    assert_eq!(reply.status, 200, "the stream had begun");
+    let events = parse_sse(&reply.body);
+    let last: Value = serde_json::from_str(&events.last().unwrap().data).unwrap();
+    assert_eq!(last["error"]["type"], "timeout", "{}", reply.body);
+    assert!(events.iter().all(|e| e.data != "[DONE]"));
+
+    let body = json!({"model": "slow", "max_tokens": 50, "stream": true,
+                      "messages": [{"role": "user", "content": "hi"}]})
+    .to_string();
+    let reply = post(&messages, &body, &deadline).await;
+    let events = parse_sse(&reply.body);
+    let last = events.last().unwrap();
+    assert_eq!(last.event.as_deref(), Some("error"), "{}", reply.body);
+    assert_eq!(
+        serde_json::from_str::<Value>(&last.data).unwrap()["type"],
+        "error"
+    );
+
+    // Under the body limit (8 MiB) but over NATS's max_payload (1 MiB): 413, not a timeout.
+    let huge = "word ".repeat(300_000);
+    let reply = post(
+        &chat,
+        &chat_body(
+            "slow",
+            false,
+            json!({"messages": [{"role": "user", "content": huge}]}),
+        ),
+        &[],
+    )
+    .await;
+    assert_eq!(reply.status, 413, "{}", reply.body);
+    assert!(reply.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("limit"));
+    pod.shutdown().await;
+}
