@@ -9,13 +9,34 @@ use crate::error::{ApiError, Kind};
 
 /// Reads at most `limit` bytes of `body` and decodes them as `T`.
 pub async fn read_json<T: DeserializeOwned>(body: Body, limit: usize) -> Result<T, ApiError> {
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
-        ApiError::new(
-            Kind::TooLarge,
-            format!("the request body is larger than {limit} bytes"),
-        )
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|error| {
+        if is_length_limit(&error) {
+            ApiError::new(
+                Kind::TooLarge,
+                format!("the request body is larger than {limit} bytes"),
+            )
+        } else {
+            // The upload broke off or its framing was bad: the client's fault, not the size.
+            ApiError::invalid(
+                "body",
+                format!("the request body could not be read: {error}"),
+            )
+        }
     })?;
     parse(&bytes)
+}
+
+/// Whether reading stopped at the body limit (the error's cause chain
+/// names it; the type lives in a crate axum does not re-export).
+fn is_length_limit(error: &axum::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = cause {
+        if current.to_string().contains("length limit exceeded") {
+            return true;
+        }
+        cause = current.source();
+    }
+    false
 }
 
 /// Decodes `bytes` as `T`, naming the field at fault.

@@ -1,9 +1,10 @@
 //! One inference call over the bus, as DESIGN.md's stream protocol asks:
 //! publish on the model's queue subject; before the first output, retry an
-//! overloaded or vanished replica on another one (directed subject) within
-//! the attempts and the deadline; "no responders" means no neuron holds
-//! the model. The [`Opened`] call carries a [`CancelOnDrop`]: if the client
-//! goes away before the end, the neuron that accepted is told to cancel.
+//! overloaded, cancelled or vanished replica on another one (directed
+//! subject) within the attempts and the deadline; "no responders" means no
+//! neuron holds the model. From the moment a neuron accepts, the call
+//! carries a [`CancelOnDrop`]: if the client goes away (or the call moves
+//! to another replica) before the end, that neuron is told to cancel.
 
 use std::time::Duration;
 
@@ -28,6 +29,8 @@ pub struct Opened {
     pub first: Frame,
     pub stream: FrameStream,
     pub cancel: CancelOnDrop,
+    /// Unix ms after which the call is over.
+    pub deadline_ms: u64,
 }
 
 /// Sends a cancel to the accepting neuron when dropped, unless disarmed.
@@ -41,7 +44,17 @@ pub struct CancelOnDrop {
 }
 
 impl CancelOnDrop {
-    /// The call ended normally: nothing to cancel.
+    fn new(state: &AppState, neuron: &str, request_id: &str) -> Self {
+        Self {
+            client: state.client.clone(),
+            subjects: state.subjects.clone(),
+            neuron: neuron.to_string(),
+            request_id: request_id.to_string(),
+            armed: !neuron.is_empty(),
+        }
+    }
+
+    /// The call ended on the neuron's side: nothing to cancel.
     pub fn disarm(&mut self) {
         self.armed = false;
     }
@@ -56,7 +69,7 @@ impl Drop for CancelOnDrop {
         let (neuron, request_id) = (self.neuron.clone(), self.request_id.clone());
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                tracing::debug!(%neuron, %request_id, "client gone: cancelling");
+                tracing::debug!(%neuron, %request_id, "call abandoned: cancelling");
                 if let Err(error) = send_cancel(&client, &subjects, &neuron, &request_id).await {
                     tracing::warn!(%error, "cancel not sent");
                 }
@@ -80,19 +93,19 @@ pub async fn open(
         request_id: Some(request.request_id().to_string()),
         deadline_ms: Some(deadline_ms),
         keepalive: state.config.keepalive,
+        max_duration: state.config.request_timeout,
         ..StreamOptions::default()
     };
     let mut tried: Vec<String> = Vec::new();
     let mut last = None;
-    for attempt in 0..state.config.attempts {
+    let attempts = state.config.attempts;
+    for attempt in 0..attempts {
         let directed = if attempt == 0 {
             None
         } else {
-            state
-                .fleet
-                .other_replicas(&model, &tried)
-                .into_iter()
-                .next()
+            // Rotate over the replicas not tried yet.
+            let others = state.fleet.other_replicas(&model, &tried);
+            (!others.is_empty()).then(|| others[attempt as usize % others.len()].clone())
         };
         let subject = match &directed {
             Some(neuron) => state.subjects.neuron(neuron, NeuronOp::Infer),
@@ -101,7 +114,16 @@ pub async fn open(
         let stream = stream_request(&state.client, subject, request, &options)
             .await
             .map_err(|e| stream_failure(&e, &model))?;
-        match first_output(state, stream, request, &model, directed.is_some()).await {
+        match first_output(
+            state,
+            stream,
+            request,
+            &model,
+            directed.is_some(),
+            deadline_ms,
+        )
+        .await
+        {
             Ok(opened) => return Ok(opened),
             Err(Attempt::Final(error)) => return Err(error),
             Err(Attempt::Retry { error, neuron }) => {
@@ -109,7 +131,8 @@ pub async fn open(
                 if let Some(neuron) = neuron.or(directed) {
                     tried.push(neuron);
                 }
-                if state.fleet.other_replicas(&model, &tried).is_empty() {
+                let last_attempt = attempt + 1 == attempts;
+                if !last_attempt && state.fleet.other_replicas(&model, &tried).is_empty() {
                     let hint = error.retry_after_s.map_or(MAX_BACKOFF, Duration::from_secs);
                     tokio::time::sleep(hint.min(MAX_BACKOFF) * (attempt + 1)).await;
                 }
@@ -134,49 +157,66 @@ enum Attempt {
     Final(ApiError),
 }
 
-/// Reads frames up to the first output; decides whether a failure is worth another replica.
+/// Reads frames up to the first output; decides whether a failure is worth
+/// another replica. A neuron that accepted and is left behind (retry, or
+/// the caller dropped this future) is cancelled by the guard.
 async fn first_output(
     state: &AppState,
     mut stream: FrameStream,
     request: &InferRequest,
     model: &str,
     directed: bool,
+    deadline_ms: u64,
 ) -> Result<Opened, Attempt> {
-    let mut accepted: Option<Accepted> = None;
+    let mut accepted: Option<(Accepted, CancelOnDrop)> = None;
     loop {
-        let neuron = accepted.as_ref().map(|a| a.neuron.clone());
+        let neuron = accepted.as_ref().map(|(a, _)| a.neuron.clone());
         match stream.next().await {
-            Some(Ok(Frame::Accepted(a))) => accepted = Some(a),
+            Some(Ok(Frame::Accepted(a))) => {
+                let guard = CancelOnDrop::new(state, &a.neuron, request.request_id());
+                accepted = Some((a, guard));
+            }
             Some(Ok(Frame::Keepalive(_))) => {}
             Some(Ok(frame @ (Frame::Delta(_) | Frame::Done(_) | Frame::Embeddings(_)))) => {
-                let accepted = accepted.unwrap_or_else(|| Accepted {
-                    neuron: String::new(),
-                    request_id: request.request_id().to_string(),
-                    queue_position: 0,
-                    prompt_tokens: None,
+                let (accepted, mut cancel) = accepted.unwrap_or_else(|| {
+                    let accepted = Accepted {
+                        neuron: String::new(),
+                        request_id: request.request_id().to_string(),
+                        queue_position: 0,
+                        prompt_tokens: None,
+                    };
+                    let guard = CancelOnDrop::new(state, "", request.request_id());
+                    (accepted, guard)
                 });
-                let cancel = CancelOnDrop {
-                    client: state.client.clone(),
-                    subjects: state.subjects.clone(),
-                    neuron: accepted.neuron.clone(),
-                    request_id: request.request_id().to_string(),
-                    armed: !accepted.neuron.is_empty() && !frame.is_terminal(),
-                };
+                if frame.is_terminal() {
+                    cancel.disarm();
+                }
                 return Ok(Opened {
                     model: model.to_string(),
                     accepted,
                     first: frame,
                     stream,
                     cancel,
+                    deadline_ms,
                 });
             }
             Some(Ok(Frame::Error(error))) => {
+                if let Some((_, guard)) = accepted.as_mut() {
+                    guard.disarm();
+                }
                 let api = ApiError::from_wire(&error);
-                return Err(match error.class {
-                    ErrorClass::Overloaded | ErrorClass::Unavailable => {
-                        Attempt::Retry { error: api, neuron }
+                let retry = match error.class {
+                    ErrorClass::Overloaded | ErrorClass::Unavailable | ErrorClass::Cancelled => {
+                        true
                     }
-                    _ => Attempt::Final(api),
+                    // A directed replica chosen from heartbeats may have unloaded the model since.
+                    ErrorClass::ModelNotFound => directed,
+                    _ => false,
+                };
+                return Err(if retry {
+                    Attempt::Retry { error: api, neuron }
+                } else {
+                    Attempt::Final(api)
                 });
             }
             Some(Err(StreamError::NoResponders { .. })) if directed => {
@@ -235,6 +275,13 @@ pub fn stream_failure(error: &StreamError, model: &str) -> ApiError {
         ),
         StreamError::InvalidHeader { header, reason } => {
             ApiError::invalid(*header, format!("invalid {header}: {reason}"))
+        }
+        // NATS itself is unreachable or refused: the mesh, not the request.
+        StreamError::Subscribe(_) | StreamError::Publish(_) | StreamError::Sync(_) => {
+            ApiError::new(
+                Kind::Unavailable,
+                format!("the message bus failed: {error}"),
+            )
         }
         other => ApiError::new(Kind::Internal, format!("bus failure: {other}")),
     }

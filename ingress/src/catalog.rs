@@ -47,6 +47,12 @@ impl Catalog {
         profiles.values().cloned().collect()
     }
 
+    /// Whether the catalogue lists `id`.
+    pub fn knows(&self, id: &str) -> bool {
+        let profiles = self.profiles.read().unwrap_or_else(|e| e.into_inner());
+        profiles.values().any(|p| p.id == id)
+    }
+
     /// The catalogue id a client's name means: an id, or an alias of one;
     /// names the catalogue does not know pass through unchanged.
     pub fn resolve(&self, name: &str) -> String {

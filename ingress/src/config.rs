@@ -23,8 +23,8 @@ pub struct IngressConfig {
     /// Largest request body in bytes; beyond that 413.
     #[arg(long, env = "CORTEX_INGRESS_BODY_LIMIT", default_value_t = 8 << 20)]
     pub body_limit: usize,
-    /// Deadline of a request when the client sets none (`Cortex-Timeout-Ms`
-    /// or `X-Request-Timeout` headers, in ms, set one per request).
+    /// Deadline of a request, and the longest one a client may ask for with
+    /// the `cortex-timeout-ms` header.
     #[arg(long, env = "CORTEX_INGRESS_TIMEOUT", default_value = "10m",
           value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,

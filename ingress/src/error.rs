@@ -84,7 +84,9 @@ impl ApiError {
             ErrorClass::ModelNotFound => Kind::NotFound,
             ErrorClass::Overloaded => Kind::Overloaded,
             ErrorClass::Unavailable => Kind::Unavailable,
-            ErrorClass::Cancelled => Kind::Cancelled,
+            // A neuron cancels on its own only when unloading or stopping:
+            // for the client that is the service being unavailable.
+            ErrorClass::Cancelled => Kind::Unavailable,
             ErrorClass::DeadlineExceeded => Kind::Timeout,
             ErrorClass::Internal => Kind::Internal,
         };

@@ -90,6 +90,14 @@ impl Fleet {
         models.into_values().collect()
     }
 
+    /// Whether some live neuron holds `model` (in any state).
+    pub fn holds(&self, model: &str) -> bool {
+        let neurons = self.neurons.read().unwrap_or_else(|e| e.into_inner());
+        neurons.values().any(|(status, seen)| {
+            alive(status, *seen) && status.models.iter().any(|m| m.model_id == model)
+        })
+    }
+
     /// Live neurons with `model` ready, other than those in `tried`.
     pub fn other_replicas(&self, model: &str, tried: &[String]) -> Vec<String> {
         self.models()

@@ -42,23 +42,40 @@ impl ToolCalls {
     }
 }
 
+/// A generation that failed part way, and the tokens it had cost.
+#[derive(Debug)]
+pub struct Failed {
+    pub error: ApiError,
+    /// Prompt plus generated tokens, to charge the caller all the same.
+    pub tokens: u32,
+}
+
 /// Reads `opened` to its terminal frame.
-pub async fn collect(mut opened: Opened, model: &str) -> Result<Collected, ApiError> {
+pub async fn collect(mut opened: Opened, model: &str) -> Result<Collected, Failed> {
     let mut text = String::new();
     let mut logprobs = Vec::new();
     let mut calls = ToolCalls::default();
-    let mut frame = Some(opened.first.clone());
+    let mut tokens = opened.accepted.prompt_tokens.unwrap_or(0);
+    let first = std::mem::replace(&mut opened.first, Frame::Keepalive(Default::default()));
+    let mut frame = Some(first);
     loop {
         let current = match frame.take() {
             Some(frame) => frame,
             None => match opened.stream.next().await {
                 Some(Ok(frame)) => frame,
-                Some(Err(error)) => return Err(stream_failure(&error, model)),
-                None => return Err(stream_failure(&cortex_bus::StreamError::Closed, model)),
+                Some(Err(error)) => {
+                    let error = stream_failure(&error, model);
+                    return Err(Failed { error, tokens });
+                }
+                None => {
+                    let error = stream_failure(&cortex_bus::StreamError::Closed, model);
+                    return Err(Failed { error, tokens });
+                }
             },
         };
         match current {
             Frame::Delta(delta) => {
+                tokens += delta.tokens;
                 text.push_str(&delta.text);
                 for fragment in &delta.tool_calls {
                     calls.push(fragment);
@@ -76,7 +93,8 @@ pub async fn collect(mut opened: Opened, model: &str) -> Result<Collected, ApiEr
             }
             Frame::Error(error) => {
                 opened.cancel.disarm();
-                return Err(ApiError::from_wire(&error));
+                let error = ApiError::from_wire(&error);
+                return Err(Failed { error, tokens });
             }
             Frame::Accepted(_) | Frame::Keepalive(_) | Frame::Embeddings(_) => {}
         }

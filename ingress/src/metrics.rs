@@ -11,6 +11,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::catalog::Catalog;
+use crate::fleet::Fleet;
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Request {
     model: String,
@@ -35,9 +38,13 @@ fn fine_latency() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 15))
 }
 
-/// The pod's metrics.
+/// The pod's metrics. Model labels are limited to models the fleet or the
+/// catalogue knows (others count as `unknown`), so clients naming random
+/// models cannot grow the series without bound.
 #[derive(Debug)]
 pub struct Metrics {
+    fleet: Fleet,
+    catalog: Catalog,
     registry: Mutex<Registry>,
     requests: Family<Request, Counter>,
     duration: Histograms,
@@ -50,15 +57,11 @@ pub struct Metrics {
     cold_starts: Family<Model, Counter>,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Metrics {
-    pub fn new() -> Self {
+    pub fn new(fleet: Fleet, catalog: Catalog) -> Self {
         let metrics = Self {
+            fleet,
+            catalog,
             registry: Mutex::new(Registry::default()),
             requests: Family::default(),
             duration: Family::new_with_constructor(latency),
@@ -120,49 +123,57 @@ impl Metrics {
         metrics
     }
 
-    fn model(model: &str) -> Model {
+    fn label(&self, model: &str) -> String {
+        if model.is_empty() || self.fleet.holds(model) || self.catalog.knows(model) {
+            model.to_string()
+        } else {
+            "unknown".to_string()
+        }
+    }
+
+    fn model(&self, model: &str) -> Model {
         Model {
-            model: model.to_string(),
+            model: self.label(model),
         }
     }
 
     pub fn finished(&self, model: &str, dialect: &str, status: u16, duration: Duration) {
         self.requests
             .get_or_create(&Request {
-                model: model.to_string(),
+                model: self.label(model),
                 dialect: dialect.to_string(),
                 status: status.to_string(),
             })
             .inc();
         self.duration
-            .get_or_create(&Self::model(model))
+            .get_or_create(&self.model(model))
             .observe(duration.as_secs_f64());
     }
 
     pub fn first_token(&self, model: &str, after: Duration) {
         self.ttft
-            .get_or_create(&Self::model(model))
+            .get_or_create(&self.model(model))
             .observe(after.as_secs_f64());
     }
 
     pub fn between_tokens(&self, model: &str, gap: Duration) {
         self.inter_token
-            .get_or_create(&Self::model(model))
+            .get_or_create(&self.model(model))
             .observe(gap.as_secs_f64());
     }
 
     pub fn queued(&self, model: &str, ms: u64) {
         self.queue_time
-            .get_or_create(&Self::model(model))
+            .get_or_create(&self.model(model))
             .observe(ms as f64 / 1000.0);
     }
 
     pub fn tokens(&self, model: &str, prompt: u32, completion: u32) {
         self.prompt_tokens
-            .get_or_create(&Self::model(model))
+            .get_or_create(&self.model(model))
             .inc_by(u64::from(prompt));
         self.completion_tokens
-            .get_or_create(&Self::model(model))
+            .get_or_create(&self.model(model))
             .inc_by(u64::from(completion));
     }
 

@@ -53,7 +53,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/completions", post(openai::completions::handle))
         .route("/v1/embeddings", post(openai::embeddings::handle))
         .route("/v1/models", get(openai::models::list))
-        .route("/v1/models/{id}", get(openai::models::get))
+        .route("/v1/models/{*id}", get(openai::models::get))
         .route("/v1/messages", post(anthropic::messages::handle))
         .route(
             "/v1/messages/count_tokens",
@@ -178,13 +178,18 @@ impl Ingress {
 
     /// Stops accepting connections and waits (up to the configured timeout)
     /// for requests in flight to finish.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         self.stop.cancel();
         let timeout = self.state.config.shutdown_timeout;
-        if tokio::time::timeout(timeout, self.server).await.is_err() {
-            tracing::warn!(?timeout, "requests still open at shutdown");
-        }
+        // One deadline for everything, so a pod's grace period holds.
         let deadline = tokio::time::Instant::now() + timeout;
+        if tokio::time::timeout_at(deadline, &mut self.server)
+            .await
+            .is_err()
+        {
+            tracing::warn!(?timeout, "connections still open at shutdown");
+            self.server.abort();
+        }
         while self.state.in_flight() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -80,67 +80,98 @@ async fn pump(
         started,
     } = context;
     let model = opened.model.clone();
+    let deadline = instant_of(opened.deadline_ms);
     state.metrics.first_token(&model, started.elapsed());
-    let mut last = Instant::now();
+    let prompt_tokens = opened.accepted.prompt_tokens.unwrap_or(0);
+    let mut generated = 0u32;
+    let mut last: Option<Instant> = None;
     let mut status = 200;
+    let mut done = None;
     let mut events = encoder.start(&opened.accepted);
-    let mut frame = Some(opened.first.clone());
+    let first = std::mem::replace(&mut opened.first, Frame::Keepalive(Default::default()));
+    let mut frame = Some(first);
     'stream: loop {
-        for event in events.drain(..) {
-            if tx.send(event).await.is_err() {
-                // The client went away: dropping `opened` cancels on the neuron.
-                status = 499;
-                break 'stream;
-            }
+        if !send_all(&tx, events.drain(..), deadline).await {
+            // The client went away (or stopped reading): dropping `opened`
+            // cancels the generation on the neuron.
+            status = 499;
+            break 'stream;
         }
         let current = match frame.take() {
             Some(frame) => frame,
-            None => match opened.stream.next().await {
-                Some(Ok(frame)) => frame,
-                Some(Err(error)) => {
-                    let error = stream_failure(&error, &model);
-                    status = error.status().as_u16();
-                    events = encoder.error(&error);
-                    opened.cancel.disarm();
-                    flush(&tx, events).await;
+            None => tokio::select! {
+                next = opened.stream.next() => match next {
+                    Some(Ok(frame)) => frame,
+                    Some(Err(error)) => {
+                        // The neuron may still be generating: the cancel stays armed.
+                        let error = stream_failure(&error, &model);
+                        status = error.status().as_u16();
+                        send_all(&tx, encoder.error(&error).into_iter(), deadline).await;
+                        break;
+                    }
+                    None => break,
+                },
+                _ = tx.closed() => {
+                    status = 499;
                     break;
                 }
-                None => break,
             },
         };
         match current {
             Frame::Delta(delta) => {
-                state.metrics.between_tokens(&model, last.elapsed());
-                last = Instant::now();
+                if let Some(last) = last {
+                    state.metrics.between_tokens(&model, last.elapsed());
+                }
+                last = Some(Instant::now());
+                generated += delta.tokens;
                 events = encoder.delta(&delta);
             }
-            Frame::Done(done) => {
+            Frame::Done(finished) => {
                 opened.cancel.disarm();
-                state.record_done(caller, &model, &done);
-                flush(&tx, encoder.done(&done)).await;
+                send_all(&tx, encoder.done(&finished).into_iter(), deadline).await;
+                done = Some(finished);
                 break;
             }
             Frame::Error(error) => {
                 opened.cancel.disarm();
                 let error = ApiError::from_wire(&error);
                 status = error.status().as_u16();
-                flush(&tx, encoder.error(&error)).await;
+                send_all(&tx, encoder.error(&error).into_iter(), deadline).await;
                 break;
             }
             Frame::Accepted(_) | Frame::Keepalive(_) | Frame::Embeddings(_) => {}
         }
+    }
+    // Whatever the ending, the tokens the neuron spent count against the caller.
+    match done {
+        Some(done) => state.record_done(caller, &model, &done),
+        None => state.record_tokens(caller, &model, prompt_tokens, generated),
     }
     state
         .metrics
         .finished(&model, dialect.as_str(), status, started.elapsed());
 }
 
-async fn flush(tx: &mpsc::Sender<Event>, events: Vec<Event>) {
+/// Sends `events` in order; false when the client is gone or has not read
+/// for so long that the request's deadline passed.
+async fn send_all(
+    tx: &mpsc::Sender<Event>,
+    events: impl Iterator<Item = Event>,
+    deadline: tokio::time::Instant,
+) -> bool {
     for event in events {
-        if tx.send(event).await.is_err() {
-            return;
+        match tokio::time::timeout_at(deadline, tx.send(event)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) | Err(_) => return false,
         }
     }
+    true
+}
+
+/// A unix-ms deadline as a point on the monotonic clock.
+fn instant_of(deadline_ms: u64) -> tokio::time::Instant {
+    let left = deadline_ms.saturating_sub(cortex_bus::headers::unix_ms());
+    tokio::time::Instant::now() + Duration::from_millis(left)
 }
 
 /// The wire text of `events`, as a client receives it (tests).

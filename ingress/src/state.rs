@@ -44,6 +44,7 @@ impl AppState {
             config.rate_limit_rpm,
             config.rate_limit_tpm,
         );
+        let metrics = Arc::new(Metrics::new(fleet.clone(), catalog.clone()));
         Self {
             keys: Arc::new(keys),
             limits: Arc::new(limits),
@@ -53,7 +54,7 @@ impl AppState {
             config: Arc::new(config),
             fleet,
             catalog,
-            metrics: Arc::new(Metrics::new()),
+            metrics,
         }
     }
 

@@ -68,15 +68,11 @@ async fn serve(
     let model = request.model.clone();
     let stream = request.stream;
     let id = format!("msg_{}", new_id());
-    let generate =
-        translate(request, &id, state.deadline_ms(headers)).map_err(|e| (model.clone(), e))?;
-    let opened = crate::call::open(
-        state,
-        &InferRequest::Generate(Box::new(generate)),
-        state.deadline_ms(headers),
-    )
-    .await
-    .map_err(|e| (model.clone(), e))?;
+    let deadline = state.deadline_ms(headers);
+    let generate = translate(request, &id, deadline).map_err(|e| (model.clone(), e))?;
+    let opened = crate::call::open(state, &InferRequest::Generate(Box::new(generate)), deadline)
+        .await
+        .map_err(|e| (model.clone(), e))?;
     if stream {
         let encoder = EventEncoder::new(id, model);
         return Ok(crate::sse::respond(
@@ -92,9 +88,10 @@ async fn serve(
         ));
     }
     state.metrics.first_token(&model, started.elapsed());
-    let collected = collect(opened, &model)
-        .await
-        .map_err(|e| (model.clone(), e))?;
+    let collected = collect(opened, &model).await.map_err(|failed| {
+        state.record_tokens(caller, &model, 0, failed.tokens);
+        (model.clone(), failed.error)
+    })?;
     let done = &collected.done;
     state.record_done(caller, &model, done);
     state

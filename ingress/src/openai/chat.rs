@@ -69,16 +69,12 @@ async fn serve(
         .as_ref()
         .is_some_and(|o| o.include_usage);
     let id = format!("chatcmpl-{}", new_id());
-    let generate =
-        translate(request, &id, state.deadline_ms(headers)).map_err(|e| (model.clone(), e))?;
+    let deadline = state.deadline_ms(headers);
+    let generate = translate(request, &id, deadline).map_err(|e| (model.clone(), e))?;
     let logprobs = generate.logprobs.is_some();
-    let opened = crate::call::open(
-        state,
-        &InferRequest::Generate(Box::new(generate)),
-        state.deadline_ms(headers),
-    )
-    .await
-    .map_err(|e| (model.clone(), e))?;
+    let opened = crate::call::open(state, &InferRequest::Generate(Box::new(generate)), deadline)
+        .await
+        .map_err(|e| (model.clone(), e))?;
     if stream {
         let encoder = ChunkEncoder {
             id,
@@ -100,9 +96,10 @@ async fn serve(
         ));
     }
     state.metrics.first_token(&model, started.elapsed());
-    let collected = collect(opened, &model)
-        .await
-        .map_err(|e| (model.clone(), e))?;
+    let collected = collect(opened, &model).await.map_err(|failed| {
+        state.record_tokens(caller, &model, 0, failed.tokens);
+        (model.clone(), failed.error)
+    })?;
     let done = &collected.done;
     state.record_done(caller, &model, done);
     state
@@ -451,7 +448,8 @@ impl Encoder for ChunkEncoder {
         } else {
             Value::Null
         };
-        if !delta.text.is_empty() {
+        // A delta may carry log-probabilities without text (half a character).
+        if !delta.text.is_empty() || !logprobs.is_null() {
             events.push(self.chunk(json!({"content": delta.text}), None, logprobs));
         }
         for fragment in &delta.tool_calls {

@@ -94,9 +94,10 @@ async fn serve(
         ));
     }
     state.metrics.first_token(&model, started.elapsed());
-    let collected = collect(opened, &model)
-        .await
-        .map_err(|e| (model.clone(), e))?;
+    let collected = collect(opened, &model).await.map_err(|failed| {
+        state.record_tokens(caller, &model, 0, failed.tokens);
+        (model.clone(), failed.error)
+    })?;
     let done = &collected.done;
     state.record_done(caller, &model, done);
     state

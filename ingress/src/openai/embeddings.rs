@@ -101,15 +101,16 @@ async fn embed(
     if inputs.is_empty() {
         return Err(ApiError::invalid("input", "input: must not be empty"));
     }
+    let deadline = state.deadline_ms(headers);
     let wire = InferRequest::Embed(EmbedRequest {
         request_id: format!("embd-{}", new_id()),
         model: request.model.clone(),
         inputs,
         normalize: true,
         truncate: false,
-        deadline_ms: Some(state.deadline_ms(headers)),
+        deadline_ms: Some(deadline),
     });
-    let mut opened = crate::call::open(state, &wire, state.deadline_ms(headers)).await?;
+    let mut opened = crate::call::open(state, &wire, deadline).await?;
     opened.cancel.disarm();
     let Frame::Embeddings(response) = opened.first else {
         return Err(ApiError::new(

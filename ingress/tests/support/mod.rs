@@ -9,7 +9,7 @@ use std::time::Duration;
 use cortex_ingress::{Ingress, IngressConfig};
 use cortex_neuron::{EngineKind, Neuron, NeuronConfig};
 use cortex_testkit::{eventually, NatsServer};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 pub use cortex_testkit::models::{minilm_dir, smollm_path};
 
@@ -220,6 +220,54 @@ pub async fn post_and_hang_up(url: &str, body: &str, events: usize) -> Vec<Strin
             line.clear();
         }
         seen
+    })
+    .await
+    .unwrap()
+}
+
+/// An OpenAI chat body (system and user message, 6 tokens) with `extra` fields.
+pub fn chat_body(model: &str, stream: bool, extra: Value) -> String {
+    let mut body = json!({
+        "model": model,
+        "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello there"}],
+        "max_tokens": 6,
+        "stream": stream,
+    });
+    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+        b.extend(e.clone());
+    }
+    body.to_string()
+}
+
+/// An Anthropic Messages body (system blocks, one user message, 6 tokens).
+pub fn messages_body(model: &str, stream: bool) -> String {
+    json!({
+        "model": model,
+        "max_tokens": 6,
+        "system": [{"type": "text", "text": "Be brief."}],
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "Hello there"}]}],
+        "stream": stream,
+    })
+    .to_string()
+}
+
+/// POSTs and gives up after `after` (the connection is dropped), as a
+/// client tired of waiting.
+pub async fn post_and_give_up(url: &str, body: &str, after: Duration) {
+    let (url, body) = (url.to_string(), body.to_string());
+    tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(after))
+            .build()
+            .into();
+        let result = agent
+            .post(&url)
+            .header("content-type", "application/json")
+            .send(body.as_str());
+        assert!(
+            result.is_err(),
+            "the request was expected to outlast {after:?}"
+        );
     })
     .await
     .unwrap()
