@@ -75,9 +75,20 @@ sdk_stamp="$cache/venv/.sdk-openai-$OPENAI_SDK_VERSION-anthropic-$ANTHROPIC_SDK_
 if [ ! -f "$sdk_stamp" ]; then
   echo "setup: installing openai==$OPENAI_SDK_VERSION and anthropic==$ANTHROPIC_SDK_VERSION into .cache/venv" >&2
   rm -rf "$cache/venv"
-  python3 -m venv "$cache/venv"
-  "$cache/venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-    "openai==$OPENAI_SDK_VERSION" "anthropic==$ANTHROPIC_SDK_VERSION" >&2
+  sdks=("openai==$OPENAI_SDK_VERSION" "anthropic==$ANTHROPIC_SDK_VERSION")
+  if python3 -m venv "$cache/venv" 2>/dev/null && [ -x "$cache/venv/bin/python" ]; then
+    "$cache/venv/bin/python" -m pip install --quiet --disable-pip-version-check "${sdks[@]}" >&2
+  else
+    # No venv module (Debian without python3-venv): install into a folder
+    # and give it the same python entry point.
+    rm -rf "$cache/venv"
+    mkdir -p "$cache/venv/bin"
+    python3 -m pip install --quiet --disable-pip-version-check \
+      --target "$cache/venv/site-packages" "${sdks[@]}" >&2
+    printf '#!/bin/sh\nPYTHONPATH="%s${PYTHONPATH:+:$PYTHONPATH}" exec python3 "$@"\n' \
+      "$cache/venv/site-packages" > "$cache/venv/bin/python"
+    chmod +x "$cache/venv/bin/python"
+  fi
   touch "$sdk_stamp"
 fi
 
