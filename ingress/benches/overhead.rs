@@ -84,6 +84,24 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
 }
 
+/// One chat request over a keep-alive connection of this thread.
+fn post(url: &str, bearer: Option<&str>) {
+    thread_local! {
+        static AGENT: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .into();
+    }
+    AGENT.with(|agent| {
+        let mut request = agent.post(url).header("content-type", "application/json");
+        if let Some(key) = bearer {
+            request = request.header("authorization", &format!("Bearer {key}"));
+        }
+        let mut response = request.send(BODY).expect("request");
+        let _ = response.body_mut().read_to_string().unwrap();
+    });
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.3} ms", d.as_secs_f64() * 1e3)
 }
@@ -147,23 +165,7 @@ impl LiteLlm {
 
     fn drive(&self, clients: usize) -> (Vec<Duration>, f64) {
         let url = self.url.clone();
-        drive(clients, move |_| {
-            thread_local! {
-                static AGENT: ureq::Agent = ureq::Agent::config_builder()
-                    .timeout_global(Some(Duration::from_secs(60)))
-                    .build()
-                    .into();
-            }
-            AGENT.with(|agent| {
-                let mut response = agent
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .header("authorization", &format!("Bearer {LITELLM_KEY}"))
-                    .send(BODY)
-                    .expect("request through LiteLLM");
-                let _ = response.body_mut().read_to_string().unwrap();
-            });
-        })
+        drive(clients, move |_| post(&url, Some(LITELLM_KEY)))
     }
 }
 
@@ -217,7 +219,6 @@ fn main() {
         },
     ));
     let url = format!("http://{}/v1/chat/completions", ingress.addr);
-    let body = BODY;
 
     let litellm = std::env::var_os("LITELLM").map(|bin| LiteLlm::start(&bin, &url));
     println!("| clients | direct p50 | direct p99 | direct req/s | ingress p50 | ingress p99 | ingress req/s | ingress adds p50 | ingress adds p99 |");
@@ -236,22 +237,7 @@ fn main() {
         };
         let through = {
             let url = url.clone();
-            drive(clients, move |_| {
-                thread_local! {
-                    static AGENT: ureq::Agent = ureq::Agent::config_builder()
-                        .timeout_global(Some(Duration::from_secs(30)))
-                        .build()
-                        .into();
-                }
-                AGENT.with(|agent| {
-                    let mut response = agent
-                        .post(&url)
-                        .header("content-type", "application/json")
-                        .send(body)
-                        .expect("request");
-                    let _ = response.body_mut().read_to_string().unwrap();
-                });
-            })
+            drive(clients, move |_| post(&url, None))
         };
         ingress_runs.push((
             clients,

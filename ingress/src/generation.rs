@@ -4,8 +4,15 @@
 use cortex_schemas::{Done, Frame, TokenLogprob, ToolCall, ToolCallDelta};
 use futures::StreamExt;
 
+use std::time::Instant;
+
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+
+use crate::auth::Caller;
 use crate::call::{stream_failure, Opened};
-use crate::error::ApiError;
+use crate::error::{ApiError, Dialect, DialectError};
+use crate::state::AppState;
 
 /// A whole generation.
 #[derive(Debug)]
@@ -99,4 +106,50 @@ pub async fn collect(mut opened: Opened, model: &str) -> Result<Collected, Faile
             Frame::Accepted(_) | Frame::Keepalive(_) | Frame::Embeddings(_) => {}
         }
     }
+}
+
+/// The caller the auth middleware put in the request (0 without keys).
+pub fn caller(extension: Option<Extension<Caller>>) -> Caller {
+    extension.map_or(Caller(0), |Extension(caller)| caller)
+}
+
+/// A handler's outcome as the response: on failure, counted in metrics
+/// (with the model it named, if any) and written in the dialect.
+pub fn answer(
+    state: &AppState,
+    dialect: Dialect,
+    started: Instant,
+    result: Result<Response, (String, ApiError)>,
+) -> Response {
+    match result {
+        Ok(response) => response,
+        Err((model, error)) => {
+            let status = error.status().as_u16();
+            state
+                .metrics
+                .finished(&model, dialect.as_str(), status, started.elapsed());
+            DialectError(dialect, error).into_response()
+        }
+    }
+}
+
+/// Reads a non-streamed generation whole, with its metrics and token charge.
+pub async fn collect_whole(
+    state: &AppState,
+    caller: Caller,
+    opened: Opened,
+    dialect: Dialect,
+    started: Instant,
+) -> Result<Collected, (String, ApiError)> {
+    let model = opened.model.clone();
+    state.metrics.first_token(&model, started.elapsed());
+    let collected = collect(opened, &model).await.map_err(|failed| {
+        state.record_tokens(caller, &model, 0, failed.tokens);
+        (model.clone(), failed.error)
+    })?;
+    state.record_done(caller, &model, &collected.done);
+    state
+        .metrics
+        .finished(&model, dialect.as_str(), 200, started.elapsed());
+    Ok(collected)
 }

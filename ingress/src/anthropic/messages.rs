@@ -21,8 +21,8 @@ use serde_json::{json, Value};
 
 use super::types::{MessageContent, MessagesRequest, System};
 use crate::auth::Caller;
-use crate::error::{ApiError, Dialect, DialectError};
-use crate::generation::collect;
+use crate::error::{ApiError, Dialect};
+use crate::generation::{answer, caller, collect_whole};
 use crate::ids::new_id;
 use crate::sse::{json_event, Encoder};
 use crate::state::AppState;
@@ -32,24 +32,13 @@ const DIALECT: Dialect = Dialect::Anthropic;
 
 pub async fn handle(
     State(state): State<AppState>,
-    caller: Option<Extension<Caller>>,
+    caller_ext: Option<Extension<Caller>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let started = Instant::now();
-    let caller = caller.map_or(Caller(0), |Extension(caller)| caller);
-    match serve(&state, caller, &headers, body, started).await {
-        Ok(response) => response,
-        Err((model, error)) => {
-            state.metrics.finished(
-                &model,
-                DIALECT.as_str(),
-                error.status().as_u16(),
-                started.elapsed(),
-            );
-            DialectError(DIALECT, error).into_response()
-        }
-    }
+    let result = serve(&state, caller(caller_ext), &headers, body, started).await;
+    answer(&state, DIALECT, started, result)
 }
 
 async fn serve(
@@ -87,16 +76,8 @@ async fn serve(
             },
         ));
     }
-    state.metrics.first_token(&model, started.elapsed());
-    let collected = collect(opened, &model).await.map_err(|failed| {
-        state.record_tokens(caller, &model, 0, failed.tokens);
-        (model.clone(), failed.error)
-    })?;
+    let collected = collect_whole(state, caller, opened, DIALECT, started).await?;
     let done = &collected.done;
-    state.record_done(caller, &model, done);
-    state
-        .metrics
-        .finished(&model, DIALECT.as_str(), 200, started.elapsed());
     let mut content = Vec::new();
     if !collected.text.is_empty() || collected.tool_calls.is_empty() {
         content.push(json!({ "type": "text", "text": collected.text }));

@@ -15,31 +15,31 @@ use serde_json::{json, Value};
 
 use super::types::{EmbeddingInput, EmbeddingsRequest};
 use crate::auth::Caller;
-use crate::error::{ApiError, Dialect, DialectError, Kind};
+use crate::error::{ApiError, Dialect, Kind};
+use crate::generation::{answer, caller};
 use crate::ids::new_id;
 use crate::state::AppState;
 use crate::validate;
 
 pub async fn handle(
     State(state): State<AppState>,
-    caller: Option<Extension<Caller>>,
+    caller_ext: Option<Extension<Caller>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let started = Instant::now();
-    let caller = caller.map_or(Caller(0), |Extension(caller)| caller);
-    let (model, result) = serve(&state, caller, &headers, body).await;
-    let status = match &result {
-        Ok(_) => 200,
-        Err(error) => error.status().as_u16(),
-    };
-    state
-        .metrics
-        .finished(&model, Dialect::OpenAi.as_str(), status, started.elapsed());
-    match result {
-        Ok(response) => response,
-        Err(error) => DialectError(Dialect::OpenAi, error).into_response(),
+    let (model, result) = serve(&state, caller(caller_ext), &headers, body).await;
+    if result.is_ok() {
+        state
+            .metrics
+            .finished(&model, Dialect::OpenAi.as_str(), 200, started.elapsed());
     }
+    answer(
+        &state,
+        Dialect::OpenAi,
+        started,
+        result.map_err(|e| (model, e)),
+    )
 }
 
 async fn serve(
