@@ -11,13 +11,17 @@
 //! - [`headers`]: header names (`Cortex-Seq`, `Cortex-Request-Id`, ...).
 //! - [`stream`]: streamed request/reply: [`stream_request`] → [`FrameStream`] on the
 //!   requester side; [`serve`] → [`Incoming`] → [`Responder`] on the responder side; cancels.
+//! - [`control`]: [`control::call`], a JSON request to a micro-service endpoint with a deadline.
 //! - [`kv`]: bucket open-or-create, compare-and-swap updates, a self-healing watch.
+//! - [`objects`]: the `cortex-models` object store: push files and folders, fetch them into a cache.
 //! - [`sync`]: [`sync_with_server`], a barrier: the server has processed all this connection sent.
 
 pub mod codec;
 pub mod connect;
+pub mod control;
 pub mod headers;
 pub mod kv;
+pub mod objects;
 pub mod stream;
 pub mod subject;
 pub mod sync;

@@ -140,9 +140,22 @@ pub enum PlacementOp {
     Unpin,
     Load,
     Unload,
+    /// Re-read `models.toml` and publish it.
+    Reload,
 }
 
 impl PlacementOp {
+    /// Every endpoint, in the order the service registers them.
+    pub const ALL: [PlacementOp; 7] = [
+        Self::Ensure,
+        Self::Status,
+        Self::Pin,
+        Self::Unpin,
+        Self::Load,
+        Self::Unload,
+        Self::Reload,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Ensure => "ensure",
@@ -151,6 +164,7 @@ impl PlacementOp {
             Self::Unpin => "unpin",
             Self::Load => "load",
             Self::Unload => "unload",
+            Self::Reload => "reload",
         }
     }
 }

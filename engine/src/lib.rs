@@ -6,7 +6,8 @@
 //! - [`source`]: model locations (`/path`, `hf:org/name@rev:file` in the
 //!   local Hugging Face cache, [`download`]ed into it when missing and
 //!   online); [`progress`]: bytes-read load progress;
-//!   [`gguf`]: GGUF metadata and tensors; [`device`]: `cpu` / `cuda:N`.
+//!   [`gguf`]: GGUF metadata and tensors; [`device`]: `cpu` / `cuda:N`;
+//!   [`footprint`]: the memory a model will need, before loading it.
 //! - [`tokenizer`]: `tokenizer.json` or one built from GGUF metadata, and
 //!   UTF-8-safe incremental decoding; [`template`]: the model's Jinja chat
 //!   template, rendered as `transformers` does.
@@ -25,6 +26,7 @@ pub mod download;
 pub mod embed;
 pub mod engine;
 pub mod error;
+pub mod footprint;
 pub mod generate;
 pub mod gguf;
 pub mod load;

@@ -78,6 +78,9 @@ pub struct NeuronConfig {
     /// Address of `/metrics` and `/healthz`; `off` disables them.
     #[arg(long, env = "CORTEX_NEURON_METRICS", default_value = "0.0.0.0:13131")]
     pub metrics_listen: String,
+    /// Where `store:<name>` sources are downloaded (default: the user's cache, `cortex/models`).
+    #[arg(long, env = "CORTEX_MODEL_CACHE")]
+    pub model_cache: Option<std::path::PathBuf>,
     /// Skip the CPU decoder's precision pass on prompts (faster prefill, llama.cpp's numerics).
     #[arg(long, env = "CORTEX_FAST_PROMPT")]
     pub fast_prompt: bool,
@@ -133,6 +136,19 @@ pub struct Validated {
 }
 
 impl NeuronConfig {
+    /// The folder `store:` sources are fetched into.
+    pub fn model_cache_dir(&self) -> std::path::PathBuf {
+        if let Some(dir) = &self.model_cache {
+            return dir.clone();
+        }
+        let base = std::env::var_os("XDG_CACHE_HOME")
+            .filter(|v| !v.is_empty())
+            .map(std::path::PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cache")))
+            .unwrap_or_else(std::env::temp_dir);
+        base.join("cortex").join("models")
+    }
+
     /// A configuration with every default, for tests and embedding.
     pub fn for_tests(nats_url: &str, id: &str) -> Self {
         use clap::FromArgMatches;

@@ -24,6 +24,9 @@ pub struct Assignment {
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 pub struct Replica {
     pub neuron: String,
+    /// Device index on that neuron, once known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<u32>,
     pub state: ReplicaState,
     /// Unix ms of the last state change.
     pub since_ms: u64,

@@ -17,7 +17,6 @@ use cortex_schemas::{
     ErrorClass, EventDetail, LoadReply, LoadRequest, ModelProfile, ModelState, WireError,
 };
 
-use super::memory;
 use crate::config::EngineKind;
 use crate::held::{Backend, HeldModel};
 use crate::metrics::serde_name;
@@ -229,12 +228,16 @@ async fn bring_up(
                 }),
         ),
         EngineKind::Candle => {
-            let located = {
-                let profile = profile.clone();
-                tokio::task::spawn_blocking(move || locate(&profile))
+            let path = match profile.source.strip_prefix("store:") {
+                Some(name) => fetch_from_store(shared, name).await?,
+                None => {
+                    let profile = profile.clone();
+                    tokio::task::spawn_blocking(move || locate(&profile))
+                        .await
+                        .map_err(|e| e.to_string())??
+                }
             };
-            let path = located.await.map_err(|e| e.to_string())??;
-            let need = memory::estimate(&path, &profile);
+            let need = cortex_engine::footprint::estimate(&path, &profile);
             (Some(path), need)
         }
     };
@@ -245,12 +248,20 @@ async fn bring_up(
     }
 }
 
+/// Downloads `store:<name>` from the `cortex-models` object store into the
+/// neuron's cache (digest-checked; a current cached copy is reused).
+async fn fetch_from_store(shared: &Shared, name: &str) -> Result<PathBuf, String> {
+    let js = async_nats::jetstream::new(shared.client.clone());
+    let store = js
+        .get_object_store(cortex_bus::buckets::MODELS)
+        .await
+        .map_err(|e| format!("source store:{name}: the model store is not available: {e}"))?;
+    cortex_bus::objects::fetch(&store, name, &shared.config.model_cache_dir())
+        .await
+        .map_err(|e| format!("source store:{name}: {e}"))
+}
+
 fn locate(profile: &ModelProfile) -> Result<PathBuf, String> {
-    if let Some(name) = profile.source.strip_prefix("store:") {
-        return Err(format!(
-            "source store:{name}: this neuron cannot fetch from the NATS object store yet"
-        ));
-    }
     let source = ModelSource::parse(&profile.source).map_err(|e| e.to_string())?;
     source.resolve().map_err(|e| e.to_string())
 }

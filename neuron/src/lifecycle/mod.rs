@@ -1,10 +1,10 @@
 //! A model's life on the neuron: [`load`] (single-flight, fit-checked),
 //! [`unload`] (refused while busy unless forced), [`drain`] (stop taking
-//! requests, finish those in flight), and the memory [`memory`] estimate.
+//! requests, finish those in flight). The memory estimate is the engine's
+//! `footprint`.
 
 pub mod drain;
 pub mod load;
-pub mod memory;
 pub mod unload;
 
 use std::sync::Arc;

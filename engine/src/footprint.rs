@@ -1,5 +1,6 @@
 //! How much memory a model needs before it is loaded, so that a load that
-//! cannot fit is refused instead of crashing the device.
+//! cannot fit is refused instead of crashing the device (the neuron) and a
+//! model goes where it fits (placement, when it can see the files).
 //!
 //! Need = the profile's `vram_mb` when set; otherwise the weight files plus
 //! the KV cache of one full context window (keys and values in f32 for
@@ -9,8 +10,8 @@
 
 use std::path::Path;
 
-use cortex_engine::gguf::GgufFile;
-use cortex_engine::LoadProgress;
+use crate::gguf::GgufFile;
+use crate::progress::LoadProgress;
 use cortex_schemas::ModelProfile;
 
 const MIB: u64 = 1 << 20;
