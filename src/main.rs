@@ -27,7 +27,10 @@ async fn main() -> ExitCode {
                 .is_some_and(cortex_neuron::NeuronError::is_config)
                 || error
                     .downcast_ref::<cortex_ingress::IngressError>()
-                    .is_some_and(cortex_ingress::IngressError::is_config);
+                    .is_some_and(cortex_ingress::IngressError::is_config)
+                || error
+                    .downcast_ref::<cortex_placement::PlacementError>()
+                    .is_some_and(cortex_placement::PlacementError::is_config);
             if config {
                 ExitCode::from(EXIT_CONFIG)
             } else {

@@ -1,8 +1,8 @@
 //! Calls to control-plane endpoints (NATS micro services speaking JSON
 //! `Reply` envelopes): placement asks neurons to load and unload, ingress
 //! asks placement to `ensure`, the CLI asks both. One function, [`call`],
-//! with a deadline; every failure comes back as a [`WireError`] whose class
-//! says what the caller can do about it.
+//! with a deadline; a failure is a [`CallError`] (no responder, timeout,
+//! transport, or the endpoint's own error), convertible to a [`WireError`].
 
 use std::time::Duration;
 
@@ -12,23 +12,58 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use crate::codec::Encoding;
 
+/// Why a control call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    #[error("nothing answers on {subject}")]
+    NoResponders { subject: String },
+    #[error("no reply on {subject} within {timeout:?}")]
+    TimedOut { subject: String, timeout: Duration },
+    #[error("request on {subject} failed: {message}")]
+    Failed {
+        subject: String,
+        class: ErrorClass,
+        message: String,
+    },
+    /// The endpoint answered with an error.
+    #[error("{0}")]
+    Refused(WireError),
+}
+
+impl From<CallError> for WireError {
+    fn from(error: CallError) -> Self {
+        match error {
+            CallError::Refused(wire) => wire,
+            CallError::NoResponders { .. } => WireError::new(ErrorClass::Unavailable, error.to_string()),
+            CallError::TimedOut { .. } => {
+                WireError::new(ErrorClass::DeadlineExceeded, error.to_string())
+            }
+            CallError::Failed { class, .. } => WireError::new(class, error.to_string()),
+        }
+    }
+}
+
 /// Sends `request` as JSON to `subject` and waits up to `timeout` for the
-/// reply. No responder is `unavailable`, the deadline `deadline_exceeded`,
-/// an undecodable reply `internal`; an error reply is returned as sent.
+/// reply, decoded from its `Reply` envelope.
 pub async fn call<Req, Rep>(
     client: &Client,
     subject: String,
     request: &Req,
     timeout: Duration,
-) -> Result<Rep, WireError>
+) -> Result<Rep, CallError>
 where
     Req: Serialize,
     Rep: DeserializeOwned,
 {
+    let failed = |class, message: String| CallError::Failed {
+        subject: subject.clone(),
+        class,
+        message,
+    };
     let encoding = Encoding::Json;
     let payload = encoding
         .encode(request)
-        .map_err(|e| WireError::new(ErrorClass::Internal, e.to_string()))?;
+        .map_err(|e| failed(ErrorClass::Internal, e.to_string()))?;
     let message = async_nats::Request::new()
         .payload(payload)
         .headers(encoding.headers())
@@ -37,31 +72,33 @@ where
         .send_request(subject.clone(), message)
         .await
         .map_err(|error| match error.kind() {
-            RequestErrorKind::NoResponders => WireError::new(
-                ErrorClass::Unavailable,
-                format!("nothing answers on {subject}"),
-            ),
-            RequestErrorKind::TimedOut => WireError::new(
-                ErrorClass::DeadlineExceeded,
-                format!("no reply on {subject} within {timeout:?}"),
-            ),
+            RequestErrorKind::NoResponders => CallError::NoResponders {
+                subject: subject.clone(),
+            },
+            RequestErrorKind::TimedOut => CallError::TimedOut {
+                subject: subject.clone(),
+                timeout,
+            },
             RequestErrorKind::InvalidSubject | RequestErrorKind::MaxPayloadExceeded => {
-                WireError::new(
-                    ErrorClass::InvalidRequest,
-                    format!("request on {subject} refused: {error}"),
-                )
+                failed(ErrorClass::InvalidRequest, error.to_string())
             }
-            _ => WireError::new(
-                ErrorClass::Unavailable,
-                format!("request on {subject} failed: {error}"),
-            ),
+            _ => failed(ErrorClass::Unavailable, error.to_string()),
         })?;
     serde_json::from_slice::<Reply<Rep>>(&reply.payload)
-        .map_err(|e| {
-            WireError::new(
-                ErrorClass::Internal,
-                format!("reply on {subject} does not decode: {e}"),
-            )
-        })?
+        .map_err(|e| failed(ErrorClass::Internal, format!("reply does not decode: {e}")))?
         .into_result()
+        .map_err(CallError::Refused)
+}
+
+/// The HTTP-like code a micro-service error header carries for `class`.
+pub fn status_code(class: ErrorClass) -> u16 {
+    match class {
+        ErrorClass::InvalidRequest => 400,
+        ErrorClass::ModelNotFound => 404,
+        ErrorClass::Overloaded => 429,
+        ErrorClass::Cancelled => 499,
+        ErrorClass::DeadlineExceeded => 504,
+        ErrorClass::Unavailable => 503,
+        ErrorClass::Internal => 500,
+    }
 }

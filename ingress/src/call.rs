@@ -1,8 +1,10 @@
 //! One inference call over the bus, as DESIGN.md's stream protocol asks:
 //! publish on the model's queue subject; before the first output, retry an
 //! overloaded, cancelled or vanished replica on another one (directed
-//! subject) within the attempts and the deadline; "no responders" means no
-//! neuron holds the model. From the moment a neuron accepts, the call
+//! subject) within the attempts and the deadline. "No responders" means no
+//! neuron holds the model: the call asks placement to `ensure` it (a cold
+//! load, single-flight across the mesh) once, within the deadline, and
+//! tries again. From the moment a neuron accepts, the call
 //! carries a [`CancelOnDrop`]: if the client goes away (or the call moves
 //! to another replica) before the end, that neuron is told to cancel.
 
@@ -99,7 +101,9 @@ pub async fn open(
     let mut tried: Vec<String> = Vec::new();
     let mut last = None;
     let attempts = state.config.attempts;
-    for attempt in 0..attempts {
+    let mut ensured = false;
+    let mut attempt = 0;
+    while attempt < attempts {
         let directed = if attempt == 0 {
             None
         } else {
@@ -111,10 +115,21 @@ pub async fn open(
             Some(neuron) => state.subjects.neuron(neuron, NeuronOp::Infer),
             None => state.subjects.infer(&token),
         };
-        let stream = stream_request(&state.client, subject, request, &options)
-            .await
-            .map_err(|e| stream_failure(&e, &model))?;
-        match first_output(
+        let opened = match stream_request(&state.client, subject, request, &options).await {
+            Ok(stream) => Ok(stream),
+            Err(StreamError::NoResponders { .. }) if directed.is_none() => Err(()),
+            Err(error) => return Err(stream_failure(&error, &model)),
+        };
+        let stream = match opened {
+            Ok(stream) => stream,
+            Err(()) if !ensured => {
+                crate::cold::ensure(state, &model, deadline_ms).await?;
+                ensured = true;
+                continue;
+            }
+            Err(()) => return Err(not_loaded(&model)),
+        };
+        let outcome = first_output(
             state,
             stream,
             request,
@@ -122,9 +137,15 @@ pub async fn open(
             directed.is_some(),
             deadline_ms,
         )
-        .await
-        {
+        .await;
+        match outcome {
             Ok(opened) => return Ok(opened),
+            Err(Attempt::NotLoaded) if !ensured => {
+                crate::cold::ensure(state, &model, deadline_ms).await?;
+                ensured = true;
+                continue;
+            }
+            Err(Attempt::NotLoaded) => return Err(not_loaded(&model)),
             Err(Attempt::Final(error)) => return Err(error),
             Err(Attempt::Retry { error, neuron }) => {
                 tracing::debug!(attempt, %model, %error, "retrying on another replica");
@@ -139,6 +160,7 @@ pub async fn open(
                 last = Some(error);
             }
         }
+        attempt += 1;
         if cortex_bus::headers::unix_ms() >= deadline_ms {
             return Err(ApiError::new(
                 Kind::Timeout,
@@ -154,6 +176,8 @@ enum Attempt {
         error: ApiError,
         neuron: Option<String>,
     },
+    /// Nobody listens on the model's subject.
+    NotLoaded,
     Final(ApiError),
 }
 
@@ -226,6 +250,7 @@ async fn first_output(
                     neuron: None,
                 });
             }
+            Some(Err(StreamError::NoResponders { .. })) => return Err(Attempt::NotLoaded),
             Some(Err(
                 StreamError::Idle { .. } | StreamError::SequenceGap { .. } | StreamError::Closed,
             )) => {
@@ -248,7 +273,7 @@ async fn first_output(
     }
 }
 
-fn not_loaded(model: &str) -> ApiError {
+pub(crate) fn not_loaded(model: &str) -> ApiError {
     ApiError::new(
         Kind::Unavailable,
         format!("model {model:?} is not loaded on any neuron"),

@@ -11,7 +11,8 @@
 //! - [`openai`], [`anthropic`]: one module per dialect: request types,
 //!   translation to the wire `GenerateRequest`, answers whole or streamed.
 //! - [`call`]: one bus call with retries before the first output and
-//!   cancel on client disconnect; [`generation`]: reading it whole;
+//!   cancel on client disconnect; [`cold`]: placement's `ensure` when no
+//!   neuron holds the model; [`generation`]: reading it whole;
 //!   [`sse`]: streaming it through a dialect's encoder.
 //! - [`error`]: every failure and its one mapping to status and dialect
 //!   body; [`body`]: JSON bodies with errors that name the field;
@@ -29,6 +30,7 @@ pub mod auth;
 pub mod body;
 pub mod call;
 pub mod catalog;
+pub mod cold;
 pub mod config;
 pub mod error;
 pub mod fleet;

@@ -162,6 +162,15 @@ impl Metrics {
             .observe(gap.as_secs_f64());
     }
 
+    /// A request that waited for its model to be loaded.
+    pub fn cold_start(&self, model: &str) {
+        self.cold_starts
+            .get_or_create(&Model {
+                model: self.label(model),
+            })
+            .inc();
+    }
+
     pub fn queued(&self, model: &str, ms: u64) {
         self.queue_time
             .get_or_create(&self.model(model))

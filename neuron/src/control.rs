@@ -140,7 +140,7 @@ async fn respond<T: Serialize>(request: &Request, reply: &Reply<T>) {
         );
         headers.insert(
             "Nats-Service-Error-Code",
-            status_code(error.class).to_string().as_str(),
+            cortex_bus::control::status_code(error.class).to_string().as_str(),
         );
     }
     let payload = match encoding.encode(reply) {
@@ -152,18 +152,5 @@ async fn respond<T: Serialize>(request: &Request, reply: &Reply<T>) {
     };
     if let Err(error) = request.respond_with_headers(Ok(payload), headers).await {
         tracing::debug!(%error, "control reply not sent");
-    }
-}
-
-/// The HTTP-like code the micro protocol's error header carries.
-fn status_code(class: ErrorClass) -> u16 {
-    match class {
-        ErrorClass::InvalidRequest => 400,
-        ErrorClass::ModelNotFound => 404,
-        ErrorClass::Overloaded => 429,
-        ErrorClass::Cancelled => 499,
-        ErrorClass::DeadlineExceeded => 504,
-        ErrorClass::Unavailable => 503,
-        ErrorClass::Internal => 500,
     }
 }

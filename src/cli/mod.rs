@@ -1,10 +1,12 @@
-//! Subcommands of the `cortex` binary: the daemons (`neuron`, `ingress`;
-//! `placement` and `up` join as their issues land) and the bus-level tools.
+//! Subcommands of the `cortex` binary: the daemons (`neuron`, `placement`,
+//! `ingress`; `up` joins with its issue) and the tools (`models`, `events`, `ping`).
 
 mod events;
 mod ingress;
+mod models;
 mod neuron;
 mod ping;
+mod placement;
 mod signal;
 
 pub use neuron::parse_with_file;
@@ -30,6 +32,10 @@ pub enum Command {
     Events(events::EventsArgs),
     /// Run a neuron: discover devices, load models, serve them on NATS.
     Neuron(Box<cortex_neuron::NeuronConfig>),
+    /// Run a placement replica: catalogue, cold loads, eviction, replicas.
+    Placement(Box<cortex_placement::PlacementConfig>),
+    /// The catalogue and model files: push to the object store, reload, list.
+    Models(models::ModelsArgs),
     /// Run an ingress pod: the OpenAI- and Anthropic-compatible HTTP API.
     Ingress(Box<cortex_ingress::IngressConfig>),
 }
@@ -40,6 +46,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Events(args) => events::run(args).await,
         Command::Neuron(config) => neuron::run(*config).await,
         Command::Ingress(config) => ingress::run(*config).await,
+        Command::Placement(config) => placement::run(*config).await,
+        Command::Models(args) => models::run(args).await,
     }
 }
 

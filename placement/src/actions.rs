@@ -1,0 +1,145 @@
+//! Carrying decisions out against neurons (their `cortex-neuron` micro
+//! service) and recording each step in KV:
+//! - [`carry_out`]: evict what the plan says (a neuron refuses an unload
+//!   while requests are in flight, so nothing is cut mid-stream), then
+//!   load, then record the copy `ready`, or forget it when the load failed;
+//! - [`unload`]: one copy, refused for a pinned one unless forced by the caller.
+
+use std::time::Duration;
+
+use cortex_bus::control::call;
+use cortex_bus::NeuronOp;
+use cortex_schemas::{
+    ErrorClass, EventDetail, LoadReply, LoadRequest, ReplicaState, UnloadReply, UnloadRequest,
+    WireError,
+};
+
+use crate::assignments;
+use crate::decide::Plan;
+use crate::shared::Shared;
+
+/// How long a neuron gets to answer an unload (it drains first).
+pub const UNLOAD_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn kv_error(error: impl std::fmt::Display) -> WireError {
+    WireError::new(
+        ErrorClass::Unavailable,
+        format!("placement state not writable: {error}"),
+    )
+}
+
+/// Evicts, loads and records `plan`; the load is recorded as `loading`
+/// first unless the caller already `claimed` it. Waits up to `timeout`.
+pub async fn carry_out(
+    shared: &Shared,
+    plan: &Plan,
+    claimed: bool,
+    timeout: Duration,
+) -> Result<LoadReply, WireError> {
+    let now = cortex_bus::headers::unix_ms();
+    if !claimed {
+        assignments::set_state(
+            &shared.placements,
+            &shared.assignments,
+            &plan.model,
+            &plan.neuron,
+            Some(plan.device),
+            ReplicaState::Loading,
+            now,
+        )
+        .await
+        .map_err(kv_error)?;
+    }
+    for evict in &plan.evict {
+        let evicted = unload_copy(shared, &evict.model, &evict.neuron).await;
+        if let Err(error) = evicted {
+            forget(shared, &plan.model, &plan.neuron).await;
+            return Err(WireError::new(
+                ErrorClass::Unavailable,
+                format!(
+                    "cannot make room for {:?} on {}: evicting {:?} failed: {}",
+                    plan.model, plan.neuron, evict.model, error.message
+                ),
+            ));
+        }
+        shared.count_eviction();
+        tracing::info!(model = %evict.model, neuron = %evict.neuron, for_model = %plan.model, "evicted");
+        shared
+            .event(EventDetail::ModelEvicted {
+                model: evict.model.clone(),
+                neuron: evict.neuron.clone(),
+                reason: format!("room for {}", plan.model),
+            })
+            .await;
+    }
+    let Some(profile) = shared.catalog.resolve(&plan.model) else {
+        forget(shared, &plan.model, &plan.neuron).await;
+        return Err(WireError::new(
+            ErrorClass::ModelNotFound,
+            format!("model {:?} left the catalogue", plan.model),
+        ));
+    };
+    let request = LoadRequest {
+        profile,
+        device: Some(plan.device),
+    };
+    let subject = shared.subjects.neuron(&plan.neuron, NeuronOp::Load);
+    let loaded: Result<LoadReply, WireError> = call(&shared.client, subject, &request, timeout)
+        .await
+        .map_err(WireError::from);
+    match loaded {
+        Ok(reply) => {
+            shared.metrics.load("ok");
+            assignments::set_state(
+                &shared.placements,
+                &shared.assignments,
+                &plan.model,
+                &plan.neuron,
+                Some(reply.device),
+                ReplicaState::Ready,
+                cortex_bus::headers::unix_ms(),
+            )
+            .await
+            .map_err(kv_error)?;
+            Ok(reply)
+        }
+        Err(error) => {
+            shared.metrics.load("failed");
+            tracing::warn!(model = %plan.model, neuron = %plan.neuron, %error, "load failed");
+            forget(shared, &plan.model, &plan.neuron).await;
+            Err(WireError {
+                message: format!("loading {:?} on {} failed: {}", plan.model, plan.neuron, error.message),
+                ..error
+            })
+        }
+    }
+}
+
+/// Unloads the copy of `model` on `neuron` and forgets it in KV.
+pub async fn unload_copy(shared: &Shared, model: &str, neuron: &str) -> Result<UnloadReply, WireError> {
+    let subject = shared.subjects.neuron(neuron, NeuronOp::Unload);
+    let request = UnloadRequest {
+        model_id: model.to_string(),
+        force: false,
+    };
+    let reply = match call::<_, UnloadReply>(&shared.client, subject, &request, UNLOAD_TIMEOUT)
+        .await
+        .map_err(WireError::from)
+    {
+        Ok(reply) => reply,
+        // Already gone from that neuron: the goal is met.
+        Err(error) if error.class == ErrorClass::ModelNotFound => UnloadReply {
+            model_id: model.to_string(),
+            cancelled: 0,
+        },
+        Err(error) => return Err(error),
+    };
+    forget(shared, model, neuron).await;
+    Ok(reply)
+}
+
+async fn forget(shared: &Shared, model: &str, neuron: &str) {
+    if let Err(error) = assignments::remove(&shared.placements, &shared.assignments, model, neuron).await {
+        tracing::warn!(%error, model, neuron, "assignment not updated; the reconciler repairs it");
+    }
+}

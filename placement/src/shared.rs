@@ -1,0 +1,163 @@
+//! What every part of a placement replica shares: the connection, the
+//! buckets, the followed views (catalogue, assignments, fleet), the lease,
+//! and the per-model locks that make `ensure` single-flight within the
+//! replica (across replicas, the compare-and-swap claim does it).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_nats::jetstream::kv::Store;
+use async_nats::Client;
+use cortex_bus::Subjects;
+use cortex_schemas::{Event, EventDetail, ModelProfile};
+
+use crate::assignments::AssignmentsView;
+use crate::catalog::CatalogView;
+use crate::config::PlacementConfig;
+use crate::decide::{ModelSpec, NeuronView, Settings, Snapshot};
+use crate::fleet::Fleet;
+use crate::lease::Leadership;
+use crate::metrics::Metrics;
+
+/// A replica's shared state.
+#[derive(Debug)]
+pub struct Shared {
+    pub id: String,
+    pub client: Client,
+    pub subjects: Subjects,
+    pub config: PlacementConfig,
+    pub settings: Settings,
+    pub catalog: CatalogView,
+    pub catalog_store: Store,
+    pub assignments: AssignmentsView,
+    pub placements: Store,
+    pub fleet: Fleet,
+    pub leadership: Leadership,
+    pub metrics: Metrics,
+    /// Evictions since the last consolidation pass.
+    pub evictions_since_defrag: AtomicU32,
+    flights: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    needs: Mutex<HashMap<(String, String), u64>>,
+}
+
+impl Shared {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: String,
+        client: Client,
+        subjects: Subjects,
+        config: PlacementConfig,
+        settings: Settings,
+        catalog: CatalogView,
+        catalog_store: Store,
+        assignments: AssignmentsView,
+        placements: Store,
+        fleet: Fleet,
+        leadership: Leadership,
+    ) -> Self {
+        Self {
+            metrics: Metrics::new(&id),
+            id,
+            client,
+            subjects,
+            config,
+            settings,
+            catalog,
+            catalog_store,
+            assignments,
+            placements,
+            fleet,
+            leadership,
+            evictions_since_defrag: AtomicU32::new(0),
+            flights: Mutex::default(),
+            needs: Mutex::default(),
+        }
+    }
+
+    /// The lock that serialises this replica's cold starts of `model`.
+    pub fn flight(&self, model: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+        flights.retain(|_, lock| Arc::strong_count(lock) > 1 || lock.try_lock().is_err());
+        flights.entry(model.to_string()).or_default().clone()
+    }
+
+    pub fn count_eviction(&self) {
+        self.evictions_since_defrag.fetch_add(1, Ordering::Relaxed);
+        self.metrics.evictions.inc();
+    }
+
+    /// The world now, for decisions.
+    pub fn snapshot(&self) -> Snapshot {
+        let neurons: BTreeMap<String, NeuronView> = self
+            .fleet
+            .live()
+            .iter()
+            .map(|s| (s.neuron_id.clone(), NeuronView::from_status(s)))
+            .collect();
+        let models = self
+            .catalog
+            .all()
+            .into_values()
+            .map(|profile| {
+                let need = self.need(&profile);
+                (profile.id.clone(), ModelSpec { profile, need })
+            })
+            .collect();
+        Snapshot {
+            now_ms: cortex_bus::headers::unix_ms(),
+            neurons,
+            models,
+            assignments: self.assignments.all(),
+        }
+    }
+
+    /// Bytes `profile` needs: `vram_mb`, else an estimate from its files
+    /// when this host can see them (weights plus one context of KV
+    /// cache), else 0 (unknown: decisions then use what a neuron that
+    /// loaded it reports, and the neuron's own fit check has the last word).
+    pub fn need(&self, profile: &ModelProfile) -> u64 {
+        if let Some(mb) = profile.vram_mb {
+            return mb.saturating_mul(1 << 20);
+        }
+        let key = (profile.id.clone(), profile.source.clone());
+        if let Some(known) = self.needs.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return *known;
+        }
+        let path = Path::new(&profile.source);
+        let need = if path.is_absolute() && path.exists() {
+            cortex_engine::footprint::estimate(path, profile)
+        } else {
+            0
+        };
+        self.needs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, need);
+        need
+    }
+
+    /// Publishes a lifecycle event.
+    pub async fn event(&self, detail: EventDetail) {
+        let subject = self.subjects.event(detail.kind());
+        let event = Event {
+            at_ms: cortex_bus::headers::unix_ms(),
+            source: self.id.clone(),
+            detail,
+        };
+        let encoding = cortex_bus::Encoding::Json;
+        match encoding.encode(&event) {
+            Ok(payload) => {
+                if let Err(error) = self
+                    .client
+                    .publish_with_headers(subject, encoding.headers(), payload)
+                    .await
+                {
+                    tracing::warn!(%error, "event not published");
+                }
+            }
+            Err(error) => tracing::warn!(%error, "event not encoded"),
+        }
+    }
+}
