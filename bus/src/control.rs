@@ -34,7 +34,9 @@ impl From<CallError> for WireError {
     fn from(error: CallError) -> Self {
         match error {
             CallError::Refused(wire) => wire,
-            CallError::NoResponders { .. } => WireError::new(ErrorClass::Unavailable, error.to_string()),
+            CallError::NoResponders { .. } => {
+                WireError::new(ErrorClass::Unavailable, error.to_string())
+            }
             CallError::TimedOut { .. } => {
                 WireError::new(ErrorClass::DeadlineExceeded, error.to_string())
             }

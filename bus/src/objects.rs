@@ -117,19 +117,21 @@ pub async fn push(
     };
     let mut pushed = Vec::new();
     for (file, object) in files {
-        let mut reader = tokio::fs::File::open(&file)
-            .await
-            .map_err(|source| ObjectError::Local {
-                path: file.clone(),
-                source,
-            })?;
-        let info = store
-            .put(object.as_str(), &mut reader)
-            .await
-            .map_err(|e| ObjectError::Transfer {
-                name: object.clone(),
-                message: e.to_string(),
-            })?;
+        let mut reader =
+            tokio::fs::File::open(&file)
+                .await
+                .map_err(|source| ObjectError::Local {
+                    path: file.clone(),
+                    source,
+                })?;
+        let info =
+            store
+                .put(object.as_str(), &mut reader)
+                .await
+                .map_err(|e| ObjectError::Transfer {
+                    name: object.clone(),
+                    message: e.to_string(),
+                })?;
         pushed.push(Pushed {
             name: object,
             size: info.size as u64,

@@ -16,15 +16,23 @@ use crate::state::AppState;
 pub async fn ensure(state: &AppState, model: &str, deadline_ms: u64) -> Result<(), ApiError> {
     let remaining = deadline_ms.saturating_sub(cortex_bus::headers::unix_ms());
     if remaining == 0 {
-        return Err(ApiError::new(Kind::Timeout, "the request's deadline passed"));
+        return Err(ApiError::new(
+            Kind::Timeout,
+            "the request's deadline passed",
+        ));
     }
     let request = EnsureRequest {
         model: model.to_string(),
         timeout_ms: Some(remaining),
     };
     let subject = state.subjects.placement(PlacementOp::Ensure);
-    let reply: Result<EnsureReply, _> =
-        call(&state.client, subject, &request, Duration::from_millis(remaining)).await;
+    let reply: Result<EnsureReply, _> = call(
+        &state.client,
+        subject,
+        &request,
+        Duration::from_millis(remaining),
+    )
+    .await;
     match reply {
         Ok(reply) => {
             if reply.cold_start {

@@ -140,7 +140,9 @@ async fn respond<T: Serialize>(request: &Request, reply: &Reply<T>) {
         );
         headers.insert(
             "Nats-Service-Error-Code",
-            cortex_bus::control::status_code(error.class).to_string().as_str(),
+            cortex_bus::control::status_code(error.class)
+                .to_string()
+                .as_str(),
         );
     }
     let payload = match encoding.encode(reply) {

@@ -21,6 +21,26 @@ use crate::shared::Shared;
 /// How long a neuron gets to answer an unload (it drains first).
 pub const UNLOAD_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Why a plan was not carried out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CarryError {
+    /// A model to evict would not go (requests in flight, most likely):
+    /// nothing was loaded; the same plan may work a little later.
+    #[error("{0}")]
+    Evict(WireError),
+    /// The load itself failed, or the state could not be recorded.
+    #[error("{0}")]
+    Load(WireError),
+}
+
+impl From<CarryError> for WireError {
+    fn from(error: CarryError) -> Self {
+        match error {
+            CarryError::Evict(wire) | CarryError::Load(wire) => wire,
+        }
+    }
+}
+
 fn kv_error(error: impl std::fmt::Display) -> WireError {
     WireError::new(
         ErrorClass::Unavailable,
@@ -35,7 +55,7 @@ pub async fn carry_out(
     plan: &Plan,
     claimed: bool,
     timeout: Duration,
-) -> Result<LoadReply, WireError> {
+) -> Result<LoadReply, CarryError> {
     let now = cortex_bus::headers::unix_ms();
     if !claimed {
         assignments::set_state(
@@ -48,19 +68,19 @@ pub async fn carry_out(
             now,
         )
         .await
-        .map_err(kv_error)?;
+        .map_err(|e| CarryError::Load(kv_error(e)))?;
     }
     for evict in &plan.evict {
         let evicted = unload_copy(shared, &evict.model, &evict.neuron).await;
         if let Err(error) = evicted {
             forget(shared, &plan.model, &plan.neuron).await;
-            return Err(WireError::new(
+            return Err(CarryError::Evict(WireError::new(
                 ErrorClass::Unavailable,
                 format!(
                     "cannot make room for {:?} on {}: evicting {:?} failed: {}",
                     plan.model, plan.neuron, evict.model, error.message
                 ),
-            ));
+            )));
         }
         shared.count_eviction();
         tracing::info!(model = %evict.model, neuron = %evict.neuron, for_model = %plan.model, "evicted");
@@ -74,10 +94,10 @@ pub async fn carry_out(
     }
     let Some(profile) = shared.catalog.resolve(&plan.model) else {
         forget(shared, &plan.model, &plan.neuron).await;
-        return Err(WireError::new(
+        return Err(CarryError::Load(WireError::new(
             ErrorClass::ModelNotFound,
             format!("model {:?} left the catalogue", plan.model),
-        ));
+        )));
     };
     let request = LoadRequest {
         profile,
@@ -100,23 +120,30 @@ pub async fn carry_out(
                 cortex_bus::headers::unix_ms(),
             )
             .await
-            .map_err(kv_error)?;
+            .map_err(|e| CarryError::Load(kv_error(e)))?;
             Ok(reply)
         }
         Err(error) => {
             shared.metrics.load("failed");
             tracing::warn!(model = %plan.model, neuron = %plan.neuron, %error, "load failed");
             forget(shared, &plan.model, &plan.neuron).await;
-            Err(WireError {
-                message: format!("loading {:?} on {} failed: {}", plan.model, plan.neuron, error.message),
+            Err(CarryError::Load(WireError {
+                message: format!(
+                    "loading {:?} on {} failed: {}",
+                    plan.model, plan.neuron, error.message
+                ),
                 ..error
-            })
+            }))
         }
     }
 }
 
 /// Unloads the copy of `model` on `neuron` and forgets it in KV.
-pub async fn unload_copy(shared: &Shared, model: &str, neuron: &str) -> Result<UnloadReply, WireError> {
+pub async fn unload_copy(
+    shared: &Shared,
+    model: &str,
+    neuron: &str,
+) -> Result<UnloadReply, WireError> {
     let subject = shared.subjects.neuron(neuron, NeuronOp::Unload);
     let request = UnloadRequest {
         model_id: model.to_string(),
@@ -139,7 +166,9 @@ pub async fn unload_copy(shared: &Shared, model: &str, neuron: &str) -> Result<U
 }
 
 async fn forget(shared: &Shared, model: &str, neuron: &str) {
-    if let Err(error) = assignments::remove(&shared.placements, &shared.assignments, model, neuron).await {
+    if let Err(error) =
+        assignments::remove(&shared.placements, &shared.assignments, model, neuron).await
+    {
         tracing::warn!(%error, model, neuron, "assignment not updated; the reconciler repairs it");
     }
 }

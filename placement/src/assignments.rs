@@ -172,11 +172,9 @@ pub async fn claim(
             taken = true;
             return false;
         }
-        if a
-            .replicas
-            .iter()
-            .any(|r| r.neuron == neuron && r.state == ReplicaState::Loading && r.since_ms >= stale_before_ms)
-        {
+        if a.replicas.iter().any(|r| {
+            r.neuron == neuron && r.state == ReplicaState::Loading && r.since_ms >= stale_before_ms
+        }) {
             taken = true;
             return false;
         }

@@ -54,7 +54,11 @@ pub struct PlacementConfig {
     #[arg(long, env = "CORTEX_BUCKET_REPLICAS", default_value_t = 1)]
     pub bucket_replicas: usize,
     /// Address of `/metrics` and `/healthz`; `off` disables them.
-    #[arg(long, env = "CORTEX_PLACEMENT_METRICS", default_value = "0.0.0.0:13132")]
+    #[arg(
+        long,
+        env = "CORTEX_PLACEMENT_METRICS",
+        default_value = "0.0.0.0:13132"
+    )]
     pub metrics_listen: String,
 }
 
@@ -83,7 +87,14 @@ impl PlacementConfig {
         }
         let matches = <Wrapper as clap::CommandFactory>::command()
             .no_binary_name(true)
-            .get_matches_from(["--nats-url", nats_url, "--id", id, "--metrics-listen", "off"]);
+            .get_matches_from([
+                "--nats-url",
+                nats_url,
+                "--id",
+                id,
+                "--metrics-listen",
+                "off",
+            ]);
         Wrapper::from_arg_matches(&matches)
             .expect("default configuration parses")
             .config
@@ -101,7 +112,9 @@ impl PlacementConfig {
             return Err(ConfigError("--lease-ttl must be at least 300ms".into()));
         }
         if self.reconcile_interval < Duration::from_millis(50) {
-            return Err(ConfigError("--reconcile-interval must be at least 50ms".into()));
+            return Err(ConfigError(
+                "--reconcile-interval must be at least 50ms".into(),
+            ));
         }
         if !(1..=5).contains(&self.bucket_replicas) {
             return Err(ConfigError("--bucket-replicas must be 1 to 5".into()));
@@ -112,7 +125,9 @@ impl PlacementConfig {
         let metrics_listen = match self.metrics_listen.trim() {
             "off" | "none" | "" => None,
             addr => Some(addr.parse().map_err(|e| {
-                ConfigError(format!("--metrics-listen {addr:?}: {e} (use HOST:PORT or off)"))
+                ConfigError(format!(
+                    "--metrics-listen {addr:?}: {e} (use HOST:PORT or off)"
+                ))
             })?),
         };
         Ok(Validated {
@@ -134,7 +149,13 @@ fn default_id() -> String {
     let host: String = gethostname::gethostname()
         .to_string_lossy()
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect();
     format!("placement-{host}-{}", std::process::id())
 }

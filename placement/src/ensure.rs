@@ -10,14 +10,16 @@
 //! 4. The winner places the copy ([`place`], evicting if needed), carries
 //!    the plan out, and answers once the neuron says ready. A neuron that
 //!    turns the load down (it does not fit after all, say) is left out and
-//!    the next choice is tried, a few times, within the deadline.
+//!    the next choice is tried, a few times, within the deadline. When the
+//!    only room is held by models with requests in flight (never evicted
+//!    mid-stream), it waits for them to finish, within the deadline.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use cortex_schemas::{EnsureReply, EnsureRequest, ErrorClass, ModelState, WireError};
 
-use crate::actions::carry_out;
+use crate::actions::{carry_out, CarryError};
 use crate::assignments::{claim, Claim};
 use crate::decide::{place, NoPlace};
 use crate::shared::Shared;
@@ -95,12 +97,33 @@ async fn run(
                 && (!r.pending || since(&snap, &model, &r.neuron) >= stale_before)
         });
         if !loading_elsewhere {
-            let plan = match place(&snap, &model, shared.settings.strategy, None, &excluded, true) {
+            let plan = match place(
+                &snap,
+                &model,
+                shared.settings.strategy,
+                None,
+                &excluded,
+                true,
+            ) {
                 Ok(plan) => plan,
-                Err(NoPlace::EverywhereAlready { .. }) if !excluded.is_empty() => {
+                Err(NoPlace::EverywhereAlready { .. } | NoPlace::NoNeuron { .. })
+                    if !excluded.is_empty() =>
+                {
                     return Err(last_error.unwrap_or_else(|| deadline_passed(&model)))
                 }
-                Err(error) => return Err(WireError::new(ErrorClass::Unavailable, error.to_string())),
+                Err(
+                    error @ NoPlace::DoesNotFit {
+                        after_requests: true,
+                        ..
+                    },
+                ) => {
+                    last_error = Some(WireError::new(ErrorClass::Unavailable, error.to_string()));
+                    wait_for_change(&mut fleet_changes, &mut kv_changes, deadline).await;
+                    continue;
+                }
+                Err(error) => {
+                    return Err(WireError::new(ErrorClass::Unavailable, error.to_string()))
+                }
             };
             let holders: BTreeSet<String> = snap
                 .neurons
@@ -125,14 +148,24 @@ async fn run(
                 snap.now_ms,
             )
             .await
-            .map_err(|e| WireError::new(ErrorClass::Unavailable, format!("placement state: {e}")))?;
+            .map_err(|e| {
+                WireError::new(ErrorClass::Unavailable, format!("placement state: {e}"))
+            })?;
             if claimed == Claim::Won {
                 tracing::info!(%model, neuron = %plan.neuron, evict = plan.evict.len(), "cold start");
                 let remaining = deadline.saturating_duration_since(Instant::now());
                 match carry_out(shared, &plan, true, remaining).await {
                     Ok(_) => return Ok(answer(vec![plan.neuron.clone()], true)),
-                    Err(error) if error.class == ErrorClass::ModelNotFound => return Err(error),
-                    Err(error) => {
+                    // What was to be evicted got a request meanwhile: look again shortly.
+                    Err(CarryError::Evict(error)) => {
+                        last_error = Some(error);
+                        wait_for_change(&mut fleet_changes, &mut kv_changes, deadline).await;
+                        continue;
+                    }
+                    Err(CarryError::Load(error)) if error.class == ErrorClass::ModelNotFound => {
+                        return Err(error)
+                    }
+                    Err(CarryError::Load(error)) => {
                         excluded.insert(plan.neuron.clone());
                         last_error = Some(error);
                         continue;
@@ -140,15 +173,24 @@ async fn run(
                 }
             }
         }
-        // Someone else is loading it: wait for a heartbeat or an assignment change.
-        let wait = deadline
-            .saturating_duration_since(Instant::now())
-            .min(WAIT_STEP);
-        tokio::select! {
-            _ = fleet_changes.changed() => {}
-            _ = kv_changes.changed() => {}
-            _ = tokio::time::sleep(wait) => {}
-        }
+        // Someone else is loading it.
+        wait_for_change(&mut fleet_changes, &mut kv_changes, deadline).await;
+    }
+}
+
+/// Waits for a heartbeat or an assignment change, at most [`WAIT_STEP`].
+async fn wait_for_change(
+    fleet: &mut tokio::sync::watch::Receiver<u64>,
+    kv: &mut tokio::sync::watch::Receiver<u64>,
+    deadline: Instant,
+) {
+    let wait = deadline
+        .saturating_duration_since(Instant::now())
+        .min(WAIT_STEP);
+    tokio::select! {
+        _ = fleet.changed() => {}
+        _ = kv.changed() => {}
+        _ = tokio::time::sleep(wait) => {}
     }
 }
 

@@ -147,6 +147,5 @@ impl Fleet {
 
 fn alive(seen: &Seen) -> bool {
     let interval = Duration::from_millis(seen.status.interval_ms.max(100));
-    seen.status.state != NeuronState::Stopped
-        && seen.at.elapsed() < interval * LOST_AFTER_INTERVALS
+    seen.status.state != NeuronState::Stopped && seen.at.elapsed() < interval * LOST_AFTER_INTERVALS
 }

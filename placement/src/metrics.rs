@@ -57,9 +57,21 @@ impl Metrics {
             neurons: Gauge::default(),
             leader: Gauge::default(),
         };
-        registry.register("evictions", "Models evicted to make room", metrics.evictions.clone());
-        registry.register("loads", "Loads placement ordered, by result", metrics.loads.clone());
-        registry.register("ensure", "ensure calls, by outcome", metrics.ensures.clone());
+        registry.register(
+            "evictions",
+            "Models evicted to make room",
+            metrics.evictions.clone(),
+        );
+        registry.register(
+            "loads",
+            "Loads placement ordered, by result",
+            metrics.loads.clone(),
+        );
+        registry.register(
+            "ensure",
+            "ensure calls, by outcome",
+            metrics.ensures.clone(),
+        );
         registry.register("neurons", "Live neurons", metrics.neurons.clone());
         registry.register(
             "placement_leader",

@@ -60,9 +60,11 @@ impl Placement {
     pub async fn start(config: PlacementConfig, client: Client) -> Result<Self, PlacementError> {
         let valid = config.validate()?;
         let listener = match valid.metrics_listen {
-            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-                ConfigError(format!("--metrics-listen {addr}: {e}"))
-            })?),
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| ConfigError(format!("--metrics-listen {addr}: {e}")))?,
+            ),
             None => None,
         };
         let js = async_nats::jetstream::new(client.clone());
@@ -86,7 +88,8 @@ impl Placement {
         let catalog_view = CatalogView::default();
         let mut tasks = Vec::new();
         if let Some(path) = &config.models {
-            let profiles = crate::catalog::file::read(path).map_err(|e| ConfigError(e.to_string()))?;
+            let profiles =
+                crate::catalog::file::read(path).map_err(|e| ConfigError(e.to_string()))?;
             publish::publish_file(&catalog_store, path)
                 .await
                 .map_err(|e| start_error("catalogue")(e.to_string()))?;

@@ -44,7 +44,10 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
             if lost {
                 tracing::warn!(%neuron, "neuron lost");
                 shared
-                    .event(EventDetail::NeuronLost { neuron, last_seen_ms })
+                    .event(EventDetail::NeuronLost {
+                        neuron,
+                        last_seen_ms,
+                    })
                     .await;
             }
         }
@@ -70,7 +73,9 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
             let (shared, busy) = (shared.clone(), busy.clone());
             tokio::spawn(async move {
                 execute(&shared, action).await;
-                busy.lock().unwrap_or_else(|e| e.into_inner()).remove(&model);
+                busy.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&model);
             });
         }
     }
@@ -85,7 +90,11 @@ async fn execute(shared: &Shared, action: Action) {
                 tracing::warn!(model = %plan.model, %error, reason = reason.as_str(), "reconciler load failed");
             }
         }
-        Action::Unload { model, neuron, reason } => {
+        Action::Unload {
+            model,
+            neuron,
+            reason,
+        } => {
             tracing::info!(%model, %neuron, reason = reason.as_str(), "unloading");
             if let Err(error) = unload_copy(shared, &model, &neuron).await {
                 tracing::info!(%model, %neuron, %error, "unload refused; retried next cycle");
@@ -150,14 +159,18 @@ fn matching(
     now: u64,
     desired: u32,
 ) -> Assignment {
-    let mut next = existing.cloned().unwrap_or_else(|| assignments::fresh(model));
+    let mut next = existing
+        .cloned()
+        .unwrap_or_else(|| assignments::fresh(model));
     let previous = next.replicas.clone();
     let mut replicas = Vec::new();
     for neuron in live {
         let Some(held) = neuron.models.iter().find(|m| m.model_id == model) else {
             // A recorded load this neuron does not show yet stays for a while.
             if let Some(r) = previous.iter().find(|r| r.neuron == neuron.neuron_id) {
-                if r.state == ReplicaState::Loading && now.saturating_sub(r.since_ms) < UNCONFIRMED_GRACE_MS {
+                if r.state == ReplicaState::Loading
+                    && now.saturating_sub(r.since_ms) < UNCONFIRMED_GRACE_MS
+                {
                     replicas.push(r.clone());
                 }
             }

@@ -124,7 +124,9 @@ where
         );
         headers.insert(
             "Nats-Service-Error-Code",
-            cortex_bus::control::status_code(error.class).to_string().as_str(),
+            cortex_bus::control::status_code(error.class)
+                .to_string()
+                .as_str(),
         );
     }
     match encoding.encode(&reply) {

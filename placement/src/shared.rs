@@ -122,7 +122,12 @@ impl Shared {
             return mb.saturating_mul(1 << 20);
         }
         let key = (profile.id.clone(), profile.source.clone());
-        if let Some(known) = self.needs.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        if let Some(known) = self
+            .needs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
             return *known;
         }
         let path = Path::new(&profile.source);

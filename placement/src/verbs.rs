@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 
 use cortex_schemas::{
-    Assignment, ErrorClass, EnsureRequest, ModelProfile, Pinned, PinRequest, PlaceRequest,
+    Assignment, EnsureRequest, ErrorClass, ModelProfile, PinRequest, Pinned, PlaceRequest,
     PlacementStatus, UnpinRequest, WireError,
 };
 use serde::{Deserialize, Serialize};
@@ -95,7 +95,9 @@ pub async fn load(shared: &Shared, request: PlaceRequest) -> Result<Assignment, 
         true,
     )
     .map_err(|e| WireError::new(ErrorClass::Unavailable, e.to_string()))?;
-    carry_out(shared, &plan, false, shared.config.load_timeout).await?;
+    carry_out(shared, &plan, false, shared.config.load_timeout)
+        .await
+        .map_err(WireError::from)?;
     Ok(current(shared, &profile.id))
 }
 
@@ -184,7 +186,10 @@ pub async fn reload(shared: &Shared, _: ReloadRequest) -> Result<ReloadReply, Wi
     let Some(path) = &shared.config.models else {
         return Err(WireError::new(
             ErrorClass::InvalidRequest,
-            format!("placement replica {} was started without --models", shared.id),
+            format!(
+                "placement replica {} was started without --models",
+                shared.id
+            ),
         ));
     };
     let published = crate::catalog::publish::publish_file(&shared.catalog_store, path)

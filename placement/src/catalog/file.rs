@@ -124,7 +124,10 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<ModelProfile>, CatalogError> 
         profiles.push((line, profile));
     }
     // Aliases may not shadow an id or another alias.
-    let mut names: HashMap<&str, &str> = profiles.iter().map(|(_, p)| (p.id.as_str(), p.id.as_str())).collect();
+    let mut names: HashMap<&str, &str> = profiles
+        .iter()
+        .map(|(_, p)| (p.id.as_str(), p.id.as_str()))
+        .collect();
     for (line, profile) in &profiles {
         for alias in &profile.aliases {
             if let Some(owner) = names.insert(alias, &profile.id) {
@@ -251,7 +254,8 @@ min_replicas = 2
         assert_eq!(e.line, 4, "{e}");
         let e = fails("[[model]]\nid = \"a b\"\nsource = \"x\"\n");
         assert!(e.message.starts_with("id:"), "{e}");
-        let e = fails("[[model]]\nid = \"a\"\nsource = \"x\"\nmin_replicas = 3\nmax_replicas = 2\n");
+        let e =
+            fails("[[model]]\nid = \"a\"\nsource = \"x\"\nmin_replicas = 3\nmax_replicas = 2\n");
         assert!(e.message.starts_with("min_replicas:"), "{e}");
         let e = fails("[[model]]\nid = \"a\"\n");
         assert!(e.message.contains("source"), "{e}");
@@ -259,10 +263,14 @@ min_replicas = 2
 
     #[test]
     fn duplicate_ids_tokens_and_aliases_are_refused() {
-        let e = fails("[[model]]\nid = \"a\"\nsource = \"x\"\n\n[[model]]\nid = \"a\"\nsource = \"y\"\n");
+        let e = fails(
+            "[[model]]\nid = \"a\"\nsource = \"x\"\n\n[[model]]\nid = \"a\"\nsource = \"y\"\n",
+        );
         assert_eq!(e.line, 5);
         assert!(e.message.contains("line 1"), "{e}");
-        let e = fails("[[model]]\nid = \"a.b\"\nsource = \"x\"\n[[model]]\nid = \"a_b\"\nsource = \"y\"\n");
+        let e = fails(
+            "[[model]]\nid = \"a.b\"\nsource = \"x\"\n[[model]]\nid = \"a_b\"\nsource = \"y\"\n",
+        );
         assert!(e.message.contains("subject token"), "{e}");
         let e = fails("[[model]]\nid = \"a\"\nsource = \"x\"\n[[model]]\nid = \"b\"\naliases = [\"a\"]\nsource = \"y\"\n");
         assert!(e.message.starts_with("aliases:"), "{e}");

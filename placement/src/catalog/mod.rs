@@ -60,7 +60,10 @@ impl CatalogView {
     /// Every profile, by model id.
     pub fn all(&self) -> BTreeMap<String, ModelProfile> {
         let profiles = self.by_token.read().unwrap_or_else(|e| e.into_inner());
-        profiles.values().map(|p| (p.id.clone(), p.clone())).collect()
+        profiles
+            .values()
+            .map(|p| (p.id.clone(), p.clone()))
+            .collect()
     }
 
     /// The profile a client's name means: its id or one of its aliases.
@@ -69,7 +72,11 @@ impl CatalogView {
         profiles
             .values()
             .find(|p| p.id == name)
-            .or_else(|| profiles.values().find(|p| p.aliases.iter().any(|a| a == name)))
+            .or_else(|| {
+                profiles
+                    .values()
+                    .find(|p| p.aliases.iter().any(|a| a == name))
+            })
             .cloned()
     }
 }

@@ -68,6 +68,8 @@ pub enum NoPlace {
         need: u64,
         best: u64,
         priority: i32,
+        /// Whether it would fit once requests in flight finish.
+        after_requests: bool,
     },
 }
 
@@ -109,9 +111,15 @@ pub fn place(
     // Fits as it is: pinned-here first, then most free, then lowest id.
     let fits = candidates
         .iter()
-        .flat_map(|n| n.devices.iter().map(move |d| (n, d.index, snap.free(&n.id, d.index))))
+        .flat_map(|n| {
+            n.devices
+                .iter()
+                .map(move |d| (n, d.index, snap.free(&n.id, d.index)))
+        })
         .filter(|(_, _, free)| *free >= need)
-        .min_by_key(|(n, index, free)| (!pins.contains(&n.id), Reverse(*free), n.id.clone(), *index));
+        .min_by_key(|(n, index, free)| {
+            (!pins.contains(&n.id), Reverse(*free), n.id.clone(), *index)
+        });
     if let Some((neuron, device, _)) = fits {
         return Ok(Plan {
             model: model.to_string(),
@@ -122,19 +130,26 @@ pub fn place(
         });
     }
     let mut best_offer = 0u64;
+    let mut offer_when_idle = 0u64;
     let mut best: Option<(Cost, Plan)> = None;
     for neuron in &candidates {
         for device in &neuron.devices {
             let free = snap.free(&neuron.id, device.index);
-            let mut victims: Vec<_> = neuron
+            let evictable: Vec<_> = neuron
                 .held
                 .iter()
                 .filter(|h| h.device == device.index && h.model != model)
-                .filter(|h| h.state == ModelState::Ready && h.busy == 0)
+                .filter(|h| h.state == ModelState::Ready)
                 .filter(|h| !snap.pinned_on(&h.model, &neuron.id))
                 .filter(|h| snap.priority(&h.model) <= priority)
                 .filter(|h| snap.replicas(&h.model).len() as u32 > snap.min_replicas(&h.model))
                 .collect();
+            offer_when_idle = offer_when_idle.max(
+                evictable
+                    .iter()
+                    .fold(free, |sum, h| sum.saturating_add(h.memory)),
+            );
+            let mut victims: Vec<_> = evictable.into_iter().filter(|h| h.busy == 0).collect();
             victims.sort_by_key(|h| {
                 let first = match strategy {
                     Strategy::Lru => 0,
@@ -204,6 +219,7 @@ pub fn place(
         need,
         best: best_offer,
         priority,
+        after_requests: allow_evict && offer_when_idle >= need,
     })
 }
 

@@ -73,10 +73,20 @@ impl Reason {
 /// What to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    Load { plan: Plan, reason: Reason },
-    Unload { model: String, neuron: String, reason: Reason },
+    Load {
+        plan: Plan,
+        reason: Reason,
+    },
+    Unload {
+        model: String,
+        neuron: String,
+        reason: Reason,
+    },
     /// Load on `plan`'s neuron, then unload from `from`.
-    Move { plan: Plan, from: String },
+    Move {
+        plan: Plan,
+        from: String,
+    },
 }
 
 /// Queue pressure per model: cycles in a row its copies had a queue.
@@ -92,9 +102,11 @@ pub fn update_pressure(snap: &Snapshot, pressure: &mut BTreeMap<String, u32>) {
     // A model is under pressure when every ready copy has more work than slots.
     pressure.retain(|model, _| deep.contains(model));
     for model in deep {
-        let saturated = snap.neurons.values().filter_map(|n| n.holding(&model)).all(|h| {
-            h.state != ModelState::Ready || h.busy >= queue_threshold(snap, &model)
-        });
+        let saturated = snap
+            .neurons
+            .values()
+            .filter_map(|n| n.holding(&model))
+            .all(|h| h.state != ModelState::Ready || h.busy >= queue_threshold(snap, &model));
         let counter = pressure.entry(model).or_insert(0);
         *counter = if saturated { *counter + 1 } else { 0 };
     }
@@ -134,27 +146,50 @@ pub fn reconcile(
         let mut count = replicas.len() as u32;
         let floor = work.min_replicas(model);
         // Pin lists: a copy on each listed live neuron.
-        let missing = work
-            .pin_list(model)
-            .into_iter()
-            .find(|n| work.neurons.get(n).is_some_and(|v| v.accepting) && !replicas.iter().any(|r| &r.neuron == n));
+        let missing = work.pin_list(model).into_iter().find(|n| {
+            work.neurons.get(n).is_some_and(|v| v.accepting)
+                && !replicas.iter().any(|r| &r.neuron == n)
+        });
         if let Some(neuron) = missing {
-            if let Ok(plan) = place(&work, model, settings.strategy, Some(&neuron), &BTreeSet::new(), true) {
+            if let Ok(plan) = place(
+                &work,
+                model,
+                settings.strategy,
+                Some(&neuron),
+                &BTreeSet::new(),
+                true,
+            ) {
                 work.apply(&plan);
-                actions.push(Action::Load { plan, reason: Reason::Pinned });
+                actions.push(Action::Load {
+                    plan,
+                    reason: Reason::Pinned,
+                });
                 continue;
             }
         }
         if count < floor {
-            let reason = if spec.profile.min_replicas >= floor { Reason::MinReplicas } else { Reason::Pinned };
-            if let Ok(plan) = place(&work, model, settings.strategy, None, &BTreeSet::new(), true) {
+            let reason = if spec.profile.min_replicas >= floor {
+                Reason::MinReplicas
+            } else {
+                Reason::Pinned
+            };
+            if let Ok(plan) = place(
+                &work,
+                model,
+                settings.strategy,
+                None,
+                &BTreeSet::new(),
+                true,
+            ) {
                 work.apply(&plan);
                 actions.push(Action::Load { plan, reason });
             }
             continue;
         }
         let idle_for = |r: &super::snapshot::ReplicaView| {
-            let since = r.last_used_ms.unwrap_or_else(|| replica_since(snap, model, &r.neuron));
+            let since = r
+                .last_used_ms
+                .unwrap_or_else(|| replica_since(snap, model, &r.neuron));
             snap.now_ms.saturating_sub(since)
         };
         let mut removable: Vec<_> = replicas
@@ -167,15 +202,29 @@ pub fn reconcile(
         if count > spec.profile.max_replicas {
             if let Some(r) = removable.first() {
                 work.remove_copy(model, &r.neuron);
-                actions.push(Action::Unload { model: model.to_string(), neuron: r.neuron.clone(), reason: Reason::OverMax });
+                actions.push(Action::Unload {
+                    model: model.to_string(),
+                    neuron: r.neuron.clone(),
+                    reason: Reason::OverMax,
+                });
             }
             continue;
         }
         let pressured = pressure.get(model).copied().unwrap_or(0) >= settings.scale_up_after;
         if pressured && count < spec.profile.max_replicas {
-            if let Ok(plan) = place(&work, model, settings.strategy, None, &BTreeSet::new(), false) {
+            if let Ok(plan) = place(
+                &work,
+                model,
+                settings.strategy,
+                None,
+                &BTreeSet::new(),
+                false,
+            ) {
                 work.apply(&plan);
-                actions.push(Action::Load { plan, reason: Reason::ScaleUp });
+                actions.push(Action::Load {
+                    plan,
+                    reason: Reason::ScaleUp,
+                });
             }
             continue;
         }
@@ -183,22 +232,39 @@ pub fn reconcile(
             for r in &removable {
                 if count > floor && idle_for(r) >= ttl {
                     work.remove_copy(model, &r.neuron);
-                    actions.push(Action::Unload { model: model.to_string(), neuron: r.neuron.clone(), reason: Reason::Idle });
+                    actions.push(Action::Unload {
+                        model: model.to_string(),
+                        neuron: r.neuron.clone(),
+                        reason: Reason::Idle,
+                    });
                     count -= 1;
                 }
             }
-            if actions.iter().any(|a| matches!(a, Action::Unload { model: m, .. } if m == model)) {
+            if actions
+                .iter()
+                .any(|a| matches!(a, Action::Unload { model: m, .. } if m == model))
+            {
                 continue;
             }
         }
         if count > floor.max(1) && !pressured {
-            if let Some(r) = removable.iter().find(|r| idle_for(r) >= settings.scale_down_after_ms) {
+            if let Some(r) = removable
+                .iter()
+                .find(|r| idle_for(r) >= settings.scale_down_after_ms)
+            {
                 work.remove_copy(model, &r.neuron);
-                actions.push(Action::Unload { model: model.to_string(), neuron: r.neuron.clone(), reason: Reason::ScaleDown });
+                actions.push(Action::Unload {
+                    model: model.to_string(),
+                    neuron: r.neuron.clone(),
+                    reason: Reason::ScaleDown,
+                });
             }
         }
     }
-    if settings.defrag_after > 0 && evictions_since_defrag >= settings.defrag_after && actions.is_empty() {
+    if settings.defrag_after > 0
+        && evictions_since_defrag >= settings.defrag_after
+        && actions.is_empty()
+    {
         actions.extend(defrag(&work, settings));
     }
     actions
@@ -232,7 +298,11 @@ fn defrag(snap: &Snapshot, settings: &Settings) -> Vec<Action> {
                 let held: Vec<_> = n.held.iter().filter(|h| h.device == d.index).collect();
                 let used: u64 = held.iter().map(|h| h.memory).sum();
                 let movable = !held.is_empty()
-                    && held.iter().all(|h| h.state == ModelState::Ready && h.busy == 0 && !snap.pinned_on(&h.model, &n.id));
+                    && held.iter().all(|h| {
+                        h.state == ModelState::Ready
+                            && h.busy == 0
+                            && !snap.pinned_on(&h.model, &n.id)
+                    });
                 movable.then(|| (used, n.id.clone(), d.index))
             })
         })
@@ -256,7 +326,10 @@ fn defrag(snap: &Snapshot, settings: &Settings) -> Vec<Action> {
             match place(&work, model, settings.strategy, None, &exclude, false) {
                 Ok(plan) => {
                     work.apply(&plan);
-                    moves.push(Action::Move { plan, from: neuron.clone() });
+                    moves.push(Action::Move {
+                        plan,
+                        from: neuron.clone(),
+                    });
                 }
                 Err(_) => break,
             }

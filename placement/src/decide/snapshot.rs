@@ -204,7 +204,9 @@ impl Snapshot {
 
     pub fn priority(&self, model: &str) -> i32 {
         // Models outside the catalogue go first.
-        self.models.get(model).map_or(i32::MIN, |m| m.profile.priority)
+        self.models
+            .get(model)
+            .map_or(i32::MIN, |m| m.profile.priority)
     }
 
     /// Whether `model` is pinned on `neuron` (by the catalogue or an operator).
@@ -213,7 +215,9 @@ impl Snapshot {
             Pinned::Flag(flag) => *flag,
             Pinned::Neurons(list) => list.iter().any(|n| n == neuron),
         };
-        self.models.get(model).is_some_and(|m| hit(&m.profile.pinned))
+        self.models
+            .get(model)
+            .is_some_and(|m| hit(&m.profile.pinned))
             || self.assignments.get(model).is_some_and(|a| hit(&a.pinned))
     }
 

@@ -10,11 +10,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use cortex_schemas::{ModelProfile, ModelState, Pinned};
 use proptest::prelude::*;
 
-use super::{
-    place, reconcile, update_pressure, Action, DeviceView, Held, ModelSpec, NeuronView, NoPlace, Plan,
-    Reason, Settings, Snapshot,
-};
 use super::place::Strategy as Evicting;
+use super::{
+    place, reconcile, update_pressure, Action, DeviceView, Held, ModelSpec, NeuronView, NoPlace,
+    Plan, Reason, Settings, Snapshot,
+};
 use proptest::strategy::Strategy;
 
 #[derive(Debug, Clone)]
@@ -30,7 +30,11 @@ struct World {
 
 impl World {
     fn used(&self, neuron: &str, device: u32) -> u64 {
-        let held: u64 = self.held[neuron].iter().filter(|h| h.device == device).map(|h| h.memory).sum();
+        let held: u64 = self.held[neuron]
+            .iter()
+            .filter(|h| h.device == device)
+            .map(|h| h.memory)
+            .sum();
         let pending: u64 = self
             .pending
             .iter()
@@ -41,30 +45,65 @@ impl World {
     }
 
     fn snapshot(&self) -> Snapshot {
-        let mut snap = Snapshot { now_ms: self.now, models: self.models.clone(), ..Default::default() };
+        let mut snap = Snapshot {
+            now_ms: self.now,
+            models: self.models.clone(),
+            ..Default::default()
+        };
         for (id, totals) in &self.devices {
             let devices = totals
                 .iter()
                 .enumerate()
                 .map(|(i, &total)| {
-                    let held: u64 = self.held[id].iter().filter(|h| h.device == i as u32).map(|h| h.memory).sum();
-                    DeviceView { index: i as u32, total, free: total - held }
+                    let held: u64 = self.held[id]
+                        .iter()
+                        .filter(|h| h.device == i as u32)
+                        .map(|h| h.memory)
+                        .sum();
+                    DeviceView {
+                        index: i as u32,
+                        total,
+                        free: total - held,
+                    }
                 })
                 .collect();
-            snap.neurons.insert(id.clone(), NeuronView { id: id.clone(), accepting: true, devices, held: self.held[id].clone() });
+            snap.neurons.insert(
+                id.clone(),
+                NeuronView {
+                    id: id.clone(),
+                    accepting: true,
+                    devices,
+                    held: self.held[id].clone(),
+                },
+            );
         }
         for (model, neuron, device) in &self.pending {
-            let plan = Plan { model: model.clone(), neuron: neuron.clone(), device: *device, need: 0, evict: vec![] };
+            let plan = Plan {
+                model: model.clone(),
+                neuron: neuron.clone(),
+                device: *device,
+                need: 0,
+                evict: vec![],
+            };
             snap.apply(&plan);
         }
         snap
     }
 
     fn remove(&mut self, snap: &Snapshot, model: &str, neuron: &str) {
-        assert!(!snap.pinned_on(model, neuron), "pinned {model} removed from {neuron}");
+        assert!(
+            !snap.pinned_on(model, neuron),
+            "pinned {model} removed from {neuron}"
+        );
         let list = self.held.get_mut(neuron).unwrap();
-        let pos = list.iter().position(|h| h.model == model).expect("removing what is not held");
-        assert_eq!(list[pos].busy, 0, "{model} removed from {neuron} with requests in flight");
+        let pos = list
+            .iter()
+            .position(|h| h.model == model)
+            .expect("removing what is not held");
+        assert_eq!(
+            list[pos].busy, 0,
+            "{model} removed from {neuron} with requests in flight"
+        );
         list.remove(pos);
     }
 
@@ -72,7 +111,8 @@ impl World {
         for evict in &plan.evict {
             self.remove(snap, &evict.model, &evict.neuron);
         }
-        self.pending.push((plan.model.clone(), plan.neuron.clone(), plan.device));
+        self.pending
+            .push((plan.model.clone(), plan.neuron.clone(), plan.device));
         let total = self.devices[&plan.neuron][plan.device as usize];
         assert!(
             self.used(&plan.neuron, plan.device) <= total,
@@ -117,12 +157,22 @@ fn step() -> impl Strategy<Value = Step> {
 fn world() -> impl Strategy<Value = World> {
     let neurons = prop::collection::vec(prop::collection::vec(100u64..1000, 1..3), 1..5);
     let models = prop::collection::vec(
-        (10u64..700, -2i32..3, 0u8..10, 0u32..3, 0u32..3, prop::option::of(1_000u64..300_000)),
+        (
+            10u64..700,
+            -2i32..3,
+            0u8..10,
+            0u32..3,
+            0u32..3,
+            prop::option::of(1_000u64..300_000),
+        ),
         1..8,
     );
     (neurons, models).prop_map(|(neurons, models)| {
-        let devices: BTreeMap<String, Vec<u64>> =
-            neurons.into_iter().enumerate().map(|(i, d)| (format!("n{i}"), d)).collect();
+        let devices: BTreeMap<String, Vec<u64>> = neurons
+            .into_iter()
+            .enumerate()
+            .map(|(i, d)| (format!("n{i}"), d))
+            .collect();
         let ids: Vec<String> = devices.keys().cloned().collect();
         let models = models
             .into_iter()
@@ -155,7 +205,13 @@ fn world() -> impl Strategy<Value = World> {
             })
             .collect();
         let held = devices.keys().map(|k| (k.clone(), Vec::new())).collect();
-        World { now: 1_000_000, devices, held, pending: vec![], models }
+        World {
+            now: 1_000_000,
+            devices,
+            held,
+            pending: vec![],
+            models,
+        }
     })
 }
 
@@ -272,7 +328,15 @@ fn sample() -> World {
 #[test]
 fn fits_without_eviction_on_the_device_with_most_free_memory() {
     let world = sample();
-    let plan = place(&world.snapshot(), "small", Evicting::Lru, None, &BTreeSet::new(), true).unwrap();
+    let plan = place(
+        &world.snapshot(),
+        "small",
+        Evicting::Lru,
+        None,
+        &BTreeSet::new(),
+        true,
+    )
+    .unwrap();
     assert_eq!((plan.neuron.as_str(), plan.evict.len()), ("a", 0));
 }
 
@@ -280,25 +344,69 @@ fn fits_without_eviction_on_the_device_with_most_free_memory() {
 fn evicts_least_recently_used_and_never_busy_or_pinned() {
     let mut world = sample();
     world.held.get_mut("a").unwrap().extend([
-        Held { model: "low".into(), device: 0, memory: 300, state: ModelState::Ready, busy: 0, last_used_ms: Some(5) },
-        Held { model: "small".into(), device: 0, memory: 300, state: ModelState::Ready, busy: 0, last_used_ms: Some(1) },
-        Held { model: "vip".into(), device: 0, memory: 300, state: ModelState::Ready, busy: 0, last_used_ms: Some(0) },
+        Held {
+            model: "low".into(),
+            device: 0,
+            memory: 300,
+            state: ModelState::Ready,
+            busy: 0,
+            last_used_ms: Some(5),
+        },
+        Held {
+            model: "small".into(),
+            device: 0,
+            memory: 300,
+            state: ModelState::Ready,
+            busy: 0,
+            last_used_ms: Some(1),
+        },
+        Held {
+            model: "vip".into(),
+            device: 0,
+            memory: 300,
+            state: ModelState::Ready,
+            busy: 0,
+            last_used_ms: Some(0),
+        },
     ]);
-    world.held.get_mut("b").unwrap().push(
-        Held { model: "x-busy".into(), device: 0, memory: 500, state: ModelState::Ready, busy: 1, last_used_ms: Some(0) },
-    );
+    world.held.get_mut("b").unwrap().push(Held {
+        model: "x-busy".into(),
+        device: 0,
+        memory: 500,
+        state: ModelState::Ready,
+        busy: 1,
+        last_used_ms: Some(0),
+    });
     let snap = world.snapshot();
     // lru: "small" (used at 1) before "low" (used at 5); "vip" is pinned.
     let plan = place(&snap, "big", Evicting::Lru, None, &BTreeSet::new(), true).unwrap();
     let evicted: Vec<_> = plan.evict.iter().map(|e| e.model.as_str()).collect();
     assert_eq!((plan.neuron.as_str(), evicted), ("a", vec!["small", "low"]));
     // priority: "low" (priority -1) goes first.
-    let plan = place(&snap, "big", Evicting::Priority, None, &BTreeSet::new(), true).unwrap();
+    let plan = place(
+        &snap,
+        "big",
+        Evicting::Priority,
+        None,
+        &BTreeSet::new(),
+        true,
+    )
+    .unwrap();
     let evicted: Vec<_> = plan.evict.iter().map(|e| e.model.as_str()).collect();
     assert_eq!(evicted, vec!["low", "small"]);
     // Without eviction nothing fits; the error says what the best offer is.
     let error = place(&snap, "big", Evicting::Lru, None, &BTreeSet::new(), false).unwrap_err();
-    assert!(matches!(error, NoPlace::DoesNotFit { need: 800, best: 900, .. }), "{error:?}");
+    assert!(
+        matches!(
+            error,
+            NoPlace::DoesNotFit {
+                need: 800,
+                best: 900,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
 }
 
 #[test]
@@ -317,15 +425,30 @@ fn reconcile_loads_pinned_and_unloads_idle() {
     let mut world = sample();
     let snap = world.snapshot();
     let actions = reconcile(&snap, &Settings::default(), &BTreeMap::new(), 0);
-    assert!(matches!(&actions[..], [Action::Load { plan, reason: Reason::Pinned }] if plan.model == "vip"), "{actions:?}");
+    assert!(
+        matches!(&actions[..], [Action::Load { plan, reason: Reason::Pinned }] if plan.model == "vip"),
+        "{actions:?}"
+    );
     run_actions(&mut world, &snap, &actions);
     world.land();
-    world.held.get_mut("b").unwrap().push(
-        Held { model: "small".into(), device: 0, memory: 300, state: ModelState::Ready, busy: 0, last_used_ms: Some(world.now) },
-    );
+    world.held.get_mut("b").unwrap().push(Held {
+        model: "small".into(),
+        device: 0,
+        memory: 300,
+        state: ModelState::Ready,
+        busy: 0,
+        last_used_ms: Some(world.now),
+    });
     world.now += 61_000;
     let actions = reconcile(&world.snapshot(), &Settings::default(), &BTreeMap::new(), 0);
-    assert_eq!(actions, vec![Action::Unload { model: "small".into(), neuron: "b".into(), reason: Reason::Idle }]);
+    assert_eq!(
+        actions,
+        vec![Action::Unload {
+            model: "small".into(),
+            neuron: "b".into(),
+            reason: Reason::Idle
+        }]
+    );
 }
 
 #[test]
@@ -334,15 +457,36 @@ fn a_deep_queue_scales_up_to_max_replicas() {
     let spec = world.models.get_mut("small").unwrap();
     spec.profile.max_replicas = 2;
     spec.profile.max_concurrency = Some(1);
-    world.held.get_mut("a").unwrap().push(
-        Held { model: "small".into(), device: 0, memory: 300, state: ModelState::Ready, busy: 5, last_used_ms: Some(world.now) },
-    );
+    world.held.get_mut("a").unwrap().push(Held {
+        model: "small".into(),
+        device: 0,
+        memory: 300,
+        state: ModelState::Ready,
+        busy: 5,
+        last_used_ms: Some(world.now),
+    });
     let snap = world.snapshot();
     let mut pressure = BTreeMap::new();
-    let settings = Settings { scale_up_after: 2, ..Settings::default() };
+    let settings = Settings {
+        scale_up_after: 2,
+        ..Settings::default()
+    };
     update_pressure(&snap, &mut pressure);
-    assert!(!reconcile(&snap, &settings, &pressure, 0).iter().any(|a| matches!(a, Action::Load { reason: Reason::ScaleUp, .. })));
+    assert!(!reconcile(&snap, &settings, &pressure, 0)
+        .iter()
+        .any(|a| matches!(
+            a,
+            Action::Load {
+                reason: Reason::ScaleUp,
+                ..
+            }
+        )));
     update_pressure(&snap, &mut pressure);
     let actions = reconcile(&snap, &settings, &pressure, 0);
-    assert!(actions.iter().any(|a| matches!(a, Action::Load { plan, reason: Reason::ScaleUp } if plan.neuron == "b")), "{actions:?}");
+    assert!(
+        actions.iter().any(
+            |a| matches!(a, Action::Load { plan, reason: Reason::ScaleUp } if plan.neuron == "b")
+        ),
+        "{actions:?}"
+    );
 }
