@@ -182,7 +182,11 @@ where
     T: Serialize + DeserializeOwned,
     F: FnMut(Option<&T>) -> Option<T>,
 {
-    for _ in 0..MAX_CAS_ATTEMPTS {
+    for attempt in 0..MAX_CAS_ATTEMPTS {
+        if attempt >= 3 {
+            // Heavy contention: back off a little so the writers spread out.
+            tokio::time::sleep(std::time::Duration::from_millis(u64::from(attempt.min(50)))).await;
+        }
         let current = get::<T>(store, key).await?;
         let Some(next) = change(current.as_ref().map(|v| &v.value)) else {
             return Ok(CasOutcome::Unchanged(current));

@@ -113,9 +113,34 @@ impl Shared {
             .sum()
     }
 
-    /// The status heartbeats carry, taken now.
+    /// What a device can still take. Where the measure comes from the
+    /// device (NVML), it shows neither loads in progress nor the KV caches
+    /// loaded models reserved but have not filled: both are taken off, so
+    /// the fit check and the heartbeats placement plans with agree.
+    pub fn free_on(&self, device: &cortex_schemas::DeviceStatus) -> u64 {
+        if self.discovery.tracks_our_memory() {
+            return device.memory_free_bytes;
+        }
+        let models = self.all_models();
+        let ours = |only_loading: bool| -> u64 {
+            models
+                .iter()
+                .filter(|m| m.device() == device.index)
+                .filter(|m| !only_loading || m.state() == cortex_schemas::ModelState::Loading)
+                .map(|m| m.memory_bytes())
+                .sum()
+        };
+        let measured = device.memory_free_bytes.saturating_sub(ours(true));
+        let reserved = device.memory_total_bytes.saturating_sub(ours(false));
+        measured.min(reserved)
+    }
+
+    /// The status heartbeats carry, taken now; device free memory as [`Self::free_on`] counts it.
     pub fn status(&self) -> NeuronStatus {
-        let devices = self.discovery.devices(|index| self.memory_on(index));
+        let mut devices = self.discovery.devices(|index| self.memory_on(index));
+        for device in &mut devices {
+            device.memory_free_bytes = self.free_on(device);
+        }
         NeuronStatus {
             neuron_id: self.id.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),

@@ -1,9 +1,11 @@
 //! Carrying decisions out against neurons (their `cortex-neuron` micro
 //! service) and recording each step in KV:
-//! - [`carry_out`]: evict what the plan says (a neuron refuses an unload
-//!   while requests are in flight, so nothing is cut mid-stream), then
-//!   load, then record the copy `ready`, or forget it when the load failed;
-//! - [`unload`]: one copy, refused for a pinned one unless forced by the caller.
+//! - [`carry_out`]: claim the load in KV (compare-and-swap, bounded copies),
+//!   evict what the plan says (each victim marked `unloading` first so no
+//!   other plan counts it; a neuron refuses an unload while requests are in
+//!   flight, so nothing is cut mid-stream), load, then record the copy
+//!   `ready`, or forget it when the load failed;
+//! - [`unload_copy`]: one copy off one neuron (callers check pins).
 
 use std::time::Duration;
 
@@ -18,8 +20,10 @@ use crate::assignments;
 use crate::decide::Plan;
 use crate::shared::Shared;
 
-/// How long a neuron gets to answer an unload (it drains first).
-pub const UNLOAD_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a neuron gets to answer an unload; it refuses at once while
+/// requests are in flight, so this only bounds a slow engine release.
+/// Shorter than the claim's life, so a claim outlives its evictions.
+pub const UNLOAD_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Why a plan was not carried out.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -31,12 +35,17 @@ pub enum CarryError {
     /// The load itself failed, or the state could not be recorded.
     #[error("{0}")]
     Load(WireError),
+    /// Another load of the model was recorded first (or the copies are at
+    /// the limit asked): nothing was done.
+    #[error("another load of the model is in progress")]
+    Taken,
 }
 
 impl From<CarryError> for WireError {
     fn from(error: CarryError) -> Self {
         match error {
             CarryError::Evict(wire) | CarryError::Load(wire) => wire,
+            CarryError::Taken => WireError::new(ErrorClass::Unavailable, error.to_string()),
         }
     }
 }
@@ -48,30 +57,79 @@ fn kv_error(error: impl std::fmt::Display) -> WireError {
     )
 }
 
-/// Evicts, loads and records `plan`; the load is recorded as `loading`
-/// first unless the caller already `claimed` it. Waits up to `timeout`.
+/// Claims, evicts, loads and records `plan`, refusing when the model has
+/// `max_copies` copies already. Waits up to `timeout` in all.
 pub async fn carry_out(
     shared: &Shared,
     plan: &Plan,
-    claimed: bool,
+    max_copies: u32,
     timeout: Duration,
 ) -> Result<LoadReply, CarryError> {
-    let now = cortex_bus::headers::unix_ms();
-    if !claimed {
-        assignments::set_state(
+    let deadline = tokio::time::Instant::now() + timeout;
+    let holders = shared.fleet.holders(&plan.model);
+    let claimed = assignments::claim(
+        &shared.placements,
+        &shared.assignments,
+        assignments::ClaimSpec {
+            model: &plan.model,
+            neuron: &plan.neuron,
+            device: plan.device,
+            max_copies,
+            holders: &holders,
+            now_ms: cortex_bus::headers::unix_ms(),
+        },
+    )
+    .await
+    .map_err(|e| CarryError::Load(kv_error(e)))?;
+    if claimed == assignments::Claim::Taken {
+        return Err(CarryError::Taken);
+    }
+    for evict in &plan.evict {
+        let now = cortex_bus::headers::unix_ms();
+        let marked = assignments::set_state(
+            &shared.placements,
+            &shared.assignments,
+            &evict.model,
+            &evict.neuron,
+            Some(evict.device),
+            ReplicaState::Unloading,
+            now,
+        )
+        .await;
+        let _ = assignments::touch(
             &shared.placements,
             &shared.assignments,
             &plan.model,
             &plan.neuron,
-            Some(plan.device),
-            ReplicaState::Loading,
             now,
         )
-        .await
-        .map_err(|e| CarryError::Load(kv_error(e)))?;
-    }
-    for evict in &plan.evict {
-        let evicted = unload_copy(shared, &evict.model, &evict.neuron).await;
+        .await;
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let evicted = match marked {
+            Ok(_) => {
+                unload_copy_within(
+                    shared,
+                    &evict.model,
+                    &evict.neuron,
+                    remaining.min(UNLOAD_TIMEOUT),
+                )
+                .await
+            }
+            Err(e) => Err(kv_error(e)),
+        };
+        if evicted.is_err() {
+            // Still there: it is ready again, not leaving.
+            let _ = assignments::set_state(
+                &shared.placements,
+                &shared.assignments,
+                &evict.model,
+                &evict.neuron,
+                Some(evict.device),
+                ReplicaState::Ready,
+                cortex_bus::headers::unix_ms(),
+            )
+            .await;
+        }
         if let Err(error) = evicted {
             forget(shared, &plan.model, &plan.neuron).await;
             return Err(CarryError::Evict(WireError::new(
@@ -104,7 +162,8 @@ pub async fn carry_out(
         device: Some(plan.device),
     };
     let subject = shared.subjects.neuron(&plan.neuron, NeuronOp::Load);
-    let loaded: Result<LoadReply, WireError> = call(&shared.client, subject, &request, timeout)
+    let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+    let loaded: Result<LoadReply, WireError> = call(&shared.client, subject, &request, remaining)
         .await
         .map_err(WireError::from);
     match loaded {
@@ -144,12 +203,21 @@ pub async fn unload_copy(
     model: &str,
     neuron: &str,
 ) -> Result<UnloadReply, WireError> {
+    unload_copy_within(shared, model, neuron, UNLOAD_TIMEOUT).await
+}
+
+async fn unload_copy_within(
+    shared: &Shared,
+    model: &str,
+    neuron: &str,
+    timeout: Duration,
+) -> Result<UnloadReply, WireError> {
     let subject = shared.subjects.neuron(neuron, NeuronOp::Unload);
     let request = UnloadRequest {
         model_id: model.to_string(),
         force: false,
     };
-    let reply = match call::<_, UnloadReply>(&shared.client, subject, &request, UNLOAD_TIMEOUT)
+    let reply = match call::<_, UnloadReply>(&shared.client, subject, &request, timeout)
         .await
         .map_err(WireError::from)
     {

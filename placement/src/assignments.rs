@@ -2,7 +2,8 @@
 //! Every replica follows the bucket into an [`AssignmentsView`]; every
 //! change is a compare-and-swap on the key's revision ([`modify`]), so
 //! concurrent writers (ensures on several replicas, the reconciler) never
-//! lose each other's updates, and a claim ([`claim`]) is won by exactly one.
+//! lose each other's updates, and claims ([`claim`]) never make more copies
+//! than asked, however many replicas claim at once.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
@@ -15,10 +16,16 @@ use futures::StreamExt;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-/// The assignments as this replica last saw them, by model id.
+/// How long a recorded load that no heartbeat shows yet keeps its claim
+/// (and its memory): the loader refreshes it while it evicts, and once the
+/// neuron has the load its heartbeats show it.
+pub const CLAIM_TTL_MS: u64 = 30_000;
+
+/// The assignments as this replica last saw them, by model id, each with
+/// the KV revision it was read at (a view never goes back to an older one).
 #[derive(Debug, Clone)]
 pub struct AssignmentsView {
-    by_model: Arc<RwLock<BTreeMap<String, Assignment>>>,
+    by_model: Arc<RwLock<BTreeMap<String, (Assignment, u64)>>>,
     changes: watch::Sender<u64>,
 }
 
@@ -39,21 +46,22 @@ impl AssignmentsView {
             // Keys are tokens; values carry the model id.
             let mut ids: BTreeMap<String, String> = BTreeMap::new();
             while let Some(event) = events.next().await {
-                {
-                    let mut map = writer.by_model.write().unwrap_or_else(|e| e.into_inner());
-                    match event.value {
-                        Some(assignment) => {
-                            ids.insert(event.key.clone(), assignment.model_id.clone());
-                            map.insert(assignment.model_id.clone(), assignment);
-                        }
-                        None => {
-                            if let Some(id) = ids.remove(&event.key) {
-                                map.remove(&id);
-                            }
+                match event.value {
+                    Some(assignment) => {
+                        ids.insert(event.key.clone(), assignment.model_id.clone());
+                        writer.note(&assignment, event.revision);
+                    }
+                    None => {
+                        if let Some(id) = ids.remove(&event.key) {
+                            writer
+                                .by_model
+                                .write()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .remove(&id);
+                            writer.changes.send_modify(|n| *n = n.wrapping_add(1));
                         }
                     }
                 }
-                writer.changes.send_modify(|n| *n = n.wrapping_add(1));
             }
         });
         (view, task)
@@ -63,7 +71,9 @@ impl AssignmentsView {
         self.by_model
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .iter()
+            .map(|(id, (a, _))| (id.clone(), a.clone()))
+            .collect()
     }
 
     pub fn get(&self, model: &str) -> Option<Assignment> {
@@ -71,15 +81,22 @@ impl AssignmentsView {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(model)
-            .cloned()
+            .map(|(a, _)| a.clone())
     }
 
-    /// Records a value this replica just wrote (the watch confirms it later).
-    pub fn note(&self, assignment: &Assignment) {
-        self.by_model
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(assignment.model_id.clone(), assignment.clone());
+    /// Takes in a value read or written at `revision`, unless the view
+    /// already has a newer one.
+    pub fn note(&self, assignment: &Assignment, revision: u64) {
+        {
+            let mut map = self.by_model.write().unwrap_or_else(|e| e.into_inner());
+            if map
+                .get(&assignment.model_id)
+                .is_some_and(|(_, seen)| *seen >= revision)
+            {
+                return;
+            }
+            map.insert(assignment.model_id.clone(), (assignment.clone(), revision));
+        }
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
@@ -124,7 +141,7 @@ where
     .await?;
     let value = match outcome {
         CasOutcome::Written(written) => {
-            view.note(&written.value);
+            view.note(&written.value, written.revision);
             written.value
         }
         CasOutcome::Unchanged(current) => current.map_or_else(|| fresh(model), |c| c.value),
@@ -137,58 +154,85 @@ where
 pub enum Claim {
     /// Our load is recorded; go ahead.
     Won,
-    /// Another load of the model is in progress (or a copy exists).
+    /// The neuron already has (or is getting) a copy, or the model has
+    /// `max_copies` copies counting the loads in progress.
     Taken,
 }
 
-/// Records a load of `model` on `neuron` as `loading`. With `exclusive`
-/// (a cold start), the claim is refused when a copy exists or a fresh
-/// load is recorded on a live neuron, so concurrent ensures from any
-/// number of replicas cause one load. `holders` are the neurons whose
-/// heartbeats show the model loading or ready; `live` the live neurons.
-#[allow(clippy::too_many_arguments)]
+/// A load to record.
+#[derive(Debug, Clone)]
+pub struct ClaimSpec<'a> {
+    pub model: &'a str,
+    pub neuron: &'a str,
+    pub device: u32,
+    /// Refuse the claim when the model already has this many copies
+    /// (ready or loading per heartbeats, or loads recorded less than
+    /// [`CLAIM_TTL_MS`] ago): 1 for a cold start, the floor or
+    /// `max_replicas` for the reconciler.
+    pub max_copies: u32,
+    /// Accepting neurons whose heartbeats show the model loading or ready.
+    pub holders: &'a BTreeSet<String>,
+    pub now_ms: u64,
+}
+
+/// Records a load as `loading` by compare-and-swap, so that however many
+/// replicas try at once, the copies never exceed `max_copies`.
 pub async fn claim(
     store: &Store,
     view: &AssignmentsView,
-    model: &str,
-    neuron: &str,
-    device: u32,
-    exclusive: bool,
-    holders: &BTreeSet<String>,
-    live: &BTreeSet<String>,
-    stale_before_ms: u64,
-    now_ms: u64,
+    spec: ClaimSpec<'_>,
 ) -> Result<Claim, KvError> {
     let mut taken = false;
-    modify(store, view, model, |a| {
-        taken = false;
-        let busy = a.replicas.iter().any(|r| {
-            holders.contains(&r.neuron)
-                || (r.state == ReplicaState::Loading
-                    && live.contains(&r.neuron)
-                    && r.since_ms >= stale_before_ms)
-        }) || !holders.is_empty();
-        if exclusive && busy {
-            taken = true;
+    modify(store, view, spec.model, |a| {
+        let mut copies: BTreeSet<&str> = spec.holders.iter().map(String::as_str).collect();
+        copies.extend(
+            a.replicas
+                .iter()
+                .filter(|r| {
+                    r.state == ReplicaState::Loading
+                        && spec.now_ms.saturating_sub(r.since_ms) < CLAIM_TTL_MS
+                })
+                .map(|r| r.neuron.as_str()),
+        );
+        taken = copies.contains(spec.neuron) || copies.len() as u32 >= spec.max_copies;
+        if taken {
             return false;
         }
-        if a.replicas.iter().any(|r| {
-            r.neuron == neuron && r.state == ReplicaState::Loading && r.since_ms >= stale_before_ms
-        }) {
-            taken = true;
-            return false;
-        }
-        a.replicas.retain(|r| r.neuron != neuron);
+        a.replicas.retain(|r| r.neuron != spec.neuron);
         a.replicas.push(Replica {
-            neuron: neuron.to_string(),
-            device: Some(device),
+            neuron: spec.neuron.to_string(),
+            device: Some(spec.device),
             state: ReplicaState::Loading,
-            since_ms: now_ms,
+            since_ms: spec.now_ms,
         });
         true
     })
     .await?;
     Ok(if taken { Claim::Taken } else { Claim::Won })
+}
+
+/// Renews a recorded load's claim (while its evictions run).
+pub async fn touch(
+    store: &Store,
+    view: &AssignmentsView,
+    model: &str,
+    neuron: &str,
+    now_ms: u64,
+) -> Result<Assignment, KvError> {
+    modify(store, view, model, |a| {
+        match a
+            .replicas
+            .iter_mut()
+            .find(|r| r.neuron == neuron && r.state == ReplicaState::Loading)
+        {
+            Some(r) if r.since_ms < now_ms => {
+                r.since_ms = now_ms;
+                true
+            }
+            _ => false,
+        }
+    })
+    .await
 }
 
 /// Sets the state of the copy on `neuron` (adding it when absent).

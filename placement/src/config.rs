@@ -116,6 +116,13 @@ impl PlacementConfig {
                 "--reconcile-interval must be at least 50ms".into(),
             ));
         }
+        if self.load_timeout < Duration::from_secs(1)
+            || self.load_timeout > Duration::from_secs(86_400)
+        {
+            return Err(ConfigError(
+                "--load-timeout must be between 1s and 24h".into(),
+            ));
+        }
         if !(1..=5).contains(&self.bucket_replicas) {
             return Err(ConfigError("--bucket-replicas must be 1 to 5".into()));
         }

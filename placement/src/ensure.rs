@@ -4,9 +4,10 @@
 //!    `model_not_found`.
 //! 2. A ready copy on a live neuron answers at once.
 //! 3. Otherwise the replica's per-model lock makes concurrent ensures on
-//!    this replica one; across replicas the compare-and-swap [`claim`]
-//!    lets exactly one record a load, and the others wait for it (on
-//!    heartbeats and assignment changes, not by polling).
+//!    this replica one; across replicas the compare-and-swap claim (at most
+//!    one copy for a cold start, see [`crate::assignments::claim`]) lets
+//!    exactly one record a load, and the others wait for it (woken by
+//!    heartbeats and assignment changes).
 //! 4. The winner places the copy ([`place`], evicting if needed), carries
 //!    the plan out, and answers once the neuron says ready. A neuron that
 //!    turns the load down (it does not fit after all, say) is left out and
@@ -17,10 +18,9 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use cortex_schemas::{EnsureReply, EnsureRequest, ErrorClass, ModelState, WireError};
+use cortex_schemas::{EnsureReply, EnsureRequest, ErrorClass, WireError};
 
 use crate::actions::{carry_out, CarryError};
-use crate::assignments::{claim, Claim};
 use crate::decide::{place, NoPlace};
 use crate::shared::Shared;
 
@@ -28,6 +28,8 @@ use crate::shared::Shared;
 const MAX_TRIES: usize = 3;
 /// Longest wait between two looks while another replica loads.
 const WAIT_STEP: Duration = Duration::from_millis(250);
+/// Shortest wait between two looks.
+const MIN_WAIT: Duration = Duration::from_millis(50);
 
 /// Runs one `ensure`.
 pub async fn ensure(shared: &Shared, request: EnsureRequest) -> Result<EnsureReply, WireError> {
@@ -73,6 +75,7 @@ async fn run(
     let _one_at_a_time = tokio::time::timeout_at(deadline.into(), flight.lock())
         .await
         .map_err(|_| deadline_passed(&model))?;
+    shared.refresh_need(&profile).await;
     let mut fleet_changes = shared.fleet.changes();
     let mut kv_changes = shared.assignments.changes();
     let mut excluded: BTreeSet<String> = BTreeSet::new();
@@ -82,108 +85,88 @@ async fn run(
         if !ready.is_empty() {
             return Ok(answer(ready, true));
         }
-        if Instant::now() >= deadline {
-            return Err(last_error.unwrap_or_else(|| deadline_passed(&model)));
+        let give_up = |last: Option<WireError>| last.unwrap_or_else(|| deadline_passed(&model));
+        if Instant::now() >= deadline || excluded.len() >= MAX_TRIES {
+            return Err(give_up(last_error));
         }
-        if excluded.len() >= MAX_TRIES {
-            return Err(last_error.unwrap_or_else(|| deadline_passed(&model)));
+        // A neuron is loading it already (for another caller or replica).
+        if !shared.fleet.holders(&model).is_empty() {
+            wait_for_change(&mut fleet_changes, &mut kv_changes, deadline).await;
+            continue;
         }
         let snap = shared.snapshot();
-        let stale_before = snap
-            .now_ms
-            .saturating_sub(shared.config.load_timeout.as_millis() as u64);
-        let loading_elsewhere = snap.replicas(&model).iter().any(|r| {
-            r.state == ModelState::Loading
-                && (!r.pending || since(&snap, &model, &r.neuron) >= stale_before)
-        });
-        if !loading_elsewhere {
-            let plan = match place(
-                &snap,
-                &model,
-                shared.settings.strategy,
-                None,
-                &excluded,
-                true,
-            ) {
-                Ok(plan) => plan,
-                Err(NoPlace::EverywhereAlready { .. } | NoPlace::NoNeuron { .. })
-                    if !excluded.is_empty() =>
-                {
-                    return Err(last_error.unwrap_or_else(|| deadline_passed(&model)))
-                }
-                Err(
-                    error @ NoPlace::DoesNotFit {
-                        after_requests: true,
-                        ..
-                    },
-                ) => {
-                    last_error = Some(WireError::new(ErrorClass::Unavailable, error.to_string()));
-                    wait_for_change(&mut fleet_changes, &mut kv_changes, deadline).await;
-                    continue;
-                }
-                Err(error) => {
-                    return Err(WireError::new(ErrorClass::Unavailable, error.to_string()))
-                }
-            };
-            let holders: BTreeSet<String> = snap
-                .neurons
-                .values()
-                .filter(|n| {
-                    n.holding(&model)
-                        .is_some_and(|h| matches!(h.state, ModelState::Loading | ModelState::Ready))
-                })
-                .map(|n| n.id.clone())
-                .collect();
-            let live: BTreeSet<String> = snap.neurons.keys().cloned().collect();
-            let claimed = claim(
-                &shared.placements,
-                &shared.assignments,
-                &model,
-                &plan.neuron,
-                plan.device,
-                true,
-                &holders,
-                &live,
-                stale_before,
-                snap.now_ms,
-            )
-            .await
-            .map_err(|e| {
-                WireError::new(ErrorClass::Unavailable, format!("placement state: {e}"))
-            })?;
-            if claimed == Claim::Won {
-                tracing::info!(%model, neuron = %plan.neuron, evict = plan.evict.len(), "cold start");
-                let remaining = deadline.saturating_duration_since(Instant::now());
-                match carry_out(shared, &plan, true, remaining).await {
-                    Ok(_) => return Ok(answer(vec![plan.neuron.clone()], true)),
-                    // What was to be evicted got a request meanwhile: look again shortly.
-                    Err(CarryError::Evict(error)) => {
-                        last_error = Some(error);
-                        wait_for_change(&mut fleet_changes, &mut kv_changes, deadline).await;
-                        continue;
-                    }
-                    Err(CarryError::Load(error)) if error.class == ErrorClass::ModelNotFound => {
-                        return Err(error)
-                    }
-                    Err(CarryError::Load(error)) => {
-                        excluded.insert(plan.neuron.clone());
-                        last_error = Some(error);
-                        continue;
-                    }
-                }
+        let plan = match place(
+            &snap,
+            &model,
+            shared.settings.strategy,
+            None,
+            &excluded,
+            true,
+        ) {
+            Ok(plan) => plan,
+            Err(NoPlace::EverywhereAlready { .. } | NoPlace::NoNeuron { .. })
+                if !excluded.is_empty() =>
+            {
+                return Err(give_up(last_error))
+            }
+            // Every neuron holds it in some state (loading, draining): wait.
+            Err(NoPlace::EverywhereAlready { .. }) => {
+                wait_for_change(&mut fleet_changes, &mut kv_changes, deadline).await;
+                continue;
+            }
+            // No neuron seen yet: wait while this replica may still be learning the fleet.
+            Err(error @ NoPlace::NoNeuron { .. }) if shared.fleet_unknown() => {
+                last_error = Some(WireError::new(ErrorClass::Unavailable, error.to_string()));
+                wait_for_change(&mut fleet_changes, &mut kv_changes, deadline).await;
+                continue;
+            }
+            // The room is held by requests in flight: wait for them to end.
+            Err(
+                error @ NoPlace::DoesNotFit {
+                    after_requests: true,
+                    ..
+                },
+            ) => {
+                last_error = Some(WireError::new(ErrorClass::Unavailable, error.to_string()));
+                wait_for_change(&mut fleet_changes, &mut kv_changes, deadline).await;
+                continue;
+            }
+            Err(error) => return Err(WireError::new(ErrorClass::Unavailable, error.to_string())),
+        };
+        tracing::info!(%model, neuron = %plan.neuron, evict = plan.evict.len(), "cold start");
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match carry_out(shared, &plan, 1, remaining).await {
+            Ok(_) => return Ok(answer(vec![plan.neuron.clone()], true)),
+            // Another replica recorded a load first: wait for it.
+            Err(CarryError::Taken) => {
+                wait_for_change(&mut fleet_changes, &mut kv_changes, deadline).await;
+            }
+            // What was to be evicted got a request meanwhile: look again shortly.
+            Err(CarryError::Evict(error)) => {
+                last_error = Some(error);
+                wait_for_change(&mut fleet_changes, &mut kv_changes, deadline).await;
+            }
+            Err(CarryError::Load(error)) if error.class == ErrorClass::ModelNotFound => {
+                return Err(error)
+            }
+            Err(CarryError::Load(error)) => {
+                excluded.insert(plan.neuron.clone());
+                last_error = Some(error);
             }
         }
-        // Someone else is loading it.
-        wait_for_change(&mut fleet_changes, &mut kv_changes, deadline).await;
     }
 }
 
-/// Waits for a heartbeat or an assignment change, at most [`WAIT_STEP`].
+/// Waits for a heartbeat or an assignment change: at least [`MIN_WAIT`]
+/// (with a thousand neurons heartbeating, a change comes every
+/// millisecond), at most [`WAIT_STEP`], never past the deadline.
 async fn wait_for_change(
     fleet: &mut tokio::sync::watch::Receiver<u64>,
     kv: &mut tokio::sync::watch::Receiver<u64>,
     deadline: Instant,
 ) {
+    let left = deadline.saturating_duration_since(Instant::now());
+    tokio::time::sleep(left.min(MIN_WAIT)).await;
     let wait = deadline
         .saturating_duration_since(Instant::now())
         .min(WAIT_STEP);
@@ -192,14 +175,6 @@ async fn wait_for_change(
         _ = kv.changed() => {}
         _ = tokio::time::sleep(wait) => {}
     }
-}
-
-/// When the copy of `model` on `neuron` was recorded.
-fn since(snap: &crate::decide::Snapshot, model: &str, neuron: &str) -> u64 {
-    snap.assignments
-        .get(model)
-        .and_then(|a| a.replicas.iter().find(|r| r.neuron == neuron))
-        .map_or(0, |r| r.since_ms)
 }
 
 fn deadline_passed(model: &str) -> WireError {

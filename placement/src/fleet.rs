@@ -10,6 +10,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use async_nats::Client;
+use cortex_bus::subject::validate_token;
 use cortex_bus::{codec::decode_message, Subjects};
 use cortex_schemas::{ModelState, NeuronState, NeuronStatus};
 use futures::StreamExt;
@@ -53,7 +54,19 @@ impl Fleet {
         let task = tokio::spawn(async move {
             while let Some(message) = beats.next().await {
                 match decode_message::<NeuronStatus>(message.headers.as_ref(), &message.payload) {
-                    Ok(status) => writer.record(status),
+                    // A heartbeat speaks for the neuron its subject names, no other.
+                    Ok(status)
+                        if message.subject.rsplit('.').next()
+                            == Some(status.neuron_id.as_str())
+                            && validate_token("neuron id", &status.neuron_id).is_ok() =>
+                    {
+                        writer.record(status)
+                    }
+                    Ok(status) => tracing::debug!(
+                        subject = %message.subject,
+                        neuron = %status.neuron_id,
+                        "heartbeat for another subject ignored"
+                    ),
                     Err(error) => tracing::debug!(%error, "undecodable heartbeat ignored"),
                 }
             }
@@ -79,6 +92,16 @@ impl Fleet {
     /// A receiver that changes on every heartbeat.
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.beats.subscribe()
+    }
+
+    /// The longest heartbeat interval among live neurons, if any.
+    pub fn longest_interval(&self) -> Option<Duration> {
+        let neurons = self.neurons.read().unwrap_or_else(|e| e.into_inner());
+        neurons
+            .values()
+            .filter(|seen| alive(seen))
+            .map(|seen| Duration::from_millis(seen.status.interval_ms).min(MAX_INTERVAL))
+            .max()
     }
 
     /// Statuses of the live neurons (heard from recently, not stopped).
@@ -113,17 +136,31 @@ impl Fleet {
         gone
     }
 
+    /// Live, accepting neurons where `model` is in one of `states`.
+    fn with_model(&self, model: &str, states: &[ModelState]) -> Vec<String> {
+        let neurons = self.neurons.read().unwrap_or_else(|e| e.into_inner());
+        neurons
+            .values()
+            .filter(|seen| alive(seen) && seen.status.state == NeuronState::Ready)
+            .filter(|seen| {
+                seen.status
+                    .models
+                    .iter()
+                    .any(|m| m.model_id == model && states.contains(&m.state))
+            })
+            .map(|seen| seen.status.neuron_id.clone())
+            .collect()
+    }
+
     /// Live neurons where `model` is ready.
     pub fn ready_on(&self, model: &str) -> Vec<String> {
-        self.live()
+        self.with_model(model, &[ModelState::Ready])
+    }
+
+    /// Live neurons where `model` is loading or ready.
+    pub fn holders(&self, model: &str) -> std::collections::BTreeSet<String> {
+        self.with_model(model, &[ModelState::Loading, ModelState::Ready])
             .into_iter()
-            .filter(|n| n.state == NeuronState::Ready)
-            .filter(|n| {
-                n.models
-                    .iter()
-                    .any(|m| m.model_id == model && m.state == ModelState::Ready)
-            })
-            .map(|n| n.neuron_id)
             .collect()
     }
 
@@ -145,7 +182,11 @@ impl Fleet {
     }
 }
 
+/// Longest heartbeat interval believed: a neuron claiming more is still
+/// lost after 3 minutes of silence.
+const MAX_INTERVAL: Duration = Duration::from_secs(60);
+
 fn alive(seen: &Seen) -> bool {
-    let interval = Duration::from_millis(seen.status.interval_ms.max(100));
+    let interval = Duration::from_millis(seen.status.interval_ms.max(100)).min(MAX_INTERVAL);
     seen.status.state != NeuronState::Stopped && seen.at.elapsed() < interval * LOST_AFTER_INTERVALS
 }

@@ -2,8 +2,9 @@
 //! the catalogue (when given a file), follows catalogue, assignments and
 //! heartbeats, takes part in the lease, runs the reconciler (acting only
 //! while leading) and serves `cortex-placement`. [`Placement::shutdown`]
-//! stops taking requests, lets those in flight finish (bounded), and hands
-//! the lease over. [`run`] is the `cortex placement` subcommand.
+//! stops taking requests, lets those in flight finish (up to 10 s), stops
+//! the reconciler and hands the lease over. Loads the reconciler started
+//! finish on their neurons; the next leader's sync records them. [`run`] is the `cortex placement` subcommand.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

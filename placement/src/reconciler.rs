@@ -1,5 +1,8 @@
-//! The reconciler, run by the lease holder every `--reconcile-interval`:
-//! 1. neurons gone silent are announced (`neuron.lost`) and dropped;
+//! The reconciler, run by the lease holder every `--reconcile-interval`,
+//! once it has led for 3 heartbeat intervals (so it has heard the whole
+//! fleet before it repairs anything):
+//! 1. neurons gone silent are dropped (every replica does this) and the
+//!    leader announces them (`neuron.lost`);
 //! 2. assignments are made to match what neurons report ([`sync`]): copies
 //!    on lost neurons are forgotten (that is the repair: the floors below
 //!    then reload them elsewhere), copies neurons report are recorded,
@@ -17,18 +20,22 @@ use tokio_util::sync::CancellationToken;
 
 use crate::actions::{carry_out, unload_copy};
 use crate::assignments;
-use crate::decide::{reconcile, update_pressure, Action};
+use crate::decide::{reconcile, update_pressure, Action, Reason};
 use crate::shared::Shared;
 
 /// Operations (loads, unloads, moves) running at once.
 pub const MAX_OPERATIONS: usize = 16;
 /// A recorded load no heartbeat shows after this long is forgotten.
-const UNCONFIRMED_GRACE_MS: u64 = 15_000;
+const UNCONFIRMED_GRACE_MS: u64 = assignments::CLAIM_TTL_MS;
+/// `last_used_ms` in KV is refreshed only when it moved by this much, so a
+/// busy model does not cost a KV write every cycle.
+const LAST_USED_GRANULARITY_MS: u64 = 30_000;
 
 /// Runs until `stop` fires.
 pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     let busy: Arc<Mutex<BTreeSet<String>>> = Arc::default();
     let mut pressure = BTreeMap::new();
+    let mut leading_since: Option<std::time::Instant> = None;
     let mut tick = tokio::time::interval(shared.config.reconcile_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -36,12 +43,9 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if !shared.leadership.is_leader() {
-            pressure.clear();
-            continue;
-        }
+        let leader = shared.leadership.is_leader();
         for (neuron, last_seen_ms, lost) in shared.fleet.sweep() {
-            if lost {
+            if lost && leader {
                 tracing::warn!(%neuron, "neuron lost");
                 shared
                     .event(EventDetail::NeuronLost {
@@ -51,15 +55,47 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
                     .await;
             }
         }
+        if !leader {
+            pressure.clear();
+            leading_since = None;
+            continue;
+        }
+        let since = *leading_since.get_or_insert_with(std::time::Instant::now);
+        let interval = shared
+            .fleet
+            .longest_interval()
+            .unwrap_or(std::time::Duration::from_secs(2));
+        if since.elapsed() < interval * crate::fleet::LOST_AFTER_INTERVALS {
+            continue;
+        }
         sync(&shared).await;
         let snap = shared.snapshot();
         update_pressure(&snap, &mut pressure);
         let evictions = shared.evictions_since_defrag.load(Ordering::Relaxed);
         let actions = reconcile(&snap, &shared.settings, &pressure, evictions);
-        if actions.iter().any(|a| matches!(a, Action::Move { .. })) {
+        let defrag_due =
+            shared.settings.defrag_after > 0 && evictions >= shared.settings.defrag_after;
+        if defrag_due && actions.iter().all(|a| matches!(a, Action::Move { .. })) {
+            // The pass ran (moves found or not): count evictions afresh.
             shared.evictions_since_defrag.store(0, Ordering::Relaxed);
         }
         for action in actions {
+            let max_copies = match &action {
+                Action::Load {
+                    plan,
+                    reason: Reason::MinReplicas | Reason::Pinned,
+                } => snap
+                    .min_replicas(&plan.model)
+                    .max(snap.pin_list(&plan.model).len() as u32),
+                Action::Load {
+                    plan,
+                    reason: Reason::ScaleUp,
+                } => snap
+                    .models
+                    .get(&plan.model)
+                    .map_or(1, |m| m.profile.max_replicas),
+                _ => u32::MAX,
+            };
             let model = match &action {
                 Action::Load { plan, .. } | Action::Move { plan, .. } => plan.model.clone(),
                 Action::Unload { model, .. } => model.clone(),
@@ -72,7 +108,10 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
             }
             let (shared, busy) = (shared.clone(), busy.clone());
             tokio::spawn(async move {
-                execute(&shared, action).await;
+                // The lease may have moved since the cycle began.
+                if shared.leadership.is_leader() {
+                    execute(&shared, action, max_copies).await;
+                }
                 busy.lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .remove(&model);
@@ -81,12 +120,12 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     }
 }
 
-async fn execute(shared: &Shared, action: Action) {
+async fn execute(shared: &Shared, action: Action, max_copies: u32) {
     let timeout = shared.config.load_timeout;
     match action {
         Action::Load { plan, reason } => {
             tracing::info!(model = %plan.model, neuron = %plan.neuron, reason = reason.as_str(), "loading");
-            if let Err(error) = carry_out(shared, &plan, false, timeout).await {
+            if let Err(error) = carry_out(shared, &plan, max_copies, timeout).await {
                 tracing::warn!(model = %plan.model, %error, reason = reason.as_str(), "reconciler load failed");
             }
         }
@@ -102,7 +141,7 @@ async fn execute(shared: &Shared, action: Action) {
         }
         Action::Move { plan, from } => {
             tracing::info!(model = %plan.model, %from, to = %plan.neuron, "consolidating");
-            match carry_out(shared, &plan, false, timeout).await {
+            match carry_out(shared, &plan, max_copies, timeout).await {
                 Ok(_) => {
                     if let Err(error) = unload_copy(shared, &plan.model, &from).await {
                         tracing::info!(model = %plan.model, %from, %error, "old copy stays");
@@ -126,6 +165,9 @@ pub async fn sync(shared: &Shared) {
         models.extend(neuron.models.iter().map(|m| m.model_id.clone()));
     }
     for model in models {
+        if !shared.leadership.is_leader() {
+            return;
+        }
         let existing = current.get(&model);
         let desired = catalog.get(&model).map_or(0, |p| p.min_replicas);
         let wanted = matching(existing, &model, &live, now, desired);
@@ -205,8 +247,12 @@ fn matching(
 fn same(a: &Assignment, b: &Assignment) -> bool {
     let mut left = a.replicas.clone();
     left.sort_by(|x, y| x.neuron.cmp(&y.neuron));
+    let used_close = match (a.last_used_ms, b.last_used_ms) {
+        (Some(x), Some(y)) => x.abs_diff(y) < LAST_USED_GRANULARITY_MS,
+        (x, y) => x == y,
+    };
     left == b.replicas
         && a.desired_replicas == b.desired_replicas
         && a.pinned == b.pinned
-        && a.last_used_ms == b.last_used_ms
+        && used_close
 }

@@ -28,11 +28,17 @@ pub const SERVICE_NAME: &str = "cortex-placement";
 #[error("cannot start the {SERVICE_NAME} service: {0}")]
 pub struct ServiceError(String);
 
+/// Requests a replica works on at once; beyond it, `overloaded` at once.
+pub const MAX_IN_FLIGHT: usize = 1024;
+/// How long [`PlacementService::stop`] waits for requests in flight.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The running service and its endpoint tasks.
 #[derive(Debug)]
 pub struct PlacementService {
     service: Service,
     tasks: Vec<JoinHandle<()>>,
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl PlacementService {
@@ -46,6 +52,7 @@ impl PlacementService {
             .await
             .map_err(|e| ServiceError(e.to_string()))?;
         let mut tasks = Vec::new();
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
         for op in PlacementOp::ALL {
             let endpoint = service
                 .endpoint_builder()
@@ -53,21 +60,35 @@ impl PlacementService {
                 .add(shared.subjects.placement(op))
                 .await
                 .map_err(|e| ServiceError(e.to_string()))?;
-            tasks.push(tokio::spawn(serve_endpoint(shared.clone(), op, endpoint)));
+            tasks.push(tokio::spawn(serve_endpoint(
+                shared.clone(),
+                op,
+                endpoint,
+                in_flight.clone(),
+            )));
         }
         cortex_bus::sync_with_server(&shared.client)
             .await
             .map_err(|e| ServiceError(e.to_string()))?;
-        Ok(Self { service, tasks })
+        Ok(Self {
+            service,
+            tasks,
+            in_flight,
+        })
     }
 
-    /// Unsubscribes every endpoint: requests go to the other replicas.
+    /// Unsubscribes every endpoint (new requests go to the other
+    /// replicas), then waits a bounded time for the requests in flight.
     pub async fn stop(self) {
         for task in &self.tasks {
             task.abort();
         }
         if let Err(error) = self.service.stop().await {
             tracing::debug!(%error, "placement service stop");
+        }
+        let all = self.in_flight.acquire_many(MAX_IN_FLIGHT as u32);
+        if tokio::time::timeout(STOP_GRACE, all).await.is_err() {
+            tracing::warn!("placement requests still in flight at shutdown");
         }
     }
 }
@@ -77,10 +98,26 @@ async fn serve_endpoint(
     shared: Arc<Shared>,
     op: PlacementOp,
     mut endpoint: async_nats::service::endpoint::Endpoint,
+    in_flight: Arc<tokio::sync::Semaphore>,
 ) {
     while let Some(request) = endpoint.next().await {
+        let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+            let busy = WireError::new(
+                ErrorClass::Overloaded,
+                format!(
+                    "placement replica {} is at {MAX_IN_FLIGHT} requests",
+                    shared.id
+                ),
+            );
+            answer(&request, |_: serde_json::Value| async move {
+                Err::<(), _>(busy)
+            })
+            .await;
+            continue;
+        };
         let shared = shared.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let s = &shared;
             match op {
                 PlacementOp::Ensure => answer(&request, |r| ensure::ensure(s, r)).await,

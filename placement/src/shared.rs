@@ -38,6 +38,8 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Evictions since the last consolidation pass.
     pub evictions_since_defrag: AtomicU32,
+    /// When this replica started.
+    pub started: std::time::Instant,
     flights: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     needs: Mutex<HashMap<(String, String), u64>>,
 }
@@ -71,6 +73,7 @@ impl Shared {
             fleet,
             leadership,
             evictions_since_defrag: AtomicU32::new(0),
+            started: std::time::Instant::now(),
             flights: Mutex::default(),
             needs: Mutex::default(),
         }
@@ -115,8 +118,10 @@ impl Shared {
 
     /// Bytes `profile` needs: `vram_mb`, else an estimate from its files
     /// when this host can see them (weights plus one context of KV
-    /// cache), else 0 (unknown: decisions then use what a neuron that
-    /// loaded it reports, and the neuron's own fit check has the last word).
+    /// cache), else the object size for a `store:` source once
+    /// [`Self::refresh_need`] learned it, else 0 (unknown: decisions then
+    /// use what a neuron that loaded it reports, and the neuron's own fit
+    /// check has the last word).
     pub fn need(&self, profile: &ModelProfile) -> u64 {
         if let Some(mb) = profile.vram_mb {
             return mb.saturating_mul(1 << 20);
@@ -131,16 +136,63 @@ impl Shared {
             return *known;
         }
         let path = Path::new(&profile.source);
-        let need = if path.is_absolute() && path.exists() {
-            cortex_engine::footprint::estimate(path, profile)
-        } else {
-            0
-        };
+        if !(path.is_absolute() && path.exists()) {
+            // Unknown for now; `refresh_need` may learn it for store sources.
+            return 0;
+        }
+        let need = cortex_engine::footprint::estimate(path, profile);
         self.needs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(key, need);
         need
+    }
+
+    /// Whether this replica may not know the whole fleet yet: it started
+    /// less than 3 heartbeat intervals ago (2 s each until one is heard).
+    pub fn fleet_unknown(&self) -> bool {
+        let interval = self
+            .fleet
+            .longest_interval()
+            .unwrap_or(std::time::Duration::from_secs(2));
+        self.started.elapsed() < interval * crate::fleet::LOST_AFTER_INTERVALS
+    }
+
+    /// For a `store:` source without `vram_mb`: the object's size (all of a
+    /// folder's files) plus a fifth for the KV cache, from the object
+    /// store's metadata, remembered once known.
+    pub async fn refresh_need(&self, profile: &ModelProfile) {
+        let Some(name) = profile.source.strip_prefix("store:") else {
+            return;
+        };
+        if profile.vram_mb.is_some() || self.need(profile) > 0 {
+            return;
+        }
+        let js = async_nats::jetstream::new(self.client.clone());
+        let Ok(store) = js.get_object_store(cortex_bus::buckets::MODELS).await else {
+            return;
+        };
+        let mut size = match store.info(name).await {
+            Ok(info) => info.size as u64,
+            Err(_) => 0,
+        };
+        if size == 0 {
+            if let Ok(mut list) = store.list().await {
+                use futures::StreamExt;
+                let prefix = format!("{name}/");
+                while let Some(Ok(info)) = list.next().await {
+                    if info.name.starts_with(&prefix) && !info.deleted {
+                        size += info.size as u64;
+                    }
+                }
+            }
+        }
+        if size > 0 {
+            self.needs.lock().unwrap_or_else(|e| e.into_inner()).insert(
+                (profile.id.clone(), profile.source.clone()),
+                size + size / 5,
+            );
+        }
     }
 
     /// Publishes a lifecycle event.

@@ -95,7 +95,7 @@ pub async fn load(shared: &Shared, request: PlaceRequest) -> Result<Assignment, 
         true,
     )
     .map_err(|e| WireError::new(ErrorClass::Unavailable, e.to_string()))?;
-    carry_out(shared, &plan, false, shared.config.load_timeout)
+    carry_out(shared, &plan, u32::MAX, shared.config.load_timeout)
         .await
         .map_err(WireError::from)?;
     Ok(current(shared, &profile.id))

@@ -275,28 +275,8 @@ fn reserve(
     need: u64,
 ) -> Result<u32, String> {
     let _serial = shared.fit_lock.lock().unwrap_or_else(|e| e.into_inner());
-    let models = shared.all_models();
-    let ours = |index: u32, only_loading: bool| -> u64 {
-        models
-            .iter()
-            .filter(|m| m.device() == index)
-            .filter(|m| !only_loading || m.state() == ModelState::Loading)
-            .map(|m| m.memory_bytes())
-            .sum()
-    };
-    let from_device = !shared.discovery.tracks_our_memory();
-    let devices = shared.discovery.devices(|index| ours(index, false));
-    let free = |d: &cortex_schemas::DeviceStatus| {
-        if from_device {
-            // NVML's free memory shows neither loads in progress nor the KV
-            // caches loaded models have reserved but not yet filled.
-            let measured = d.memory_free_bytes.saturating_sub(ours(d.index, true));
-            let reserved = d.memory_total_bytes.saturating_sub(ours(d.index, false));
-            measured.min(reserved)
-        } else {
-            d.memory_free_bytes
-        }
-    };
+    let devices = shared.discovery.devices(|index| shared.memory_on(index));
+    let free = |d: &cortex_schemas::DeviceStatus| shared.free_on(d);
     let candidates: Vec<_> = match device {
         Some(index) => {
             let found: Vec<_> = devices.iter().filter(|d| d.index == index).collect();

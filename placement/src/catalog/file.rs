@@ -179,6 +179,9 @@ fn to_profile(entry: ModelEntry) -> Result<ModelProfile, String> {
         Some(text) => {
             let ttl: Duration = humantime::parse_duration(text)
                 .map_err(|e| format!("idle_ttl: {text:?} is not a duration ({e})"))?;
+            if ttl < Duration::from_secs(1) {
+                return Err(format!("idle_ttl: {text:?} is under one second"));
+            }
             Some(ttl.as_millis() as u64)
         }
     };

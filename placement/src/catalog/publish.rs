@@ -69,7 +69,10 @@ pub async fn publish(store: &Store, profiles: &[ModelProfile]) -> Result<Publish
 }
 
 /// Reads the file at `path` and publishes it.
-pub async fn publish_file(store: &Store, path: &std::path::Path) -> Result<Published, PublishError> {
+pub async fn publish_file(
+    store: &Store,
+    path: &std::path::Path,
+) -> Result<Published, PublishError> {
     let profiles = file::read(path)?;
     let published = publish(store, &profiles).await?;
     tracing::info!(

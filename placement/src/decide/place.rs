@@ -8,13 +8,18 @@
 //!   one with the most free memory (then the lowest neuron id, for
 //!   determinism).
 //! - Otherwise a device where evicting fits it. Only ready models with no
-//!   request in flight, not pinned there, and of lower or equal priority
+//!   request in flight, not pinned there, not already being evicted by
+//!   another plan, and of lower or equal priority
 //!   can go, and never a copy its model needs to stay at `min_replicas`
 //!   (that would only make the reconciler load it again elsewhere). `lru` evicts the least recently used first; `priority` the
-//!   lowest priority first, then the least recently used. The device whose
+//!   lowest priority first, then the least recently used (a copy never used
+//!   counts from its load). The device whose
 //!   evictions cost least wins.
-//! - Free memory counts loads recorded but not yet reported, so two plans
-//!   never count the same bytes: no device is ever over-committed.
+//! - Free memory counts loads recorded but not yet reported, so plans made
+//!   from one snapshot never count the same bytes twice. Plans made at the
+//!   same instant by two replicas can still both count one device's free
+//!   bytes; the neuron's own fit check then refuses the second load (it
+//!   never over-commits) and that plan moves on to another neuron.
 
 use std::cmp::Reverse;
 use std::collections::BTreeSet;
@@ -101,7 +106,7 @@ pub fn place(
     }
     let candidates: Vec<_> = candidates
         .into_iter()
-        .filter(|n| !holders.contains(&n.id) && n.holding(model).is_none())
+        .filter(|n| !holders.contains(&n.id) && n.holds(model).is_none())
         .collect();
     if candidates.is_empty() {
         return Err(NoPlace::EverywhereAlready {
@@ -140,9 +145,13 @@ pub fn place(
                 .iter()
                 .filter(|h| h.device == device.index && h.model != model)
                 .filter(|h| h.state == ModelState::Ready)
+                .filter(|h| !snap.leaving(&h.model, &neuron.id))
                 .filter(|h| !snap.pinned_on(&h.model, &neuron.id))
                 .filter(|h| snap.priority(&h.model) <= priority)
-                .filter(|h| snap.replicas(&h.model).len() as u32 > snap.min_replicas(&h.model))
+                .filter(|h| {
+                    let floor = snap.min_replicas(&h.model);
+                    floor == 0 || snap.replicas(&h.model).len() as u32 > floor
+                })
                 .collect();
             offer_when_idle = offer_when_idle.max(
                 evictable
@@ -155,7 +164,7 @@ pub fn place(
                     Strategy::Lru => 0,
                     Strategy::Priority => i64::from(snap.priority(&h.model)),
                 };
-                (first, h.last_used_ms.unwrap_or(0), h.model.clone())
+                (first, snap.last_used(h, &neuron.id), h.model.clone())
             });
             let offer = victims
                 .iter()
@@ -187,7 +196,7 @@ pub fn place(
                 },
                 newest_use: evict
                     .iter()
-                    .map(|h| h.last_used_ms.unwrap_or(0))
+                    .map(|h| snap.last_used(h, &neuron.id))
                     .max()
                     .unwrap_or(0),
                 count: evict.len(),

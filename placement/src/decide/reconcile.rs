@@ -197,8 +197,11 @@ pub fn reconcile(
             .filter(|r| !r.pending && r.state == ModelState::Ready && r.busy == 0)
             .filter(|r| !work.pinned_on(model, &r.neuron))
             .collect();
-        // Least recently used first.
-        removable.sort_by_key(|r| (r.last_used_ms.unwrap_or(0), r.neuron.clone()));
+        // Least recently used first (a copy never used counts from its load).
+        removable.sort_by_key(|r| {
+            let since = replica_since(snap, model, &r.neuron);
+            (r.last_used_ms.unwrap_or(since), r.neuron.clone())
+        });
         if count > spec.profile.max_replicas {
             if let Some(r) = removable.first() {
                 work.remove_copy(model, &r.neuron);

@@ -86,8 +86,16 @@ impl NeuronView {
         }
     }
 
+    /// The entry for `model`, whatever its state (failed included).
     pub fn holding(&self, model: &str) -> Option<&Held> {
         self.held.iter().find(|h| h.model == model)
+    }
+
+    /// The copy of `model`, unless the last load of it here failed (a
+    /// failed entry holds no memory and does not bar another attempt).
+    pub fn holds(&self, model: &str) -> Option<&Held> {
+        self.holding(model)
+            .filter(|h| h.state != ModelState::Failed)
     }
 }
 
@@ -147,7 +155,7 @@ impl Snapshot {
             .filter(|r| {
                 self.neurons
                     .get(&r.neuron)
-                    .is_some_and(|n| n.holding(model).is_none())
+                    .is_some_and(|n| n.holds(model).is_none())
             })
             .map(|r| (r.neuron.clone(), r.device))
             .collect()
@@ -171,7 +179,7 @@ impl Snapshot {
             for replica in &assignment.replicas {
                 let pending_here = replica.neuron == neuron
                     && replica.state == ReplicaState::Loading
-                    && view.holding(model).is_none()
+                    && view.holds(model).is_none()
                     && replica.device.or(best) == Some(device);
                 if pending_here {
                     reserved = reserved.saturating_add(self.need(model));
@@ -194,6 +202,26 @@ impl Snapshot {
             .map(|h| h.memory)
             .max()
             .unwrap_or(0)
+    }
+
+    /// When the copy of `model` on `neuron` was last used; for a copy never
+    /// used, when it was recorded (so a fresh copy is not the oldest).
+    pub fn last_used(&self, held: &Held, neuron: &str) -> u64 {
+        held.last_used_ms.unwrap_or_else(|| {
+            self.assignments
+                .get(&held.model)
+                .and_then(|a| a.replicas.iter().find(|r| r.neuron == neuron))
+                .map_or(0, |r| r.since_ms)
+        })
+    }
+
+    /// Whether placement is already taking the copy of `model` off `neuron`.
+    pub fn leaving(&self, model: &str, neuron: &str) -> bool {
+        self.assignments.get(model).is_some_and(|a| {
+            a.replicas
+                .iter()
+                .any(|r| r.neuron == neuron && r.state == ReplicaState::Unloading)
+        })
     }
 
     /// Copies `model` keeps: `min_replicas`, at least 1 when pinned.

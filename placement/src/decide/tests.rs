@@ -490,3 +490,126 @@ fn a_deep_queue_scales_up_to_max_replicas() {
         "{actions:?}"
     );
 }
+
+#[test]
+fn a_failed_load_does_not_bar_the_neuron_and_leaving_copies_are_not_counted_twice() {
+    let mut world = sample();
+    // A failed entry on the only big-enough device holds no memory.
+    world.devices = BTreeMap::from([("a".into(), vec![1200])]);
+    world.held = BTreeMap::from([(
+        "a".into(),
+        vec![
+            Held {
+                model: "big".into(),
+                device: 0,
+                memory: 0,
+                state: ModelState::Failed,
+                busy: 0,
+                last_used_ms: None,
+            },
+            Held {
+                model: "small".into(),
+                device: 0,
+                memory: 300,
+                state: ModelState::Ready,
+                busy: 0,
+                last_used_ms: Some(1),
+            },
+        ],
+    )]);
+    let mut snap = world.snapshot();
+    let plan = place(&snap, "big", Evicting::Lru, None, &BTreeSet::new(), true).unwrap();
+    assert_eq!((plan.neuron.as_str(), plan.evict.len()), ("a", 0));
+    // "small" already being evicted by another plan: not counted again.
+    let assignment = snap
+        .assignments
+        .entry("small".into())
+        .or_insert_with(|| crate::assignments::fresh("small"));
+    assignment.replicas.push(cortex_schemas::Replica {
+        neuron: "a".into(),
+        device: Some(0),
+        state: cortex_schemas::ReplicaState::Unloading,
+        since_ms: 0,
+    });
+    snap.neurons.get_mut("a").unwrap().devices[0].free = 0;
+    let error = place(&snap, "vip", Evicting::Lru, None, &BTreeSet::new(), true).unwrap_err();
+    assert!(
+        matches!(error, NoPlace::DoesNotFit { best: 0, .. }),
+        "{error:?}"
+    );
+}
+
+#[test]
+fn a_fresh_copy_is_not_the_oldest_and_extra_idle_copies_scale_down() {
+    let mut world = sample();
+    world.now = 10_000_000;
+    world.devices = BTreeMap::from([("a".into(), vec![700]), ("b".into(), vec![700])]);
+    world.held = BTreeMap::from([
+        (
+            "a".into(),
+            vec![Held {
+                model: "low".into(),
+                device: 0,
+                memory: 300,
+                state: ModelState::Ready,
+                busy: 0,
+                last_used_ms: Some(9_000_000),
+            }],
+        ),
+        (
+            "b".into(),
+            vec![Held {
+                model: "small".into(),
+                device: 0,
+                memory: 300,
+                state: ModelState::Ready,
+                busy: 0,
+                last_used_ms: None,
+            }],
+        ),
+    ]);
+    let mut snap = world.snapshot();
+    // "small" on b was loaded just now (never used): "low" goes first.
+    snap.apply(&Plan {
+        model: "small".into(),
+        neuron: "b".into(),
+        device: 0,
+        need: 0,
+        evict: vec![],
+    });
+    let small = snap.assignments.get_mut("small").unwrap();
+    small.replicas[0].state = cortex_schemas::ReplicaState::Ready;
+    small.replicas[0].since_ms = world.now;
+    let mut mid = snap.models["small"].clone();
+    mid.profile.id = "mid".into();
+    mid.need = 600;
+    snap.models.insert("mid".into(), mid);
+    let plan = place(&snap, "mid", Evicting::Lru, None, &BTreeSet::new(), true).unwrap();
+    let evicted: Vec<_> = plan.evict.iter().map(|e| e.model.as_str()).collect();
+    assert_eq!((plan.neuron.as_str(), evicted), ("a", vec!["low"]));
+    // Two idle copies of a model with max_replicas 2: the older goes after scale_down_after.
+    let mut world = sample();
+    world.models.get_mut("small").unwrap().profile.max_replicas = 2;
+    world.models.get_mut("small").unwrap().profile.idle_ttl_ms = None;
+    for (neuron, used) in [("a", 1_000_000), ("b", 1_050_000)] {
+        world.held.get_mut(neuron).unwrap().push(Held {
+            model: "small".into(),
+            device: 0,
+            memory: 300,
+            state: ModelState::Ready,
+            busy: 0,
+            last_used_ms: Some(used),
+        });
+    }
+    world.now = 1_000_000 + 121_000;
+    let settings = Settings::default();
+    let actions = reconcile(&world.snapshot(), &settings, &BTreeMap::new(), 0);
+    assert!(
+        actions.contains(&Action::Unload {
+            model: "small".into(),
+            neuron: "a".into(),
+            reason: Reason::ScaleDown
+        }),
+        "{actions:?}"
+    );
+}
