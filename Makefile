@@ -5,7 +5,7 @@
 export NATS_SERVER_BIN := $(CURDIR)/.cache/bin/nats-server
 export CORTEX_MODELS_DIR := $(CURDIR)/.cache/models
 
-.PHONY: setup test up bench bench-engine bench-ingress
+.PHONY: setup test up bench bench-engine bench-ingress bench-placement
 
 setup:
 	scripts/setup.sh
@@ -17,8 +17,8 @@ test: setup
 
 up: setup
 	@echo "make up: not available yet. 'cortex up' (NATS + placement + neuron + ingress with" >&2
-	@echo "SmolLM2 and MiniLM, answering curl on 127.0.0.1:31313) is built by issues 5-7." >&2
-	@echo "Today the binary offers 'cortex neuron' (see README) and 'cortex ping'/'cortex events'." >&2
+	@echo "SmolLM2 and MiniLM, answering curl on 127.0.0.1:31313) is built by issue 7." >&2
+	@echo "Today start 'cortex neuron', 'cortex placement' and 'cortex ingress' by hand (see README)." >&2
 	@exit 2
 
 bench: setup
@@ -32,3 +32,8 @@ bench-engine: setup
 # when LITELLM points at its script: LITELLM=/path/to/litellm make bench-ingress
 bench-ingress: setup
 	cargo bench -p cortex-ingress --bench overhead
+
+# Placement at fleet scale: 1,000 sim neurons heartbeating each second
+# (NEURONS, MODELS, KILLS, WINDOW_S change it).
+bench-placement: setup
+	cargo bench --bench placement_fleet

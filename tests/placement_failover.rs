@@ -64,7 +64,22 @@ async fn killing_the_leader_hands_the_lease_over_and_serving_goes_on() {
     let client = connect(&server.url()).await;
     // min_replicas = 1: the leader loads it without any request.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while n1.status().models.iter().all(|m| m.model_id != "m") {
+    loop {
+        // The placement processes may not answer yet.
+        let recorded = placement_call::<_, cortex_schemas::PlacementStatus>(
+            &client,
+            PlacementOp::Status,
+            &json!({}),
+        )
+        .await
+        .is_ok_and(|s| {
+            s.assignments.iter().any(|a| {
+                a.model_id == "m" && a.replicas.iter().any(|r| r.state == ReplicaState::Ready)
+            })
+        });
+        if recorded && ready_on(&client, "m").await == vec!["n1".to_string()] {
+            break;
+        }
         assert!(
             Instant::now() < deadline,
             "m never loaded by the reconciler"

@@ -1,11 +1,16 @@
-//! Calls to control-plane endpoints (NATS micro services speaking JSON
-//! `Reply` envelopes): placement asks neurons to load and unload, ingress
-//! asks placement to `ensure`, the CLI asks both. One function, [`call`],
+//! Control-plane endpoints: NATS micro services speaking JSON `Reply`
+//! envelopes. The serving side is [`answer`] (decode, run, reply, with the
+//! micro protocol's error headers); the calling side is [`call`]: placement
+//! asks neurons to load and unload, ingress asks placement to `ensure`, the
+//! CLI asks both. [`call`] has
 //! with a deadline; a failure is a [`CallError`] (no responder, timeout,
 //! transport, or the endpoint's own error), convertible to a [`WireError`].
 
 use std::time::Duration;
 
+use std::future::Future;
+
+use async_nats::service::Request;
 use async_nats::{Client, RequestErrorKind};
 use cortex_schemas::{ErrorClass, Reply, WireError};
 use serde::{de::DeserializeOwned, Serialize};
@@ -102,5 +107,56 @@ pub fn status_code(class: ErrorClass) -> u16 {
         ErrorClass::DeadlineExceeded => 504,
         ErrorClass::Unavailable => 503,
         ErrorClass::Internal => 500,
+    }
+}
+
+/// Serves one endpoint request: decodes the JSON body (an empty body is
+/// `{}`), runs `handler`, replies with [`respond`].
+pub async fn answer<Req, Rep, F, Fut>(request: &Request, handler: F)
+where
+    Req: DeserializeOwned,
+    Rep: Serialize,
+    F: FnOnce(Req) -> Fut,
+    Fut: Future<Output = Result<Rep, WireError>>,
+{
+    let body: &[u8] = if request.message.payload.is_empty() {
+        b"{}"
+    } else {
+        &request.message.payload
+    };
+    let reply: Reply<Rep> = match serde_json::from_slice::<Req>(body) {
+        Ok(decoded) => handler(decoded).await.into(),
+        Err(error) => Reply::Error(WireError::new(
+            ErrorClass::InvalidRequest,
+            format!("malformed request: {error}"),
+        )),
+    };
+    respond(request, &reply).await;
+}
+
+/// Replies with `reply` as JSON; an error also sets the micro protocol's
+/// `Nats-Service-Error` and `Nats-Service-Error-Code` headers.
+pub async fn respond<T: Serialize>(request: &Request, reply: &Reply<T>) {
+    let encoding = Encoding::Json;
+    let mut headers = encoding.headers();
+    if let Reply::Error(error) = reply {
+        headers.insert(
+            "Nats-Service-Error",
+            error.message.replace(['\r', '\n'], " ").as_str(),
+        );
+        headers.insert(
+            "Nats-Service-Error-Code",
+            status_code(error.class).to_string().as_str(),
+        );
+    }
+    let payload = match encoding.encode(reply) {
+        Ok(payload) => payload,
+        Err(error) => {
+            tracing::error!(%error, "control reply not encodable");
+            return;
+        }
+    };
+    if let Err(error) = request.respond_with_headers(Ok(payload), headers).await {
+        tracing::debug!(%error, "control reply not sent");
     }
 }

@@ -12,6 +12,7 @@
 //! - [`stream`]: streamed request/reply: [`stream_request`] → [`FrameStream`] on the
 //!   requester side; [`serve`] → [`Incoming`] → [`Responder`] on the responder side; cancels.
 //! - [`control`]: [`control::call`], a JSON request to a micro-service endpoint with a deadline.
+//! - [`events`]: lifecycle events published as JSON.
 //! - [`kv`]: bucket open-or-create, compare-and-swap updates, a self-healing watch.
 //! - [`objects`]: the `cortex-models` object store: push files and folders, fetch them into a cache.
 //! - [`sync`]: [`sync_with_server`], a barrier: the server has processed all this connection sent.
@@ -19,6 +20,7 @@
 pub mod codec;
 pub mod connect;
 pub mod control;
+pub mod events;
 pub mod headers;
 pub mod kv;
 pub mod objects;

@@ -5,15 +5,12 @@
 //! also carries the micro protocol's `Nats-Service-Error` headers.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::Arc;
 
-use async_nats::service::{Request, Service, ServiceExt};
-use cortex_bus::{Encoding, NeuronOp};
-use cortex_schemas::{ErrorClass, Reply, WireError};
+use async_nats::service::{Service, ServiceExt};
+use cortex_bus::NeuronOp;
+use cortex_schemas::Reply;
 use futures::StreamExt;
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 use tokio::task::JoinHandle;
 
 use crate::lifecycle::{drain, load, unload};
@@ -94,65 +91,21 @@ async fn serve_endpoint(
         let shared = shared.clone();
         tokio::spawn(async move {
             match op {
-                NeuronOp::Load => answer(&request, |r| load::load(&shared, r)).await,
-                NeuronOp::Unload => answer(&request, |r| unload::unload(&shared, r)).await,
-                NeuronOp::Drain => answer(&request, |r| drain::drain(&shared, r)).await,
+                NeuronOp::Load => {
+                    cortex_bus::control::answer(&request, |r| load::load(&shared, r)).await
+                }
+                NeuronOp::Unload => {
+                    cortex_bus::control::answer(&request, |r| unload::unload(&shared, r)).await
+                }
+                NeuronOp::Drain => {
+                    cortex_bus::control::answer(&request, |r| drain::drain(&shared, r)).await
+                }
                 NeuronOp::Status => {
                     let status = shared.status();
-                    respond(&request, &Reply::Ok(status)).await
+                    cortex_bus::control::respond(&request, &Reply::Ok(status)).await
                 }
                 NeuronOp::Infer | NeuronOp::Cancel => {}
             }
         });
-    }
-}
-
-/// Decodes the JSON body (an empty body is `{}`), runs `handler`, replies.
-async fn answer<Req, Rep, F, Fut>(request: &Request, handler: F)
-where
-    Req: DeserializeOwned,
-    Rep: Serialize,
-    F: FnOnce(Req) -> Fut,
-    Fut: Future<Output = Result<Rep, WireError>>,
-{
-    let body: &[u8] = if request.message.payload.is_empty() {
-        b"{}"
-    } else {
-        &request.message.payload
-    };
-    let reply: Reply<Rep> = match serde_json::from_slice::<Req>(body) {
-        Ok(decoded) => handler(decoded).await.into(),
-        Err(error) => Reply::Error(WireError::new(
-            ErrorClass::InvalidRequest,
-            format!("malformed request: {error}"),
-        )),
-    };
-    respond(request, &reply).await;
-}
-
-async fn respond<T: Serialize>(request: &Request, reply: &Reply<T>) {
-    let encoding = Encoding::Json;
-    let mut headers = encoding.headers();
-    if let Reply::Error(error) = reply {
-        headers.insert(
-            "Nats-Service-Error",
-            error.message.replace(['\r', '\n'], " ").as_str(),
-        );
-        headers.insert(
-            "Nats-Service-Error-Code",
-            cortex_bus::control::status_code(error.class)
-                .to_string()
-                .as_str(),
-        );
-    }
-    let payload = match encoding.encode(reply) {
-        Ok(payload) => payload,
-        Err(error) => {
-            tracing::error!(%error, "control reply not encodable");
-            return;
-        }
-    };
-    if let Err(error) = request.respond_with_headers(Ok(payload), headers).await {
-        tracing::debug!(%error, "control reply not sent");
     }
 }

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_nats::Client;
-use cortex_bus::{CancelRegistry, Encoding, Subjects};
-use cortex_schemas::{Event, EventDetail, NeuronState, NeuronStatus};
+use cortex_bus::{CancelRegistry, Subjects};
+use cortex_schemas::{EventDetail, NeuronState, NeuronStatus};
 
 use crate::config::{NeuronConfig, Validated};
 use crate::discovery::Discovery;
@@ -155,24 +155,6 @@ impl Shared {
 
     /// Publishes a lifecycle event on `<prefix>.v1.events.<kind>` (JSON).
     pub async fn event(&self, detail: EventDetail) {
-        let subject = self.subjects.event(detail.kind());
-        let event = Event {
-            at_ms: cortex_bus::headers::unix_ms(),
-            source: self.id.clone(),
-            detail,
-        };
-        let encoding = Encoding::Json;
-        match encoding.encode(&event) {
-            Ok(payload) => {
-                if let Err(error) = self
-                    .client
-                    .publish_with_headers(subject, encoding.headers(), payload)
-                    .await
-                {
-                    tracing::warn!(%error, "event not published");
-                }
-            }
-            Err(error) => tracing::warn!(%error, "event not encoded"),
-        }
+        cortex_bus::events::publish(&self.client, &self.subjects, &self.id, detail).await;
     }
 }

@@ -6,15 +6,12 @@
 //! reply also carries the `Nats-Service-Error` headers.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::Arc;
 
-use async_nats::service::{Request, Service, ServiceExt};
-use cortex_bus::{Encoding, PlacementOp};
-use cortex_schemas::{ErrorClass, Reply, WireError};
+use async_nats::service::{Service, ServiceExt};
+use cortex_bus::PlacementOp;
+use cortex_schemas::{ErrorClass, WireError};
 use futures::StreamExt;
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 use tokio::task::JoinHandle;
 
 use crate::shared::Shared;
@@ -109,7 +106,7 @@ async fn serve_endpoint(
                     shared.id
                 ),
             );
-            answer(&request, |_: serde_json::Value| async move {
+            cortex_bus::control::answer(&request, |_: serde_json::Value| async move {
                 Err::<(), _>(busy)
             })
             .await;
@@ -120,58 +117,28 @@ async fn serve_endpoint(
             let _permit = permit;
             let s = &shared;
             match op {
-                PlacementOp::Ensure => answer(&request, |r| ensure::ensure(s, r)).await,
-                PlacementOp::Status => answer(&request, |r| verbs::status(s, r)).await,
-                PlacementOp::Pin => answer(&request, |r| verbs::pin(s, r)).await,
-                PlacementOp::Unpin => answer(&request, |r| verbs::unpin(s, r)).await,
-                PlacementOp::Load => answer(&request, |r| verbs::load(s, r)).await,
-                PlacementOp::Unload => answer(&request, |r| verbs::unload(s, r)).await,
-                PlacementOp::Reload => answer(&request, |r| verbs::reload(s, r)).await,
+                PlacementOp::Ensure => {
+                    cortex_bus::control::answer(&request, |r| ensure::ensure(s, r)).await
+                }
+                PlacementOp::Status => {
+                    cortex_bus::control::answer(&request, |r| verbs::status(s, r)).await
+                }
+                PlacementOp::Pin => {
+                    cortex_bus::control::answer(&request, |r| verbs::pin(s, r)).await
+                }
+                PlacementOp::Unpin => {
+                    cortex_bus::control::answer(&request, |r| verbs::unpin(s, r)).await
+                }
+                PlacementOp::Load => {
+                    cortex_bus::control::answer(&request, |r| verbs::load(s, r)).await
+                }
+                PlacementOp::Unload => {
+                    cortex_bus::control::answer(&request, |r| verbs::unload(s, r)).await
+                }
+                PlacementOp::Reload => {
+                    cortex_bus::control::answer(&request, |r| verbs::reload(s, r)).await
+                }
             }
         });
-    }
-}
-
-/// Decodes the JSON body (an empty body is `{}`), runs `handler`, replies.
-async fn answer<Req, Rep, F, Fut>(request: &Request, handler: F)
-where
-    Req: DeserializeOwned,
-    Rep: Serialize,
-    F: FnOnce(Req) -> Fut,
-    Fut: Future<Output = Result<Rep, WireError>>,
-{
-    let body: &[u8] = if request.message.payload.is_empty() {
-        b"{}"
-    } else {
-        &request.message.payload
-    };
-    let reply: Reply<Rep> = match serde_json::from_slice::<Req>(body) {
-        Ok(decoded) => handler(decoded).await.into(),
-        Err(error) => Reply::Error(WireError::new(
-            ErrorClass::InvalidRequest,
-            format!("malformed request: {error}"),
-        )),
-    };
-    let encoding = Encoding::Json;
-    let mut headers = encoding.headers();
-    if let Reply::Error(error) = &reply {
-        headers.insert(
-            "Nats-Service-Error",
-            error.message.replace(['\r', '\n'], " ").as_str(),
-        );
-        headers.insert(
-            "Nats-Service-Error-Code",
-            cortex_bus::control::status_code(error.class)
-                .to_string()
-                .as_str(),
-        );
-    }
-    match encoding.encode(&reply) {
-        Ok(payload) => {
-            if let Err(error) = request.respond_with_headers(Ok(payload), headers).await {
-                tracing::debug!(%error, "placement reply not sent");
-            }
-        }
-        Err(error) => tracing::error!(%error, "placement reply not encodable"),
     }
 }

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use async_nats::jetstream::kv::Store;
 use async_nats::Client;
 use cortex_bus::Subjects;
-use cortex_schemas::{Event, EventDetail, ModelProfile};
+use cortex_schemas::{EventDetail, ModelProfile};
 
 use crate::assignments::AssignmentsView;
 use crate::catalog::CatalogView;
@@ -197,24 +197,6 @@ impl Shared {
 
     /// Publishes a lifecycle event.
     pub async fn event(&self, detail: EventDetail) {
-        let subject = self.subjects.event(detail.kind());
-        let event = Event {
-            at_ms: cortex_bus::headers::unix_ms(),
-            source: self.id.clone(),
-            detail,
-        };
-        let encoding = cortex_bus::Encoding::Json;
-        match encoding.encode(&event) {
-            Ok(payload) => {
-                if let Err(error) = self
-                    .client
-                    .publish_with_headers(subject, encoding.headers(), payload)
-                    .await
-                {
-                    tracing::warn!(%error, "event not published");
-                }
-            }
-            Err(error) => tracing::warn!(%error, "event not encoded"),
-        }
+        cortex_bus::events::publish(&self.client, &self.subjects, &self.id, detail).await;
     }
 }
