@@ -1,5 +1,5 @@
 # Cortex: the two quickstart commands and a few helpers.
-#   make up     bring the whole mesh up on this machine (lands with issue 7)
+#   make up     bring the whole mesh up on this machine (Ctrl-C stops it)
 #   make test   install what the tests need, then fmt, clippy and every test
 
 export NATS_SERVER_BIN := $(CURDIR)/.cache/bin/nats-server
@@ -15,11 +15,9 @@ test: setup
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo test --workspace
 
+# nats-server + placement + a neuron with SmolLM2 and MiniLM + ingress on 127.0.0.1:31313.
 up: setup
-	@echo "make up: not available yet. 'cortex up' (NATS + placement + neuron + ingress with" >&2
-	@echo "SmolLM2 and MiniLM, answering curl on 127.0.0.1:31313) is built by issue 7." >&2
-	@echo "Today start 'cortex neuron', 'cortex placement' and 'cortex ingress' by hand (see README)." >&2
-	@exit 2
+	cargo run --release -- up
 
 bench: setup
 	cargo bench -p cortex-bus --bench stream_rtt

@@ -17,7 +17,8 @@ async fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    cli::init_tracing(args.verbose);
+    let quiet = matches!(args.command, cli::Command::Up(_));
+    cli::init_tracing(args.verbose, quiet);
     match cli::run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -185,6 +185,9 @@ impl Placement {
         for task in self.tasks {
             task.abort();
         }
+        if let Err(error) = self.shared.client.drain().await {
+            tracing::debug!(%error, "placement connection drain");
+        }
     }
 
     /// Stops at once without releasing the lease: what a crash looks like

@@ -1,13 +1,17 @@
-//! Subcommands of the `cortex` binary: the daemons (`neuron`, `placement`,
-//! `ingress`; `up` joins with its issue) and the tools (`models`, `events`, `ping`).
+//! Subcommands of the `cortex` binary: the whole mesh on one machine (`up`),
+//! the daemons (`neuron`, `placement`, `ingress`), and the tools (`status`,
+//! `load`, `unload`, `pin`, `unpin`, `models`, `events`, `bench`, `ping`).
 
+mod bench;
 mod events;
 mod ingress;
 mod models;
 mod neuron;
+mod ops;
 mod ping;
 mod placement;
 mod signal;
+mod up;
 
 pub use neuron::parse_with_file;
 
@@ -26,6 +30,20 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// The whole mesh on this machine: nats-server, placement, a neuron, ingress.
+    Up(Box<up::UpArgs>),
+    /// The fleet: neurons, devices, models, slots, queues (from placement).
+    Status(ops::StatusArgs),
+    /// Load a model (on a neuron, or where placement chooses).
+    Load(ops::ModelArgs),
+    /// Unload a model (from one neuron, or everywhere).
+    Unload(ops::ModelArgs),
+    /// Keep a model loaded (on given neurons, or anywhere).
+    Pin(ops::ModelArgs),
+    /// Undo an operator pin.
+    Unpin(ops::ModelArgs),
+    /// Load generator for an OpenAI-compatible URL: TTFT, inter-token latency, tokens/s.
+    Bench(bench::BenchArgs),
     /// Connect to NATS and report the server, its limits and JetStream.
     Ping(ping::PingArgs),
     /// Follow lifecycle events (`<prefix>.v1.events.>`) as JSON lines.
@@ -42,6 +60,13 @@ pub enum Command {
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Up(args) => up::run(*args).await,
+        Command::Status(args) => ops::status(args).await,
+        Command::Load(args) => ops::verb(ops::Verb::Load, args).await,
+        Command::Unload(args) => ops::verb(ops::Verb::Unload, args).await,
+        Command::Pin(args) => ops::verb(ops::Verb::Pin, args).await,
+        Command::Unpin(args) => ops::verb(ops::Verb::Unpin, args).await,
+        Command::Bench(args) => bench::run(args).await,
         Command::Ping(args) => ping::run(args).await,
         Command::Events(args) => events::run(args).await,
         Command::Neuron(config) => neuron::run(*config).await,
@@ -51,8 +76,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-pub fn init_tracing(verbose: u8) {
+/// Logs to stderr: `info` by default (`warn` for `cortex up`, whose own
+/// progress lines say what happens), `-v` debug, `-vv` trace.
+pub fn init_tracing(verbose: u8, quiet: bool) {
     let default = match verbose {
+        0 if quiet => "warn",
         0 => "info",
         1 => "debug",
         _ => "trace",

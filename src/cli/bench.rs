@@ -1,0 +1,298 @@
+//! `cortex bench`: a load generator for any OpenAI-compatible URL (like
+//! `nats bench` for this mesh). Each of `--concurrency` clients sends
+//! streamed chat completions back to back for `--duration`; the report
+//! gives time to first token, inter-token latency and request latency as
+//! percentiles, tokens per second and errors by kind, with a progress line
+//! while it runs, or JSON with `--json`.
+
+use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Base URL of the API.
+    #[arg(long, default_value = "http://127.0.0.1:31313")]
+    pub url: String,
+    /// Model to ask.
+    #[arg(long, default_value = "smollm2")]
+    pub model: String,
+    /// Clients sending at once.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    /// How long to run.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Prompt length, in words (about one token each).
+    #[arg(long, default_value_t = 32)]
+    pub prompt_words: usize,
+    /// `max_tokens` of each request.
+    #[arg(long, default_value_t = 64)]
+    pub max_tokens: u32,
+    /// Bearer token, when the API wants one.
+    #[arg(long, env = "CORTEX_API_KEY")]
+    pub api_key: Option<String>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Default)]
+struct Samples {
+    ttft_ms: Vec<f64>,
+    itl_ms: Vec<f64>,
+    latency_ms: Vec<f64>,
+    errors: std::collections::BTreeMap<String, u64>,
+}
+
+/// Percentiles of one measure, in milliseconds.
+#[derive(Debug, Serialize)]
+pub struct Spread {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+/// What `cortex bench` reports.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub url: String,
+    pub model: String,
+    pub concurrency: usize,
+    pub seconds: f64,
+    pub requests: u64,
+    pub errors: u64,
+    pub error_kinds: std::collections::BTreeMap<String, u64>,
+    pub completion_tokens: u64,
+    pub tokens_per_second: f64,
+    pub requests_per_second: f64,
+    pub ttft_ms: Option<Spread>,
+    pub inter_token_ms: Option<Spread>,
+    pub latency_ms: Option<Spread>,
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let report = tokio::task::spawn_blocking(move || measure(&args)).await??;
+    if report.1 {
+        println!("{}", serde_json::to_string_pretty(&report.0)?);
+    } else {
+        print!("{}", render(&report.0));
+    }
+    if report.0.requests == 0 {
+        anyhow::bail!("no request succeeded");
+    }
+    Ok(())
+}
+
+fn measure(args: &BenchArgs) -> anyhow::Result<(Report, bool)> {
+    let url = format!("{}/v1/chat/completions", args.url.trim_end_matches('/'));
+    let prompt = (0..args.prompt_words)
+        .map(|i| ["tell", "me", "about", "the", "sea", "and", "its", "tides"][i % 8])
+        .collect::<Vec<_>>()
+        .join(" ");
+    let body = serde_json::json!({
+        "model": args.model,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": args.max_tokens,
+        "stream": true,
+        "stream_options": {"include_usage": true},
+    })
+    .to_string();
+    let samples = Arc::new(Mutex::new(Samples::default()));
+    let done = Arc::new(AtomicU64::new(0));
+    let tokens = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..args.concurrency.max(1) {
+        let (url, body, key) = (url.clone(), body.clone(), args.api_key.clone());
+        let (samples, done, tokens, failed, stop) = (
+            samples.clone(),
+            done.clone(),
+            tokens.clone(),
+            failed.clone(),
+            stop.clone(),
+        );
+        workers.push(std::thread::spawn(move || {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(Duration::from_secs(600)))
+                .build()
+                .into();
+            while !stop.load(Ordering::Relaxed) {
+                match one(&agent, &url, &body, key.as_deref()) {
+                    Ok(result) => {
+                        done.fetch_add(1, Ordering::Relaxed);
+                        tokens.fetch_add(result.tokens, Ordering::Relaxed);
+                        let mut s = samples.lock().unwrap_or_else(|e| e.into_inner());
+                        if let Some(ttft) = result.ttft_ms {
+                            s.ttft_ms.push(ttft);
+                        }
+                        s.itl_ms.extend(result.gaps_ms);
+                        s.latency_ms.push(result.latency_ms);
+                    }
+                    Err(kind) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        *samples
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .errors
+                            .entry(kind)
+                            .or_default() += 1;
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }
+            }
+        }));
+    }
+    let tty = std::io::stderr().is_terminal() && !args.json;
+    while started.elapsed() < args.duration {
+        std::thread::sleep(Duration::from_millis(500).min(args.duration));
+        if tty {
+            let fraction = (started.elapsed().as_secs_f64() / args.duration.as_secs_f64()).min(1.0);
+            let filled = (fraction * 30.0) as usize;
+            eprint!(
+                "\r[{}{}] {:>4.0}s  {} requests  {} errors  {:.0} tok/s ",
+                "#".repeat(filled),
+                ".".repeat(30 - filled),
+                started.elapsed().as_secs_f64(),
+                done.load(Ordering::Relaxed),
+                failed.load(Ordering::Relaxed),
+                tokens.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+            );
+            let _ = std::io::stderr().flush();
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        let _ = worker.join();
+    }
+    if tty {
+        eprintln!();
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let mut s = std::mem::take(&mut *samples.lock().unwrap_or_else(|e| e.into_inner()));
+    let requests = done.load(Ordering::Relaxed);
+    let completion_tokens = tokens.load(Ordering::Relaxed);
+    Ok((
+        Report {
+            url: args.url.clone(),
+            model: args.model.clone(),
+            concurrency: args.concurrency,
+            seconds,
+            requests,
+            errors: failed.load(Ordering::Relaxed),
+            error_kinds: std::mem::take(&mut s.errors),
+            completion_tokens,
+            tokens_per_second: completion_tokens as f64 / seconds,
+            requests_per_second: requests as f64 / seconds,
+            ttft_ms: spread(&mut s.ttft_ms),
+            inter_token_ms: spread(&mut s.itl_ms),
+            latency_ms: spread(&mut s.latency_ms),
+        },
+        args.json,
+    ))
+}
+
+struct One {
+    ttft_ms: Option<f64>,
+    gaps_ms: Vec<f64>,
+    latency_ms: f64,
+    tokens: u64,
+}
+
+/// One streamed request; an error is its kind (`http_429`, `io`, ...).
+fn one(agent: &ureq::Agent, url: &str, body: &str, key: Option<&str>) -> Result<One, String> {
+    let sent = Instant::now();
+    let mut request = agent.post(url).header("content-type", "application/json");
+    if let Some(key) = key {
+        request = request.header("authorization", &format!("Bearer {key}"));
+    }
+    let mut response = request.send(body).map_err(|_| "connect".to_string())?;
+    let status = response.status().as_u16();
+    if status != 200 {
+        return Err(format!("http_{status}"));
+    }
+    let reader = BufReader::new(response.body_mut().as_reader());
+    let (mut ttft, mut last, mut gaps, mut tokens, mut finished) =
+        (None, None, Vec::new(), 0, false);
+    for line in reader.lines() {
+        let line = line.map_err(|_| "io".to_string())?;
+        let Some(data) = line.strip_prefix("data: ") else {
+            continue;
+        };
+        if data == "[DONE]" {
+            finished = true;
+            break;
+        }
+        let chunk: serde_json::Value =
+            serde_json::from_str(data).map_err(|_| "bad_chunk".to_string())?;
+        if chunk.get("error").is_some() {
+            return Err("stream_error".into());
+        }
+        if let Some(used) = chunk["usage"]["completion_tokens"].as_u64() {
+            tokens = used;
+        }
+        let content = chunk["choices"][0]["delta"]["content"]
+            .as_str()
+            .unwrap_or("");
+        if !content.is_empty() {
+            let now = Instant::now();
+            match last {
+                None => ttft = Some(now.duration_since(sent).as_secs_f64() * 1e3),
+                Some(previous) => gaps.push(now.duration_since(previous).as_secs_f64() * 1e3),
+            }
+            last = Some(now);
+        }
+    }
+    if !finished {
+        return Err("truncated".into());
+    }
+    Ok(One {
+        ttft_ms: ttft,
+        gaps_ms: gaps,
+        latency_ms: sent.elapsed().as_secs_f64() * 1e3,
+        tokens,
+    })
+}
+
+fn spread(values: &mut [f64]) -> Option<Spread> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(|a, b| a.total_cmp(b));
+    let at = |q: f64| values[((values.len() - 1) as f64 * q).round() as usize];
+    Some(Spread {
+        p50: at(0.5),
+        p90: at(0.9),
+        p99: at(0.99),
+        max: values[values.len() - 1],
+    })
+}
+
+fn render(r: &Report) -> String {
+    let row = |name: &str, s: &Option<Spread>| match s {
+        Some(s) => format!(
+            "  {name:<18} p50 {:>9.2}  p90 {:>9.2}  p99 {:>9.2}  max {:>9.2} ms\n",
+            s.p50, s.p90, s.p99, s.max
+        ),
+        None => format!("  {name:<18} (no samples)\n"),
+    };
+    let mut out = format!(
+        "{} · model {} · {} clients · {:.1} s\n  {} requests ({:.1}/s), {} errors, {} tokens ({:.1} tok/s)\n",
+        r.url, r.model, r.concurrency, r.seconds, r.requests, r.requests_per_second, r.errors,
+        r.completion_tokens, r.tokens_per_second
+    );
+    out.push_str(&row("time to first token", &r.ttft_ms));
+    out.push_str(&row("inter-token", &r.inter_token_ms));
+    out.push_str(&row("request", &r.latency_ms));
+    for (kind, n) in &r.error_kinds {
+        out.push_str(&format!("  error {kind}: {n}\n"));
+    }
+    out
+}

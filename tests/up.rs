@@ -1,0 +1,210 @@
+//! `cortex up` as a user runs it: the whole mesh in one foreground process
+//! that answers HTTP, is inspected and driven with `cortex status`, `load`,
+//! `unload` and `bench`, and leaves no process behind on Ctrl-C.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cortex_testkit::binary::nats_server_bin;
+use cortex_testkit::models::models_dir;
+use serde_json::{json, Value};
+
+struct Up {
+    child: Child,
+    base: String,
+    nats: String,
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts `cortex up` with `args` and waits for its ready line.
+fn up(args: &[&str]) -> Up {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cortex"))
+        .arg("up")
+        .args(["--listen", &listen, "--nats-port", "0"])
+        .args(args)
+        .env("NATS_SERVER_BIN", nats_server_bin())
+        .env("CORTEX_MODELS_DIR", models_dir())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut base, mut nats) = (None, None);
+    while base.is_none() {
+        let line = lines
+            .next()
+            .expect("cortex up ended before it was ready")
+            .unwrap();
+        if let Some(url) = line.strip_prefix("nats ") {
+            nats = Some(url.to_string());
+        }
+        if let Some(url) = line.strip_prefix("ready ") {
+            base = Some(url.to_string());
+        }
+    }
+    Up {
+        child,
+        base: base.unwrap(),
+        nats: nats.expect("the nats line comes first"),
+    }
+}
+
+fn post(url: &str, body: Value) -> (u16, Value) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(120)))
+        .build()
+        .into();
+    let mut response = agent
+        .post(url)
+        .header("content-type", "application/json")
+        .send(body.to_string())
+        .unwrap();
+    let status = response.status().as_u16();
+    let text = response.body_mut().read_to_string().unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+fn cortex(args: &[&str]) -> Value {
+    let output = Command::new(env!("CARGO_BIN_EXE_cortex"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "cortex {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stdout)))
+}
+
+/// Ctrl-C: the process exits 0 and its nats-server is gone.
+fn interrupt(mut up: Up) {
+    let nats_port: u16 = up.nats.rsplit(':').next().unwrap().parse().unwrap();
+    Command::new("kill")
+        .args(["-INT", &up.child.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = up.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cortex up did not stop on Ctrl-C"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", nats_port)).is_err(),
+        "nats-server still listening after Ctrl-C"
+    );
+}
+
+#[test]
+fn up_with_the_sim_engine_is_inspected_driven_and_stopped() {
+    let up = up(&["--engine", "sim"]);
+    let (status, body) = post(
+        &format!("{}/v1/chat/completions", up.base),
+        json!({
+            "model": "sim-chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4
+        }),
+    );
+    assert_eq!(status, 200, "{body}");
+
+    let fleet = cortex(&["status", "--json", "--nats-url", &up.nats]);
+    let neuron = &fleet["neurons"][0];
+    assert_eq!(neuron["neuron_id"], "local");
+    assert!(neuron["devices"][0]["memory_total_bytes"].as_u64().unwrap() > 0);
+    let models: Vec<&str> = fleet["catalog"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(models, vec!["sim-chat", "sim-large"]);
+
+    let loaded = cortex(&["load", "sim-large", "--nats-url", &up.nats]);
+    assert_eq!(loaded["replicas"][0]["state"], "ready", "{loaded}");
+    let fleet = cortex(&["status", "--json", "--nats-url", &up.nats]);
+    assert!(fleet["neurons"][0]["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["model_id"] == "sim-large"));
+    cortex(&["unload", "sim-large", "--nats-url", &up.nats]);
+    let fleet = cortex(&["status", "--json", "--nats-url", &up.nats]);
+    assert!(!fleet["neurons"][0]["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["model_id"] == "sim-large"));
+
+    let report = cortex(&[
+        "bench",
+        "--url",
+        &up.base,
+        "--model",
+        "sim-chat",
+        "--duration",
+        "3s",
+        "--concurrency",
+        "4",
+        "--max-tokens",
+        "16",
+        "--json",
+    ]);
+    assert_eq!(report["errors"], 0, "{report}");
+    assert!(report["requests"].as_u64().unwrap() > 10, "{report}");
+    assert!(report["ttft_ms"]["p99"].as_f64().unwrap() > 0.0, "{report}");
+    assert!(
+        report["inter_token_ms"]["p50"].as_f64().is_some(),
+        "{report}"
+    );
+    interrupt(up);
+}
+
+#[test]
+fn up_with_the_default_models_answers_paris() {
+    let up = up(&[]);
+    let (status, body) = post(
+        &format!("{}/v1/chat/completions", up.base),
+        json!({
+            "model": "smollm2",
+            "messages": [{"role": "user", "content": "What is the capital of France?"}],
+            "max_tokens": 16, "temperature": 0
+        }),
+    );
+    assert_eq!(status, 200, "{body}");
+    let text = body["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(text.contains("Paris"), "{text}");
+    let (status, body) = post(
+        &format!("{}/v1/embeddings", up.base),
+        json!({"model": "minilm", "input": "hello"}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"][0]["embedding"].as_array().unwrap().len(), 384);
+    interrupt(up);
+}
