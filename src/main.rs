@@ -19,8 +19,8 @@ async fn main() -> ExitCode {
     };
     let quiet = matches!(args.command, cli::Command::Up(_));
     cli::init_tracing(args.verbose, quiet);
-    match cli::run(args).await {
-        Ok(()) => ExitCode::SUCCESS,
+    let code = match cli::run(args).await {
+        Ok(()) => 0,
         Err(error) => {
             eprintln!("cortex: {error:#}");
             let config = error
@@ -33,10 +33,13 @@ async fn main() -> ExitCode {
                     .downcast_ref::<cortex_placement::PlacementError>()
                     .is_some_and(cortex_placement::PlacementError::is_config);
             if config {
-                ExitCode::from(EXIT_CONFIG)
+                i32::from(EXIT_CONFIG)
             } else {
-                ExitCode::FAILURE
+                1
             }
         }
-    }
+    };
+    // Exit now: dropping the runtime would wait for blocking tasks (a model
+    // load cut short by Ctrl-C) with no signal handler left to stop it.
+    std::process::exit(code)
 }

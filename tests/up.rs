@@ -14,13 +14,35 @@ struct Up {
     child: Child,
     base: String,
     nats: String,
+    _log: tempfile::TempDir,
 }
 
 impl Drop for Up {
     fn drop(&mut self) {
+        // Ctrl-C first, so that its nats-server goes too; kill after 10 s.
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A `cortex` command with no `CORTEX_*` variable from the environment.
+fn command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_cortex"));
+    command.env_clear();
+    if let Some(path) = std::env::var_os("PATH") {
+        command.env("PATH", path);
+    }
+    command
 }
 
 fn free_port() -> u16 {
@@ -31,26 +53,39 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Starts `cortex up` with `args` and waits for its ready line.
+/// Starts `cortex up` with `args` and waits (up to 2 minutes) for its ready line.
 fn up(args: &[&str]) -> Up {
     let listen = format!("127.0.0.1:{}", free_port());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cortex"))
+    let log = tempfile::tempdir().unwrap();
+    let stderr = std::fs::File::create(log.path().join("up.log")).unwrap();
+    let mut child = command()
         .arg("up")
         .args(["--listen", &listen, "--nats-port", "0"])
         .args(args)
         .env("NATS_SERVER_BIN", nats_server_bin())
         .env("CORTEX_MODELS_DIR", models_dir())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
     let (mut base, mut nats) = (None, None);
+    let deadline = Instant::now() + Duration::from_secs(120);
     while base.is_none() {
-        let line = lines
-            .next()
-            .expect("cortex up ended before it was ready")
-            .unwrap();
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(line) = rx.recv_timeout(left) else {
+            let _ = child.kill();
+            let text = std::fs::read_to_string(log.path().join("up.log")).unwrap_or_default();
+            panic!("cortex up was not ready within 2 minutes:\n{text}");
+        };
         if let Some(url) = line.strip_prefix("nats ") {
             nats = Some(url.to_string());
         }
@@ -62,6 +97,7 @@ fn up(args: &[&str]) -> Up {
         child,
         base: base.unwrap(),
         nats: nats.expect("the nats line comes first"),
+        _log: log,
     }
 }
 
@@ -96,6 +132,25 @@ fn cortex(args: &[&str]) -> Value {
     );
     serde_json::from_slice(&output.stdout)
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stdout)))
+}
+
+/// Polls `cortex status --json` until `check` holds (10 s at most).
+fn status_until(nats: &str, what: &str, check: impl Fn(&Value) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let fleet = cortex(&["status", "--json", "--nats-url", nats]);
+        if check(&fleet) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: {fleet}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn holds(fleet: &Value, model: &str) -> bool {
+    fleet["neurons"][0]["models"]
+        .as_array()
+        .is_some_and(|models| models.iter().any(|m| m["model_id"] == model))
 }
 
 /// Ctrl-C: the process exits 0 and its nats-server is gone.
@@ -148,19 +203,13 @@ fn up_with_the_sim_engine_is_inspected_driven_and_stopped() {
 
     let loaded = cortex(&["load", "sim-large", "--nats-url", &up.nats]);
     assert_eq!(loaded["replicas"][0]["state"], "ready", "{loaded}");
-    let fleet = cortex(&["status", "--json", "--nats-url", &up.nats]);
-    assert!(fleet["neurons"][0]["models"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|m| m["model_id"] == "sim-large"));
+    status_until(&up.nats, "sim-large loaded", |fleet| {
+        holds(fleet, "sim-large")
+    });
     cortex(&["unload", "sim-large", "--nats-url", &up.nats]);
-    let fleet = cortex(&["status", "--json", "--nats-url", &up.nats]);
-    assert!(!fleet["neurons"][0]["models"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|m| m["model_id"] == "sim-large"));
+    status_until(&up.nats, "sim-large unloaded", |fleet| {
+        !holds(fleet, "sim-large")
+    });
 
     let report = cortex(&[
         "bench",

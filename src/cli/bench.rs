@@ -1,9 +1,12 @@
 //! `cortex bench`: a load generator for any OpenAI-compatible URL (like
 //! `nats bench` for this mesh). Each of `--concurrency` clients sends
-//! streamed chat completions back to back for `--duration`; the report
-//! gives time to first token, inter-token latency and request latency as
-//! percentiles, tokens per second and errors by kind, with a progress line
-//! while it runs, or JSON with `--json`.
+//! streamed chat completions back to back for `--duration` (a request still
+//! running then is abandoned and not counted); the report gives time to
+//! first token, inter-token latency (per request: from the first to the last
+//! content chunk over the tokens between them, since one chunk may carry
+//! several tokens) and request latency as percentiles, tokens per second
+//! (from `usage`, else content chunks) and errors by kind, with a progress
+//! line while it runs, or JSON with `--json`.
 
 use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -125,7 +128,7 @@ fn measure(args: &BenchArgs) -> anyhow::Result<(Report, bool)> {
                 .build()
                 .into();
             while !stop.load(Ordering::Relaxed) {
-                match one(&agent, &url, &body, key.as_deref()) {
+                match one(&agent, &url, &body, key.as_deref(), &stop) {
                     Ok(result) => {
                         done.fetch_add(1, Ordering::Relaxed);
                         tokens.fetch_add(result.tokens, Ordering::Relaxed);
@@ -136,6 +139,7 @@ fn measure(args: &BenchArgs) -> anyhow::Result<(Report, bool)> {
                         s.itl_ms.extend(result.gaps_ms);
                         s.latency_ms.push(result.latency_ms);
                     }
+                    Err(kind) if kind == ABANDONED => {}
                     Err(kind) => {
                         failed.fetch_add(1, Ordering::Relaxed);
                         *samples
@@ -152,7 +156,8 @@ fn measure(args: &BenchArgs) -> anyhow::Result<(Report, bool)> {
     }
     let tty = std::io::stderr().is_terminal() && !args.json;
     while started.elapsed() < args.duration {
-        std::thread::sleep(Duration::from_millis(500).min(args.duration));
+        let left = args.duration.saturating_sub(started.elapsed());
+        std::thread::sleep(Duration::from_millis(500).min(left));
         if tty {
             let fraction = (started.elapsed().as_secs_f64() / args.duration.as_secs_f64()).min(1.0);
             let filled = (fraction * 30.0) as usize;
@@ -169,13 +174,13 @@ fn measure(args: &BenchArgs) -> anyhow::Result<(Report, bool)> {
         }
     }
     stop.store(true, Ordering::Relaxed);
+    let seconds = started.elapsed().as_secs_f64();
     for worker in workers {
         let _ = worker.join();
     }
     if tty {
         eprintln!();
     }
-    let seconds = started.elapsed().as_secs_f64();
     let mut s = std::mem::take(&mut *samples.lock().unwrap_or_else(|e| e.into_inner()));
     let requests = done.load(Ordering::Relaxed);
     let completion_tokens = tokens.load(Ordering::Relaxed);
@@ -206,22 +211,43 @@ struct One {
     tokens: u64,
 }
 
+/// The error kind of a request cut off at the end of the run (not counted).
+const ABANDONED: &str = "abandoned";
+
+fn kind(error: &ureq::Error) -> String {
+    match error {
+        ureq::Error::Timeout(_) => "timeout".into(),
+        ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => "connect".into(),
+        ureq::Error::Io(_) => "io".into(),
+        other => format!("client: {other}"),
+    }
+}
+
 /// One streamed request; an error is its kind (`http_429`, `io`, ...).
-fn one(agent: &ureq::Agent, url: &str, body: &str, key: Option<&str>) -> Result<One, String> {
+fn one(
+    agent: &ureq::Agent,
+    url: &str,
+    body: &str,
+    key: Option<&str>,
+    stop: &AtomicBool,
+) -> Result<One, String> {
     let sent = Instant::now();
     let mut request = agent.post(url).header("content-type", "application/json");
     if let Some(key) = key {
         request = request.header("authorization", &format!("Bearer {key}"));
     }
-    let mut response = request.send(body).map_err(|_| "connect".to_string())?;
+    let mut response = request.send(body).map_err(|e| kind(&e))?;
     let status = response.status().as_u16();
     if status != 200 {
         return Err(format!("http_{status}"));
     }
     let reader = BufReader::new(response.body_mut().as_reader());
-    let (mut ttft, mut last, mut gaps, mut tokens, mut finished) =
-        (None, None, Vec::new(), 0, false);
+    let (mut ttft, mut first, mut last, mut chunks, mut tokens, mut finished) =
+        (None, None, None, 0u64, 0, false);
     for line in reader.lines() {
+        if stop.load(Ordering::Relaxed) {
+            return Err(ABANDONED.into());
+        }
         let line = line.map_err(|_| "io".to_string())?;
         let Some(data) = line.strip_prefix("data: ") else {
             continue;
@@ -243,19 +269,28 @@ fn one(agent: &ureq::Agent, url: &str, body: &str, key: Option<&str>) -> Result<
             .unwrap_or("");
         if !content.is_empty() {
             let now = Instant::now();
-            match last {
-                None => ttft = Some(now.duration_since(sent).as_secs_f64() * 1e3),
-                Some(previous) => gaps.push(now.duration_since(previous).as_secs_f64() * 1e3),
+            if first.is_none() {
+                ttft = Some(now.duration_since(sent).as_secs_f64() * 1e3);
+                first = Some(now);
             }
             last = Some(now);
+            chunks += 1;
         }
     }
     if !finished {
         return Err("truncated".into());
     }
+    // Without `usage`, each content chunk counts as one token (a floor).
+    let tokens = if tokens > 0 { tokens } else { chunks };
+    let mut gaps_ms = Vec::new();
+    if let (Some(first), Some(last)) = (first, last) {
+        if tokens > 1 {
+            gaps_ms.push(last.duration_since(first).as_secs_f64() * 1e3 / (tokens - 1) as f64);
+        }
+    }
     Ok(One {
         ttft_ms: ttft,
-        gaps_ms: gaps,
+        gaps_ms,
         latency_ms: sent.elapsed().as_secs_f64() * 1e3,
         tokens,
     })
@@ -289,7 +324,7 @@ fn render(r: &Report) -> String {
         r.completion_tokens, r.tokens_per_second
     );
     out.push_str(&row("time to first token", &r.ttft_ms));
-    out.push_str(&row("inter-token", &r.inter_token_ms));
+    out.push_str(&row("inter-token (mean)", &r.inter_token_ms));
     out.push_str(&row("request", &r.latency_ms));
     for (kind, n) in &r.error_kinds {
         out.push_str(&format!("  error {kind}: {n}\n"));

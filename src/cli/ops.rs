@@ -69,6 +69,15 @@ async fn ask<Req: Serialize, Rep: DeserializeOwned>(
 }
 
 pub async fn verb(verb: Verb, args: ModelArgs) -> anyhow::Result<()> {
+    match verb {
+        Verb::Load | Verb::Unload if args.neuron.len() > 1 => {
+            anyhow::bail!("give at most one --neuron")
+        }
+        Verb::Unpin if !args.neuron.is_empty() => {
+            anyhow::bail!("unpin takes no --neuron: it removes the operator's pin")
+        }
+        _ => {}
+    }
     let neuron = args.neuron.first().cloned();
     let place = PlaceRequest {
         model: args.model.clone(),

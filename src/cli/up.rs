@@ -28,8 +28,10 @@ pub struct UpArgs {
     /// HTTP address of the API.
     #[arg(long, env = "CORTEX_LISTEN", default_value = "127.0.0.1:31313")]
     pub listen: SocketAddr,
-    /// Use this NATS server (with JetStream) instead of starting one.
-    #[arg(long, env = "CORTEX_NATS_URL")]
+    /// Use this NATS server (with JetStream) instead of starting one. Not
+    /// read from the environment: `cortex up` must not join another mesh by
+    /// accident (its catalogue would replace that mesh's).
+    #[arg(long)]
     pub nats_url: Option<String>,
     /// The catalogue (`models.toml`); default: SmolLM2 and MiniLM from `--models-dir`.
     #[arg(long, env = "CORTEX_MODELS")]
@@ -41,7 +43,7 @@ pub struct UpArgs {
     #[arg(long, value_enum, default_value = "candle")]
     pub engine: EngineKind,
     /// Port of the nats-server `cortex up` starts (0: any free port).
-    #[arg(long, default_value_t = 4222)]
+    #[arg(long, env = "CORTEX_UP_NATS_PORT", default_value_t = 4222)]
     pub nats_port: u16,
     /// Longest wait for the models to load before giving up.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
@@ -56,6 +58,9 @@ struct NatsChild {
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    // Signals are caught from the start: a Ctrl-C during startup still
+    // stops the nats-server child (it has its own process group).
+    let mut signals = signal::Signals::listen();
     let started = Instant::now();
     let (nats, url) = match &args.nats_url {
         Some(url) => (None, url.clone()),
@@ -67,53 +72,31 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     };
     status_line(&format!("nats     {url}"));
     println!("nats {url}");
-    let work = tempfile::tempdir().context("a temporary folder for the catalogue")?;
-    let catalog = match &args.models {
-        Some(path) => path.clone(),
-        None => default_catalog(work.path(), &args.models_dir, args.engine)?,
-    };
-    let client = |name: &'static str| {
-        let url = url.clone();
-        async move {
-            let mut options = NatsOptions::new([url]);
-            options.connect_timeout = Duration::from_secs(10);
-            options.connect(name).await
+    let mesh = tokio::select! {
+        mesh = start_mesh(&args, &url) => mesh,
+        () = signals.next() => {
+            stop_nats(nats).await;
+            return Ok(());
         }
     };
-
-    let mut config = PlacementConfig::for_tests(&url, "placement-local");
-    config.models = Some(catalog.clone());
-    config.reconcile_interval = Duration::from_millis(500);
-    let placement = Placement::start(config, client("cortex-placement").await?).await?;
-    status_line("placement ready (the catalogue is in KV bucket cortex-catalog)");
-
-    let mut config = NeuronConfig::for_tests(&url, "local");
-    config.engine = args.engine;
-    config.heartbeat_interval = Duration::from_millis(500);
-    let neuron = Neuron::start(config, client("cortex-neuron").await?).await?;
-    status_line(&format!(
-        "neuron   local ({} engine, {})",
-        args.engine.as_str(),
-        devices(&neuron)
-    ));
-
-    let mut config = IngressConfig::for_tests(&url);
-    config.listen = args.listen;
-    let ingress = Ingress::start(config, client("cortex-ingress").await?).await?;
-
-    let wanted: Vec<String> = cortex_placement::catalog::file::read(&catalog)?
-        .into_iter()
-        .filter(|p| p.min_replicas > 0 || p.pinned.is_pinned())
-        .map(|p| p.id)
-        .collect();
-    let shutdown = signal::shutdown();
-    tokio::pin!(shutdown);
-    tokio::select! {
-        loaded = show_progress(&neuron, &wanted, args.load_timeout) => loaded?,
-        () = &mut shutdown => {
+    let (placement, neuron, ingress, wanted, _work) = match mesh {
+        Ok(mesh) => mesh,
+        Err(error) => {
+            stop_nats(nats).await;
+            return Err(error);
+        }
+    };
+    let loaded = tokio::select! {
+        loaded = show_progress(&neuron, &wanted, args.load_timeout) => loaded,
+        () = signals.next() => {
+            signals.arm();
             stop(ingress, neuron, placement, nats).await;
             return Ok(());
         }
+    };
+    if let Err(error) = loaded {
+        stop(ingress, neuron, placement, nats).await;
+        return Err(error);
     }
     let base = format!("http://{}", ingress.addr);
     eprintln!(
@@ -123,22 +106,74 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         wanted.first().map_or("smollm2", String::as_str),
     );
     println!("ready {base}");
-    shutdown.await;
+    signals.shutdown().await;
     stop(ingress, neuron, placement, nats).await;
     Ok(())
 }
 
+type Mesh = (Placement, Neuron, Ingress, Vec<String>, tempfile::TempDir);
+
+/// Placement, the neuron and the ingress, in this process.
+async fn start_mesh(args: &UpArgs, url: &str) -> anyhow::Result<Mesh> {
+    let work = tempfile::tempdir().context("a temporary folder for the catalogue")?;
+    let catalog = match &args.models {
+        Some(path) => path.clone(),
+        None => default_catalog(work.path(), &args.models_dir, args.engine)?,
+    };
+    let client = |name: &'static str| {
+        let url = url.to_string();
+        async move {
+            let mut options = NatsOptions::new([url]);
+            options.connect_timeout = Duration::from_secs(10);
+            options.connect(name).await
+        }
+    };
+    let mut config = PlacementConfig::for_tests(url, "placement-local");
+    config.models = Some(catalog.clone());
+    config.reconcile_interval = Duration::from_millis(500);
+    let placement = Placement::start(config, client("cortex-placement").await?).await?;
+    status_line("placement ready (the catalogue is in KV bucket cortex-catalog)");
+
+    let mut config = NeuronConfig::for_tests(url, "local");
+    config.engine = args.engine;
+    config.heartbeat_interval = Duration::from_millis(500);
+    let neuron = Neuron::start(config, client("cortex-neuron").await?).await?;
+    status_line(&format!(
+        "neuron   local ({} engine, {})",
+        args.engine.as_str(),
+        devices(&neuron)
+    ));
+
+    let mut config = IngressConfig::for_tests(url);
+    config.listen = args.listen;
+    let ingress = Ingress::start(config, client("cortex-ingress").await?).await?;
+
+    let wanted: Vec<String> = cortex_placement::catalog::file::read(&catalog)?
+        .into_iter()
+        .filter(|p| p.min_replicas > 0 || p.pinned.is_pinned())
+        .map(|p| p.id)
+        .collect();
+    Ok((placement, neuron, ingress, wanted, work))
+}
+
+async fn stop_nats(nats: Option<NatsChild>) {
+    if let Some(mut nats) = nats {
+        status_line("stopping: nats-server");
+        let _ = nats.child.kill().await;
+    }
+}
+
 async fn stop(ingress: Ingress, neuron: Neuron, placement: Placement, nats: Option<NatsChild>) {
+    if std::io::stderr().is_terminal() {
+        eprintln!();
+    }
     status_line("stopping: ingress");
     ingress.shutdown().await;
     status_line("stopping: neuron (finishing requests in flight)");
     neuron.shutdown().await;
     status_line("stopping: placement");
     placement.shutdown().await;
-    if let Some(mut nats) = nats {
-        status_line("stopping: nats-server");
-        let _ = nats.child.kill().await;
-    }
+    stop_nats(nats).await;
     status_line("stopped");
 }
 
@@ -227,9 +262,12 @@ async fn start_nats(port: u16) -> anyhow::Result<NatsChild> {
         port
     };
     let store = tempfile::tempdir().context("a folder for the JetStream store")?;
-    let child = tokio::process::Command::new(&binary)
+    let log = store.path().join("nats-server.log");
+    let mut child = tokio::process::Command::new(&binary)
         .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
         .arg(store.path())
+        .arg("-l")
+        .arg(&log)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         // Its own process group: Ctrl-C in the terminal reaches `cortex up`
@@ -243,12 +281,26 @@ async fn start_nats(port: u16) -> anyhow::Result<NatsChild> {
     }
     let url = format!("nats://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(15);
+    let tail = |log: &Path| {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(5)..].join("\n")
+    };
     while tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .is_err()
     {
+        if let Ok(Some(status)) = child.try_wait() {
+            bail!(
+                "nats-server exited ({status}) before listening:\n{}",
+                tail(&log)
+            );
+        }
         if Instant::now() >= deadline {
-            bail!("nats-server did not listen on {port} within 15 s");
+            bail!(
+                "nats-server did not listen on {port} within 15 s:\n{}",
+                tail(&log)
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
