@@ -2,7 +2,8 @@
 //! - `push <path> [--name]`: a file or a Hugging Face folder into the
 //!   `cortex-models` object store, for `source = "store:<name>"`;
 //! - `reload`: a placement replica re-reads its `models.toml`;
-//! - `list`: the catalogue and where each model is loaded (JSON).
+//! - `list` (also plain `cortex models`): the catalogue and where each
+//!   model is loaded (JSON).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -18,8 +19,9 @@ pub struct ModelsArgs {
     /// Subject prefix of the mesh.
     #[arg(long, env = "CORTEX_PREFIX", default_value = cortex_bus::subject::DEFAULT_PREFIX)]
     pub prefix: String,
+    /// What to do; without one, `list`.
     #[command(subcommand)]
-    pub action: ModelsAction,
+    pub action: Option<ModelsAction>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -46,7 +48,7 @@ const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn run(args: ModelsArgs) -> anyhow::Result<()> {
     let subjects = Subjects::new(&args.prefix)?;
     let client = args.nats.connect("cortex-models").await?;
-    match args.action {
+    match args.action.unwrap_or(ModelsAction::List) {
         ModelsAction::Push {
             path,
             name,
