@@ -98,18 +98,7 @@ async fn the_dashboard_charts_only_exported_metrics() {
         format!("http://{}/metrics", n.metrics_addr().unwrap()),
         format!("http://{}/metrics", p.metrics_addr().unwrap()),
     ] {
-        scraped.push_str(
-            &tokio::task::spawn_blocking(move || {
-                ureq::get(&url)
-                    .call()
-                    .unwrap()
-                    .body_mut()
-                    .read_to_string()
-                    .unwrap()
-            })
-            .await
-            .unwrap(),
-        );
+        scraped.push_str(&get_text(&url).await);
     }
     let dashboard = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("compose/grafana/dashboards/cortex.json"),

@@ -90,19 +90,7 @@ async fn twenty_first_requests_through_two_replicas_cause_one_load() {
     assert_eq!((reply.model_id.as_str(), reply.cold_start), ("m", false));
 
     // The ingress counted the cold start.
-    let text = tokio::task::spawn_blocking({
-        let url = format!("{base}/metrics");
-        move || {
-            ureq::get(&url)
-                .call()
-                .unwrap()
-                .body_mut()
-                .read_to_string()
-                .unwrap()
-        }
-    })
-    .await
-    .unwrap();
+    let text = get_text(&format!("{base}/metrics")).await;
     assert!(
         text.lines()
             .any(|l| l.starts_with("cortex_cold_starts_total{") && !l.ends_with(" 0")),

@@ -164,17 +164,6 @@ impl Fleet {
             .collect()
     }
 
-    /// `model`'s state on a live `neuron`, if it holds it.
-    pub fn state_on(&self, model: &str, neuron: &str) -> Option<ModelState> {
-        let neurons = self.neurons.read().unwrap_or_else(|e| e.into_inner());
-        let seen = neurons.get(neuron).filter(|seen| alive(seen))?;
-        seen.status
-            .models
-            .iter()
-            .find(|m| m.model_id == model)
-            .map(|m| m.state)
-    }
-
     /// Whether `neuron` is live.
     pub fn is_live(&self, neuron: &str) -> bool {
         let neurons = self.neurons.read().unwrap_or_else(|e| e.into_inner());

@@ -189,16 +189,6 @@ impl Placement {
             tracing::debug!(%error, "placement connection drain");
         }
     }
-
-    /// Stops at once without releasing the lease: what a crash looks like
-    /// to the others (for tests of failover).
-    pub async fn crash(self) {
-        self.lease_task.abort();
-        for task in self.tasks {
-            task.abort();
-        }
-        self.service.stop().await;
-    }
 }
 
 /// `cortex placement`: connects, starts, runs until SIGTERM or Ctrl-C.

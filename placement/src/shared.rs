@@ -82,7 +82,8 @@ impl Shared {
     /// The lock that serialises this replica's cold starts of `model`.
     pub fn flight(&self, model: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
-        flights.retain(|_, lock| Arc::strong_count(lock) > 1 || lock.try_lock().is_err());
+        // An entry nobody else holds (no caller waiting or loading) is dropped.
+        flights.retain(|_, lock| Arc::strong_count(lock) > 1);
         flights.entry(model.to_string()).or_default().clone()
     }
 

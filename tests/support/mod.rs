@@ -211,6 +211,21 @@ pub async fn post(url: &str, body: Value) -> Answer {
     .unwrap()
 }
 
+/// GETs `url` and returns the body (status 200 expected).
+pub async fn get_text(url: &str) -> String {
+    let url = url.to_string();
+    tokio::task::spawn_blocking(move || {
+        ureq::get(&url)
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
 /// A chat completion for `model` through the ingress at `base`.
 pub async fn chat(base: &str, model: &str, extra: Value) -> Answer {
     let mut body = json!({

@@ -151,19 +151,16 @@ pub fn reconcile(
                 && !replicas.iter().any(|r| &r.neuron == n)
         });
         if let Some(neuron) = missing {
-            if let Ok(plan) = place(
-                &work,
+            let only = Some(neuron.as_str());
+            if plan_load(
+                &mut work,
+                &mut actions,
+                settings,
                 model,
-                settings.strategy,
-                Some(&neuron),
-                &BTreeSet::new(),
+                only,
                 true,
+                Reason::Pinned,
             ) {
-                work.apply(&plan);
-                actions.push(Action::Load {
-                    plan,
-                    reason: Reason::Pinned,
-                });
                 continue;
             }
         }
@@ -173,17 +170,7 @@ pub fn reconcile(
             } else {
                 Reason::Pinned
             };
-            if let Ok(plan) = place(
-                &work,
-                model,
-                settings.strategy,
-                None,
-                &BTreeSet::new(),
-                true,
-            ) {
-                work.apply(&plan);
-                actions.push(Action::Load { plan, reason });
-            }
+            plan_load(&mut work, &mut actions, settings, model, None, true, reason);
             continue;
         }
         let idle_for = |r: &super::snapshot::ReplicaView| {
@@ -215,23 +202,19 @@ pub fn reconcile(
         }
         let pressured = pressure.get(model).copied().unwrap_or(0) >= settings.scale_up_after;
         if pressured && count < spec.profile.max_replicas {
-            if let Ok(plan) = place(
-                &work,
+            plan_load(
+                &mut work,
+                &mut actions,
+                settings,
                 model,
-                settings.strategy,
                 None,
-                &BTreeSet::new(),
                 false,
-            ) {
-                work.apply(&plan);
-                actions.push(Action::Load {
-                    plan,
-                    reason: Reason::ScaleUp,
-                });
-            }
+                Reason::ScaleUp,
+            );
             continue;
         }
         if let Some(ttl) = spec.profile.idle_ttl_ms {
+            let before = count;
             for r in &removable {
                 if count > floor && idle_for(r) >= ttl {
                     work.remove_copy(model, &r.neuron);
@@ -243,10 +226,7 @@ pub fn reconcile(
                     count -= 1;
                 }
             }
-            if actions
-                .iter()
-                .any(|a| matches!(a, Action::Unload { model: m, .. } if m == model))
-            {
+            if count < before {
                 continue;
             }
         }
@@ -271,6 +251,35 @@ pub fn reconcile(
         actions.extend(defrag(&work, settings));
     }
     actions
+}
+
+/// Plans one more copy of `model` (on `only`, when given), applies it to
+/// `work` and records the load; false when it fits nowhere.
+fn plan_load(
+    work: &mut Snapshot,
+    actions: &mut Vec<Action>,
+    settings: &Settings,
+    model: &str,
+    only: Option<&str>,
+    allow_evict: bool,
+    reason: Reason,
+) -> bool {
+    let planned = place(
+        work,
+        model,
+        settings.strategy,
+        only,
+        &BTreeSet::new(),
+        allow_evict,
+    );
+    match planned {
+        Ok(plan) => {
+            work.apply(&plan);
+            actions.push(Action::Load { plan, reason });
+            true
+        }
+        Err(_) => false,
+    }
 }
 
 /// When the replica on `neuron` was recorded (its load time) for a model
