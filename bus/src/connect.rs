@@ -65,6 +65,11 @@ pub struct NatsOptions {
     /// Refuse to connect without TLS.
     #[arg(long = "nats-tls-required", env = "CORTEX_NATS_TLS_REQUIRED")]
     pub tls_required: bool,
+    /// Prefix of this connection's reply inboxes. Defaults to `_INBOX.<user>`
+    /// with `--nats-user` (so a server can let each user read only its own
+    /// replies, as `compose/nats-auth.conf` does), else `_INBOX`.
+    #[arg(long = "nats-inbox-prefix", env = "CORTEX_NATS_INBOX_PREFIX")]
+    pub inbox_prefix: Option<String>,
     /// How long to keep retrying the first connection before giving up.
     #[arg(
         long = "nats-connect-timeout",
@@ -89,6 +94,7 @@ impl fmt::Debug for NatsOptions {
             .field("tls_cert", &self.tls_cert)
             .field("tls_key", &self.tls_key)
             .field("tls_required", &self.tls_required)
+            .field("inbox_prefix", &self.inbox_prefix)
             .field("connect_timeout", &self.connect_timeout)
             .finish()
     }
@@ -144,6 +150,7 @@ impl NatsOptions {
             tls_cert: None,
             tls_key: None,
             tls_required: false,
+            inbox_prefix: None,
             connect_timeout: Duration::from_secs(30),
         }
     }
@@ -177,6 +184,14 @@ impl NatsOptions {
                 "a TLS client certificate needs its key, and the key its certificate".into(),
             ));
         }
+        let prefix = self.inbox_prefix();
+        let bad_token =
+            |t: &str| t.is_empty() || t.contains(['*', '>']) || t.chars().any(char::is_whitespace);
+        if prefix.split('.').any(bad_token) {
+            return Err(ConnectError::InvalidOptions(format!(
+                "inbox prefix {prefix:?} is not a subject without wildcards"
+            )));
+        }
         self.servers
             .iter()
             .map(|url| {
@@ -187,6 +202,15 @@ impl NatsOptions {
                     })
             })
             .collect()
+    }
+
+    /// The reply-inbox prefix this connection uses (see `--nats-inbox-prefix`).
+    pub fn inbox_prefix(&self) -> String {
+        match (&self.inbox_prefix, &self.user) {
+            (Some(prefix), _) => prefix.clone(),
+            (None, Some(user)) => format!("_INBOX.{user}"),
+            (None, None) => "_INBOX".to_string(),
+        }
     }
 
     /// Builds the client options; reads key files, so it is async.
@@ -227,6 +251,7 @@ impl NatsOptions {
         }
         let name = name.to_string();
         Ok(options
+            .custom_inbox_prefix(self.inbox_prefix())
             .name(&name)
             .connection_timeout(Duration::from_secs(5))
             .max_reconnects(None)
@@ -254,6 +279,9 @@ impl NatsOptions {
                         return Err(ConnectError::Auth(error))
                     }
                     ConnectErrorKind::Tls => return Err(ConnectError::Tls(error)),
+                    ConnectErrorKind::Io if is_tls_failure(&error) => {
+                        return Err(ConnectError::Tls(error))
+                    }
                     ConnectErrorKind::ServerParse => {
                         return Err(ConnectError::InvalidOptions(error.to_string()))
                     }
@@ -274,6 +302,28 @@ impl NatsOptions {
             }
         }
     }
+}
+
+/// A handshake refused on certificates (unknown issuer, no client
+/// certificate) reaches us as an I/O error that wraps a rustls error;
+/// retrying cannot fix it, so it is a TLS error.
+fn is_tls_failure(error: &async_nats::ConnectError) -> bool {
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if cause.downcast_ref::<rustls::Error>().is_some() {
+            return true;
+        }
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+            {
+                return true;
+            }
+        }
+        source = cause.source();
+    }
+    false
 }
 
 /// Reconnect quickly (a restarted server is back in a second) but not in a
@@ -333,6 +383,12 @@ mod tests {
             !format!("{options:?}").contains("secret"),
             "password leaked into Debug"
         );
+        assert_eq!(options.inbox_prefix(), "_INBOX.u");
+        options.inbox_prefix = Some("_INBOX.*".into());
+        assert!(matches!(
+            options.validate(),
+            Err(ConnectError::InvalidOptions(_))
+        ));
         let bad = NatsOptions::new(["nats://[::1"]);
         assert!(matches!(
             bad.validate(),
