@@ -2,14 +2,29 @@
 //! body limit gives 413, malformed JSON and wrong fields give 400 with the
 //! path of the field (`messages[0].role`) as `param`.
 
+use std::time::Duration;
+
 use axum::body::Body;
 use serde::de::DeserializeOwned;
 
 use crate::error::{ApiError, Kind};
 
-/// Reads at most `limit` bytes of `body` and decodes them as `T`.
-pub async fn read_json<T: DeserializeOwned>(body: Body, limit: usize) -> Result<T, ApiError> {
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|error| {
+/// Reads at most `limit` bytes of `body` within `timeout` and decodes them
+/// as `T`. A client that trickles its body (slowloris) gets 408.
+pub async fn read_json<T: DeserializeOwned>(
+    body: Body,
+    limit: usize,
+    timeout: Duration,
+) -> Result<T, ApiError> {
+    let read = tokio::time::timeout(timeout, axum::body::to_bytes(body, limit))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                Kind::SlowClient,
+                format!("the request body did not arrive within {timeout:?}"),
+            )
+        })?;
+    let bytes = read.map_err(|error| {
         if is_length_limit(&error) {
             ApiError::new(
                 Kind::TooLarge,

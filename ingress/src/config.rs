@@ -23,6 +23,25 @@ pub struct IngressConfig {
     /// Largest request body in bytes; beyond that 413.
     #[arg(long, env = "CORTEX_INGRESS_BODY_LIMIT", default_value_t = 8 << 20)]
     pub body_limit: usize,
+    /// Time a client has to send a request's headers (and the longest an idle
+    /// keep-alive connection stays open); then the connection is closed.
+    #[arg(long, env = "CORTEX_INGRESS_HEADER_TIMEOUT", default_value = "10s",
+          value_parser = humantime::parse_duration)]
+    pub header_timeout: Duration,
+    /// Time a client has to send a request's body once its headers are in; then 408.
+    #[arg(long, env = "CORTEX_INGRESS_BODY_TIMEOUT", default_value = "30s",
+          value_parser = humantime::parse_duration)]
+    pub body_timeout: Duration,
+    /// Largest request head (request line and headers) in bytes; beyond that 431.
+    #[arg(long, env = "CORTEX_INGRESS_MAX_HEADER_BYTES", default_value_t = 64 << 10)]
+    pub max_header_bytes: usize,
+    /// Most headers in one request; beyond that 431.
+    #[arg(long, env = "CORTEX_INGRESS_MAX_HEADERS", default_value_t = 100)]
+    pub max_headers: usize,
+    /// Open client connections at most; further ones wait in the listen
+    /// backlog until one closes.
+    #[arg(long, env = "CORTEX_INGRESS_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
     /// Deadline of a request, and the longest one a client may ask for with
     /// the `cortex-timeout-ms` header.
     #[arg(long, env = "CORTEX_INGRESS_TIMEOUT", default_value = "10m",
@@ -106,6 +125,21 @@ impl IngressConfig {
             return Err(ConfigError("--max-in-flight must be at least 1".into()));
         }
         self.keys()?;
+        if self.max_header_bytes < 8192 {
+            return Err(ConfigError(
+                "--max-header-bytes must be at least 8192".into(),
+            ));
+        }
+        if self.max_connections == 0 || self.max_headers == 0 {
+            return Err(ConfigError(
+                "--max-connections and --max-headers must be at least 1".into(),
+            ));
+        }
+        if self.header_timeout.is_zero() || self.body_timeout.is_zero() {
+            return Err(ConfigError(
+                "--header-timeout and --body-timeout must be above zero".into(),
+            ));
+        }
         if self.attempts == 0 {
             return Err(ConfigError("--attempts must be at least 1".into()));
         }

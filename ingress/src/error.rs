@@ -40,6 +40,8 @@ pub enum Kind {
     Unauthorized,
     NotFound,
     TooLarge,
+    /// The client sent its request too slowly (408).
+    SlowClient,
     Overloaded,
     Unavailable,
     Timeout,
@@ -102,6 +104,7 @@ impl ApiError {
             Kind::Unauthorized => StatusCode::UNAUTHORIZED,
             Kind::NotFound => StatusCode::NOT_FOUND,
             Kind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Kind::SlowClient => StatusCode::REQUEST_TIMEOUT,
             Kind::Overloaded => StatusCode::TOO_MANY_REQUESTS,
             Kind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Kind::Timeout => StatusCode::GATEWAY_TIMEOUT,
@@ -114,7 +117,7 @@ impl ApiError {
     /// The dialect's error `type`.
     pub fn type_name(&self, dialect: Dialect) -> &'static str {
         match (dialect, self.kind) {
-            (_, Kind::InvalidRequest) => "invalid_request_error",
+            (_, Kind::InvalidRequest | Kind::SlowClient) => "invalid_request_error",
             (_, Kind::Unauthorized) => "authentication_error",
             (_, Kind::Overloaded) => "rate_limit_error",
             (Dialect::OpenAi, Kind::NotFound | Kind::TooLarge) => "invalid_request_error",

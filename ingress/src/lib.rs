@@ -7,7 +7,8 @@
 //!
 //! ## Layout
 //! - [`config`]: flags and environment; [`server`]: routes, health,
-//!   metrics, [`run`].
+//!   metrics, [`run`]; [`accept`]: connections with limits against slow
+//!   and greedy clients (header timeout and size, connection cap).
 //! - [`openai`], [`anthropic`]: one module per dialect: request types,
 //!   translation to the wire `GenerateRequest`, answers whole or streamed.
 //! - [`call`]: one bus call with retries before the first output and
@@ -25,6 +26,7 @@
 //!   [`metrics`]: Prometheus; [`ids`]: request ids; [`trace`]: a log
 //!   line per request.
 
+pub mod accept;
 pub mod anthropic;
 pub mod auth;
 pub mod body;

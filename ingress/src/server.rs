@@ -155,17 +155,8 @@ impl Ingress {
         let state = AppState::new(client, subjects, config, fleet, catalog);
         let stop = CancellationToken::new();
         let app = router(state.clone());
-        let server = {
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                let served = axum::serve(listener, app)
-                    .with_graceful_shutdown(async move { stop.cancelled().await })
-                    .await;
-                if let Err(error) = served {
-                    tracing::error!(%error, "HTTP server ended");
-                }
-            })
-        };
+        let limits = crate::accept::Limits::from_config(&state.config);
+        let server = tokio::spawn(crate::accept::serve(listener, app, limits, stop.clone()));
         tracing::info!(%addr, "ingress listening");
         Ok(Self {
             addr,

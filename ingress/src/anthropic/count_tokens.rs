@@ -25,7 +25,7 @@ pub async fn handle(State(state): State<AppState>, headers: HeaderMap, body: Bod
 async fn count(state: &AppState, headers: &HeaderMap, body: Body) -> Result<u32, ApiError> {
     let _permit = state.admit()?;
     let mut request: MessagesRequest =
-        crate::body::read_json(body, state.config.body_limit).await?;
+        crate::body::read_json(body, state.config.body_limit, state.config.body_timeout).await?;
     // count_tokens has no max_tokens; the translation wants one.
     request.max_tokens.get_or_insert(1);
     request.model = state.catalog.resolve(&request.model);

@@ -49,9 +49,10 @@ async fn serve(
     started: Instant,
 ) -> Result<Response, (String, ApiError)> {
     let permit = state.admit().map_err(|e| (String::new(), e))?;
-    let mut request: MessagesRequest = crate::body::read_json(body, state.config.body_limit)
-        .await
-        .map_err(|e| (String::new(), e))?;
+    let mut request: MessagesRequest =
+        crate::body::read_json(body, state.config.body_limit, state.config.body_timeout)
+            .await
+            .map_err(|e| (String::new(), e))?;
     // Aliases become catalogue ids before anything is sent.
     request.model = state.catalog.resolve(&request.model);
     let model = request.model.clone();

@@ -52,11 +52,16 @@ async fn serve(
         Ok(permit) => permit,
         Err(error) => return (String::new(), Err(error)),
     };
-    let mut request: EmbeddingsRequest =
-        match crate::body::read_json(body, state.config.body_limit).await {
-            Ok(request) => request,
-            Err(error) => return (String::new(), Err(error)),
-        };
+    let mut request: EmbeddingsRequest = match crate::body::read_json(
+        body,
+        state.config.body_limit,
+        state.config.body_timeout,
+    )
+    .await
+    {
+        Ok(request) => request,
+        Err(error) => return (String::new(), Err(error)),
+    };
     // Aliases become catalogue ids before anything is sent.
     request.model = state.catalog.resolve(&request.model);
     let model = request.model.clone();

@@ -1,0 +1,262 @@
+//! The HTTP edge against hostile clients, over raw TCP: slowloris heads and
+//! bodies are cut off, oversized heads get 431, the connection cap holds,
+//! CORS is off, and API keys never reach logs or metrics.
+
+mod support;
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cortex_ingress::{Ingress, IngressConfig};
+use cortex_testkit::NatsServer;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn ingress_with(server: &NatsServer, tune: impl FnOnce(&mut IngressConfig)) -> Ingress {
+    let mut config = IngressConfig::for_tests(&server.url());
+    tune(&mut config);
+    Ingress::start(config, connect(&server.url()).await)
+        .await
+        .expect("ingress starts")
+}
+
+/// Reads until the peer closes (or `limit` passes); what it sent.
+async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> Option<String> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(String::from_utf8_lossy(&got).into_owned()),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => return None,
+        }
+    }
+}
+
+/// One raw request; the status line's code. It reads while it writes: a
+/// server that refuses a head it has not read whole answers, then resets
+/// the connection, and the answer must be read before the reset lands.
+async fn raw_status(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let request = request.to_vec();
+    let writing = tokio::spawn(async move {
+        let _ = writer.write_all(&request).await;
+        writer
+    });
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(5), reader.read(&mut buf)).await
+    {
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    drop(writing.await);
+    let answer = String::from_utf8_lossy(&got).into_owned();
+    answer.split(' ').nth(1).unwrap_or("").to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off() {
+    let server = NatsServer::start();
+    let ingress = ingress_with(&server, |c| {
+        c.header_timeout = Duration::from_secs(1);
+        c.body_timeout = Duration::from_secs(1);
+    })
+    .await;
+
+    // A head dripped one byte every 200 ms never completes: closed near 1 s.
+    let mut stream = TcpStream::connect(ingress.addr).await.unwrap();
+    let started = Instant::now();
+    stream
+        .write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let drip = async {
+        for byte in b"X-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".iter() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if stream.write_all(&[*byte]).await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(8), drip)
+        .await
+        .unwrap();
+    let cut = started.elapsed();
+    assert!(cut < Duration::from_secs(4), "dripping went on for {cut:?}");
+
+    // An idle connection is closed after the same time.
+    let mut idle = TcpStream::connect(ingress.addr).await.unwrap();
+    let started = Instant::now();
+    assert!(read_until_closed(&mut idle, Duration::from_secs(5))
+        .await
+        .is_some());
+    assert!(started.elapsed() < Duration::from_secs(3));
+
+    // A body that stops halfway gets 408 in the dialect's error shape.
+    let mut stream = TcpStream::connect(ingress.addr).await.unwrap();
+    let started = Instant::now();
+    stream
+        .write_all(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"model\":",
+        )
+        .await
+        .unwrap();
+    let answer = read_until_closed(&mut stream, Duration::from_secs(5))
+        .await
+        .unwrap_or_default();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("invalid_request_error"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    ingress.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_heads_get_431_and_cors_is_off() {
+    let server = NatsServer::start();
+    let ingress = ingress_with(&server, |_| {}).await;
+    let big = format!(
+        "GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(70 << 10)
+    );
+    assert_eq!(raw_status(ingress.addr, big.as_bytes()).await, "431");
+    let mut many = String::from("GET /v1/models HTTP/1.1\r\nHost: x\r\n");
+    for i in 0..150 {
+        many.push_str(&format!("X-H{i}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    assert_eq!(raw_status(ingress.addr, many.as_bytes()).await, "431");
+    // Within the limits all is well.
+    let fine = b"GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    assert_eq!(raw_status(ingress.addr, fine).await, "200");
+
+    // No CORS: a browser's preflight and a cross-origin GET get no
+    // Access-Control-Allow-Origin, so pages elsewhere cannot call the API.
+    for request in [
+        "OPTIONS /v1/chat/completions HTTP/1.1\r\nHost: x\r\nOrigin: https://evil.example\r\nAccess-Control-Request-Method: POST\r\nConnection: close\r\n\r\n",
+        "GET /v1/models HTTP/1.1\r\nHost: x\r\nOrigin: https://evil.example\r\nConnection: close\r\n\r\n",
+    ] {
+        let mut stream = TcpStream::connect(ingress.addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let answer = read_until_closed(&mut stream, Duration::from_secs(5))
+            .await
+            .unwrap_or_default()
+            .to_lowercase();
+        assert!(answer.starts_with("http/1.1 "), "{answer}");
+        assert!(!answer.contains("access-control-allow"), "{answer}");
+    }
+    ingress.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_cap_holds() {
+    let server = NatsServer::start();
+    let ingress = ingress_with(&server, |c| {
+        c.max_connections = 2;
+        c.header_timeout = Duration::from_secs(30);
+    })
+    .await;
+    let first = TcpStream::connect(ingress.addr).await.unwrap();
+    let _second = TcpStream::connect(ingress.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The third connection is accepted by the kernel but not served.
+    let request = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let mut third = TcpStream::connect(ingress.addr).await.unwrap();
+    third.write_all(request).await.unwrap();
+    assert!(
+        read_until_closed(&mut third, Duration::from_millis(700))
+            .await
+            .is_none(),
+        "served beyond the cap"
+    );
+    // Once one closes, it is served.
+    drop(first);
+    let answer = read_until_closed(&mut third, Duration::from_secs(5))
+        .await
+        .unwrap_or_default();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    ingress.shutdown().await;
+}
+
+#[test]
+fn api_keys_never_reach_logs_or_metrics() {
+    let server = NatsServer::start();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let key = "sk-cortex-very-secret-0123456789";
+    let wrong = "sk-wrong-guess-9876543210";
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cortex"))
+        .args(["ingress", "--nats-url", &server.url()])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("CORTEX_API_KEYS", key)
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while agent.get(&format!("{base}/healthz")).call().is_err() {
+        assert!(Instant::now() < deadline, "ingress did not come up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for (header, value) in [
+        ("authorization", format!("Bearer {key}")),
+        ("authorization", format!("Bearer {wrong}")),
+        ("x-api-key", key.to_string()),
+        ("x-api-key", wrong.to_string()),
+    ] {
+        let status = agent
+            .get(&format!("{base}/v1/models"))
+            .header(header, &value)
+            .call()
+            .unwrap()
+            .status()
+            .as_u16();
+        let expected = if value.contains(key) { 200 } else { 401 };
+        assert_eq!(status, expected, "{header}");
+    }
+    let metrics = agent
+        .get(&format!("{base}/metrics"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    let mut logs = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    assert!(logs.contains("request"), "no request was logged: {logs}");
+    for secret in [key, wrong] {
+        assert!(!logs.contains(secret), "a key reached the logs");
+        assert!(!metrics.contains(secret), "a key reached the metrics");
+    }
+}
