@@ -11,15 +11,19 @@
 //! - [`cluster`]: [`NatsCluster`], several routed servers with clustered JetStream.
 //! - [`wait`]: [`eventually`], polling with a deadline.
 //! - [`models`]: paths of the real models the setup script installs.
+//! - [`partition`]: [`PartitionProxy`], a loopback TCP relay that can cut
+//!   the link it carries (a partition: silence, no close) and heal it.
 
 pub mod binary;
 pub mod cluster;
 pub mod models;
+pub mod partition;
 mod ports;
 mod process;
 pub mod server;
 pub mod wait;
 
 pub use cluster::NatsCluster;
+pub use partition::PartitionProxy;
 pub use server::{NatsServer, ServerOptions};
 pub use wait::eventually;
