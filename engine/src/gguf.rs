@@ -28,6 +28,47 @@ impl std::fmt::Debug for GgufFile {
     }
 }
 
+/// Refuses a tensor table that candle's tensor reader would trust: a shape
+/// with no elements (candle then views an empty buffer as blocks through an
+/// unaligned pointer) or whose element count overflows, a size that is not
+/// whole blocks, or bytes past the end of the file. Found by
+/// `engine/tests/fuzz_gguf.rs`.
+fn check_tensors(content: &Content, file_size: u64) -> std::result::Result<(), String> {
+    for (name, info) in &content.tensor_infos {
+        let dims = info.shape.dims();
+        let elements = dims
+            .iter()
+            .try_fold(1usize, |acc, d| acc.checked_mul(*d))
+            .ok_or_else(|| format!("tensor {name}: shape {dims:?} overflows"))?;
+        if elements == 0 {
+            return Err(format!("tensor {name}: shape {dims:?} has no elements"));
+        }
+        let block = info.ggml_dtype.block_size();
+        if elements % block != 0 {
+            return Err(format!(
+                "tensor {name}: {elements} elements are not whole blocks of {block}"
+            ));
+        }
+        let bytes = (elements / block)
+            .checked_mul(info.ggml_dtype.type_size())
+            .and_then(|b| u64::try_from(b).ok());
+        let end = content
+            .tensor_data_offset
+            .checked_add(info.offset)
+            .zip(bytes)
+            .and_then(|(start, bytes)| start.checked_add(bytes));
+        match end {
+            Some(end) if end <= file_size => {}
+            _ => {
+                return Err(format!(
+                    "tensor {name}: its data lies past the end of the file ({file_size} bytes)"
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
 impl GgufFile {
     /// Opens and parses the header; tensor bytes are read on demand and
     /// counted into `progress`.
@@ -37,6 +78,9 @@ impl GgufFile {
         progress.add_total(size);
         let mut reader = CountingReader::new(BufReader::new(file), progress.clone());
         let content = Content::read(&mut reader).map_err(|e| {
+            EngineError::InvalidModel(format!("{}: not a readable GGUF file: {e}", path.display()))
+        })?;
+        check_tensors(&content, size).map_err(|e| {
             EngineError::InvalidModel(format!("{}: not a readable GGUF file: {e}", path.display()))
         })?;
         Ok(Self {

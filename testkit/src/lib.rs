@@ -11,11 +11,13 @@
 //! - [`cluster`]: [`NatsCluster`], several routed servers with clustered JetStream.
 //! - [`wait`]: [`eventually`], polling with a deadline.
 //! - [`models`]: paths of the real models the setup script installs.
+//! - [`fuzz`]: committed seed corpora and proptest mutation strategies.
 //! - [`partition`]: [`PartitionProxy`], a loopback TCP relay that can cut
 //!   the link it carries (a partition: silence, no close) and heal it.
 
 pub mod binary;
 pub mod cluster;
+pub mod fuzz;
 pub mod models;
 pub mod partition;
 mod ports;
