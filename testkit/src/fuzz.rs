@@ -73,22 +73,18 @@ enum Mutation {
 fn mutation() -> impl Strategy<Value = Mutation> {
     let at = any::<usize>();
     prop_oneof![
-        (at.clone(), 0u8..8).prop_map(|(at, bit)| Mutation::FlipBit { at, bit }),
-        (at.clone(), any::<u8>()).prop_map(|(at, value)| Mutation::SetByte { at, value }),
+        (at, 0u8..8).prop_map(|(at, bit)| Mutation::FlipBit { at, bit }),
+        (at, any::<u8>()).prop_map(|(at, value)| Mutation::SetByte { at, value }),
         (
-            at.clone(),
+            at,
             prop::sample::select(vec![1usize, 2, 4, 8]),
             prop::sample::select(BOUNDARIES.to_vec())
         )
             .prop_map(|(at, width, value)| Mutation::Boundary { at, width, value }),
-        (at.clone(), prop::collection::vec(any::<u8>(), 1..16))
+        (at, prop::collection::vec(any::<u8>(), 1..16))
             .prop_map(|(at, bytes_in)| Mutation::Insert { at, bytes_in }),
-        (at.clone(), 1usize..64).prop_map(|(at, len)| Mutation::Delete { at, len }),
-        (at.clone(), 1usize..64, at.clone()).prop_map(|(from, len, to)| Mutation::Duplicate {
-            from,
-            len,
-            to
-        }),
+        (at, 1usize..64).prop_map(|(at, len)| Mutation::Delete { at, len }),
+        (at, 1usize..64, at).prop_map(|(from, len, to)| Mutation::Duplicate { from, len, to }),
         at.prop_map(|keep| Mutation::Truncate { keep }),
     ]
 }
