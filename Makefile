@@ -5,7 +5,7 @@
 export NATS_SERVER_BIN := $(CURDIR)/.cache/bin/nats-server
 export CORTEX_MODELS_DIR := $(CURDIR)/.cache/models
 
-.PHONY: setup test up bench bench-engine bench-ingress bench-placement
+.PHONY: setup test up bench bench-engine bench-ingress bench-placement soak
 
 setup:
 	scripts/setup.sh
@@ -36,3 +36,10 @@ bench-ingress: setup
 # (NEURONS, MODELS, KILLS, WINDOW_S change it).
 bench-placement: setup
 	cargo bench --bench placement_fleet
+
+# Soak: 1,000 streaming clients through 3 ingress pods to sim neurons for
+# 10 minutes; errors, p99 latencies, and RSS from start to end
+# (CLIENTS, DURATION, NEURONS, TOKENS, RATE change it).
+soak: setup
+	cargo build --release
+	scripts/soak.sh

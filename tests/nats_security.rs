@@ -2,8 +2,9 @@
 //! permissions that ship in `compose/nats-auth.conf` without a single
 //! permission violation, and each role's credentials are refused everything
 //! outside its role: a neuron cannot impersonate placement or another neuron,
-//! nor read anyone else's traffic; ingress cannot command neurons or write
-//! placement's state.
+//! nor read other roles' replies or another neuron's subjects; ingress cannot
+//! command neurons or write placement's state. (A neuron in queue group
+//! `neurons` can be handed requests for any model: it may be assigned any.)
 
 mod support;
 
@@ -242,20 +243,76 @@ async fn the_mesh_runs_with_per_role_credentials_and_no_role_oversteps() {
         subscribe_refused(&neuron, &mut errors, &operator, subject, sample).await;
     }
 
+    // Neither can it speak for another neuron on its own heartbeat subject:
+    // placement and ingress take a heartbeat only for the neuron its
+    // subject names.
+    let mut beats = operator
+        .subscribe("cortex.v1.heartbeat.neuron-1")
+        .await
+        .unwrap();
+    let beat = tokio::time::timeout(Duration::from_secs(5), beats.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut forged: serde_json::Value = serde_json::from_slice(&beat.payload).unwrap();
+    forged["neuron_id"] = json!("ghost");
+    forged["models"] = json!([{
+        "model_id": "phantom", "state": "ready", "device": 0, "memory_bytes": 1,
+        "slots_busy": 0, "slots_total": 4, "queue_depth": 0, "tokens_per_second": 0.0,
+    }]);
+    // Well-formed: only the subject check keeps it out.
+    let _: cortex_schemas::NeuronStatus = serde_json::from_value(forged.clone()).unwrap();
+    for _ in 0..5 {
+        neuron
+            .publish("cortex.v1.heartbeat.neuron-1", forged.to_string().into())
+            .await
+            .unwrap();
+    }
+    neuron.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let models = get_text(&format!("{base}/v1/models")).await;
+    assert!(!models.contains("phantom"), "{models}");
+    assert!(placement
+        .shared()
+        .fleet
+        .live()
+        .iter()
+        .all(|n| n.neuron_id != "ghost"));
+    // Nor may it publish placement's events or answer placement's discovery.
+    publish_refused(&neuron, &mut errors, "cortex.v1.events.neuron.lost").await;
+    subscribe_refused(
+        &neuron,
+        &mut errors,
+        &operator,
+        "$SRV.INFO.cortex-placement",
+        "$SRV.INFO.cortex-placement",
+    )
+    .await;
+
     // Ingress cannot command neurons or write placement's state.
-    let (ingress_probe, mut errors) = probe(&server, "ingress").await;
+    let (ingress_probe, mut ingress_errors) = probe(&server, "ingress").await;
     publish_refused(
         &ingress_probe,
-        &mut errors,
+        &mut ingress_errors,
         "cortex.v1.neuron.neuron-1.load",
     )
     .await;
-    publish_refused(&ingress_probe, &mut errors, "cortex.v1.placement.unload").await;
-    publish_refused(&ingress_probe, &mut errors, "$KV.cortex-catalog.m").await;
-    publish_refused(&ingress_probe, &mut errors, "cortex.v1.heartbeat.neuron-1").await;
+    publish_refused(
+        &ingress_probe,
+        &mut ingress_errors,
+        "cortex.v1.placement.unload",
+    )
+    .await;
+    publish_refused(&ingress_probe, &mut ingress_errors, "$KV.cortex-catalog.m").await;
+    publish_refused(
+        &ingress_probe,
+        &mut ingress_errors,
+        "cortex.v1.heartbeat.neuron-1",
+    )
+    .await;
     subscribe_refused(
         &ingress_probe,
-        &mut errors,
+        &mut ingress_errors,
         &operator,
         "cortex.v1.infer.*",
         "cortex.v1.infer.m",

@@ -67,7 +67,8 @@ pub struct NatsOptions {
     pub tls_required: bool,
     /// Prefix of this connection's reply inboxes. Defaults to `_INBOX.<user>`
     /// with `--nats-user` (so a server can let each user read only its own
-    /// replies, as `compose/nats-auth.conf` does), else `_INBOX`.
+    /// replies, as `compose/nats-auth.conf` does), else `_INBOX`; with NKey,
+    /// `.creds` or token auth, set it to the inboxes your server permits.
     #[arg(long = "nats-inbox-prefix", env = "CORTEX_NATS_INBOX_PREFIX")]
     pub inbox_prefix: Option<String>,
     /// How long to keep retrying the first connection before giving up.

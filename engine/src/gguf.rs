@@ -77,12 +77,16 @@ impl GgufFile {
         let size = file.metadata().map_err(|e| EngineError::io(path, e))?.len();
         progress.add_total(size);
         let mut reader = CountingReader::new(BufReader::new(file), progress.clone());
-        let content = Content::read(&mut reader).map_err(|e| {
+        let unreadable = |e: String| {
             EngineError::InvalidModel(format!("{}: not a readable GGUF file: {e}", path.display()))
-        })?;
-        check_tensors(&content, size).map_err(|e| {
-            EngineError::InvalidModel(format!("{}: not a readable GGUF file: {e}", path.display()))
-        })?;
+        };
+        // candle's header reader panics on some inputs (`general.alignment`
+        // of 0 divides by zero); a bad file must be an error, not a crash.
+        let content =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Content::read(&mut reader)))
+                .map_err(|_| unreadable("the GGUF header is malformed".into()))?
+                .map_err(|e| unreadable(e.to_string()))?;
+        check_tensors(&content, size).map_err(unreadable)?;
         Ok(Self {
             path: path.to_path_buf(),
             content,

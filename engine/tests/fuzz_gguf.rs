@@ -29,10 +29,12 @@ fn empty_tensor() -> Vec<u8> {
     bytes.into_inner()
 }
 
-/// A small GGUF with every metadata type and two tensors.
-fn seed() -> Vec<u8> {
+/// A small GGUF with every metadata type and two tensors, its data aligned
+/// to `alignment` (0 made candle divide by zero).
+fn seed(alignment: u32) -> Vec<u8> {
     let metadata: Vec<(&str, Value)> = vec![
         ("general.architecture", Value::String("llama".into())),
+        ("general.alignment", Value::U32(alignment)),
         ("general.name", Value::String("fuzz seed".into())),
         ("llama.context_length", Value::U32(128)),
         ("llama.embedding_length", Value::U64(8)),
@@ -88,7 +90,8 @@ fn read(path: &std::path::Path, bytes: &[u8]) {
 #[test]
 fn no_gguf_input_panics_or_overallocates() {
     let generated = [
-        ("seed-small.gguf".to_string(), seed()),
+        ("seed-small.gguf".to_string(), seed(32)),
+        ("found-alignment-zero.gguf".to_string(), seed(0)),
         ("found-empty-tensor.gguf".to_string(), empty_tensor()),
     ];
     if std::env::var_os("CORTEX_UPDATE_CORPUS").is_some() {

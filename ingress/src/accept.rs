@@ -3,7 +3,9 @@
 //! also closes idle keep-alive connections), are at most
 //! `--max-header-bytes` and `--max-headers` (else 431), and at most
 //! `--max-connections` are open at once (further ones wait in the kernel's
-//! listen backlog). Bodies have their own deadline in [`crate::body`].
+//! listen backlog), and a connection whose writes stall for
+//! `--write-timeout` (a client that stopped reading) is closed
+//! ([`crate::stall`]). Bodies have their own deadline in [`crate::body`].
 //! HTTP/1.1 only: a client that connects and sends nothing is cut off by
 //! the same header timeout, which the HTTP/1-or-2 sniffing of an "auto"
 //! server would wait on forever; HTTP/2 belongs at the load balancer.
@@ -21,6 +23,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::IngressConfig;
+use crate::stall::StallGuard;
 
 /// Pause after a failed `accept` (out of file descriptors, say), so the
 /// loop does not spin.
@@ -33,6 +36,7 @@ pub struct Limits {
     pub max_header_bytes: usize,
     pub max_headers: usize,
     pub max_connections: usize,
+    pub write_timeout: Duration,
 }
 
 impl Limits {
@@ -42,6 +46,7 @@ impl Limits {
             max_header_bytes: config.max_header_bytes,
             max_headers: config.max_headers,
             max_connections: config.max_connections,
+            write_timeout: config.write_timeout,
         }
     }
 }
@@ -84,6 +89,7 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, stop: Can
         };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(app.clone());
+        let stream = StallGuard::new(stream, limits.write_timeout);
         let connection = builder.serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection);
         tokio::spawn(async move {

@@ -32,6 +32,11 @@ pub struct IngressConfig {
     #[arg(long, env = "CORTEX_INGRESS_BODY_TIMEOUT", default_value = "30s",
           value_parser = humantime::parse_duration)]
     pub body_timeout: Duration,
+    /// How long writing to a client may make no progress (it stopped
+    /// reading); then the connection is closed.
+    #[arg(long, env = "CORTEX_INGRESS_WRITE_TIMEOUT", default_value = "60s",
+          value_parser = humantime::parse_duration)]
+    pub write_timeout: Duration,
     /// Largest request head (request line and headers) in bytes; beyond that 431.
     #[arg(long, env = "CORTEX_INGRESS_MAX_HEADER_BYTES", default_value_t = 64 << 10)]
     pub max_header_bytes: usize,
@@ -135,9 +140,12 @@ impl IngressConfig {
                 "--max-connections and --max-headers must be at least 1".into(),
             ));
         }
-        if self.header_timeout.is_zero() || self.body_timeout.is_zero() {
+        if self.header_timeout.is_zero()
+            || self.body_timeout.is_zero()
+            || self.write_timeout.is_zero()
+        {
             return Err(ConfigError(
-                "--header-timeout and --body-timeout must be above zero".into(),
+                "--header-timeout, --body-timeout and --write-timeout must be above zero".into(),
             ));
         }
         if self.attempts == 0 {

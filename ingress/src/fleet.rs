@@ -41,7 +41,20 @@ impl Fleet {
         let task = tokio::spawn(async move {
             while let Some(message) = beats.next().await {
                 match decode_message::<NeuronStatus>(message.headers.as_ref(), &message.payload) {
-                    Ok(status) => writer.record(status),
+                    // A heartbeat speaks for the neuron its subject names, no other.
+                    Ok(status)
+                        if cortex_bus::subject::heartbeat_speaks_for(
+                            &message.subject,
+                            &status.neuron_id,
+                        ) =>
+                    {
+                        writer.record(status)
+                    }
+                    Ok(status) => tracing::debug!(
+                        subject = %message.subject,
+                        neuron = %status.neuron_id,
+                        "heartbeat for another subject ignored"
+                    ),
                     Err(error) => tracing::debug!(%error, "undecodable heartbeat ignored"),
                 }
             }

@@ -8,7 +8,8 @@
 //! ## Layout
 //! - [`config`]: flags and environment; [`server`]: routes, health,
 //!   metrics, [`run`]; [`accept`]: connections with limits against slow
-//!   and greedy clients (header timeout and size, connection cap).
+//!   and greedy clients (header timeout and size, connection cap);
+//!   [`stall`]: writes that make no progress fail after a deadline.
 //! - [`openai`], [`anthropic`]: one module per dialect: request types,
 //!   translation to the wire `GenerateRequest`, answers whole or streamed.
 //! - [`call`]: one bus call with retries before the first output and
@@ -42,6 +43,7 @@ pub mod metrics;
 pub mod openai;
 pub mod server;
 pub mod sse;
+pub mod stall;
 pub mod state;
 pub mod trace;
 pub mod validate;

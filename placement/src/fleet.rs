@@ -10,7 +10,6 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use async_nats::Client;
-use cortex_bus::subject::validate_token;
 use cortex_bus::{codec::decode_message, Subjects};
 use cortex_schemas::{ModelState, NeuronState, NeuronStatus};
 use futures::StreamExt;
@@ -56,9 +55,10 @@ impl Fleet {
                 match decode_message::<NeuronStatus>(message.headers.as_ref(), &message.payload) {
                     // A heartbeat speaks for the neuron its subject names, no other.
                     Ok(status)
-                        if message.subject.rsplit('.').next()
-                            == Some(status.neuron_id.as_str())
-                            && validate_token("neuron id", &status.neuron_id).is_ok() =>
+                        if cortex_bus::subject::heartbeat_speaks_for(
+                            &message.subject,
+                            &status.neuron_id,
+                        ) =>
                     {
                         writer.record(status)
                     }

@@ -1,5 +1,6 @@
 //! `cortex bench`: a load generator for any OpenAI-compatible URL (like
-//! `nats bench` for this mesh). Each of `--concurrency` clients sends
+//! `nats bench` for this mesh), or several taken in turn by the clients.
+//! Each of `--concurrency` clients sends
 //! streamed chat completions back to back for `--duration` (a request still
 //! running then is abandoned and not counted); the report gives time to
 //! first token, inter-token latency (per request: from the first to the last
@@ -17,9 +18,10 @@ use serde::Serialize;
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Base URL of the API.
-    #[arg(long, default_value = "http://127.0.0.1:31313")]
-    pub url: String,
+    /// Base URL of the API; several, comma-separated, spread the clients
+    /// over them in turn (one per ingress pod, without a balancer).
+    #[arg(long, default_value = "http://127.0.0.1:31313", value_delimiter = ',')]
+    pub url: Vec<String>,
     /// Model to ask.
     #[arg(long, default_value = "smollm2")]
     pub model: String,
@@ -92,7 +94,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 fn measure(args: &BenchArgs) -> anyhow::Result<(Report, bool)> {
-    let url = format!("{}/v1/chat/completions", args.url.trim_end_matches('/'));
+    let urls: Vec<String> = args
+        .url
+        .iter()
+        .map(|u| format!("{}/v1/chat/completions", u.trim_end_matches('/')))
+        .collect();
+    anyhow::ensure!(!urls.is_empty(), "--url: give at least one URL");
     let prompt = (0..args.prompt_words)
         .map(|i| ["tell", "me", "about", "the", "sea", "and", "its", "tides"][i % 8])
         .collect::<Vec<_>>()
@@ -112,8 +119,9 @@ fn measure(args: &BenchArgs) -> anyhow::Result<(Report, bool)> {
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let mut workers = Vec::new();
-    for _ in 0..args.concurrency.max(1) {
-        let (url, body, key) = (url.clone(), body.clone(), args.api_key.clone());
+    for client in 0..args.concurrency.max(1) {
+        let url = urls[client % urls.len()].clone();
+        let (body, key) = (body.clone(), args.api_key.clone());
         let (samples, done, tokens, failed, stop) = (
             samples.clone(),
             done.clone(),
@@ -121,38 +129,42 @@ fn measure(args: &BenchArgs) -> anyhow::Result<(Report, bool)> {
             failed.clone(),
             stop.clone(),
         );
-        workers.push(std::thread::spawn(move || {
-            let agent: ureq::Agent = ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .timeout_global(Some(Duration::from_secs(600)))
-                .build()
-                .into();
-            while !stop.load(Ordering::Relaxed) {
-                match one(&agent, &url, &body, key.as_deref(), &stop) {
-                    Ok(result) => {
-                        done.fetch_add(1, Ordering::Relaxed);
-                        tokens.fetch_add(result.tokens, Ordering::Relaxed);
-                        let mut s = samples.lock().unwrap_or_else(|e| e.into_inner());
-                        if let Some(ttft) = result.ttft_ms {
-                            s.ttft_ms.push(ttft);
+        // Small stacks: a thousand clients are a thousand threads.
+        let spawned = std::thread::Builder::new()
+            .stack_size(CLIENT_STACK)
+            .spawn(move || {
+                let agent: ureq::Agent = ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .timeout_global(Some(Duration::from_secs(600)))
+                    .build()
+                    .into();
+                while !stop.load(Ordering::Relaxed) {
+                    match one(&agent, &url, &body, key.as_deref(), &stop) {
+                        Ok(result) => {
+                            done.fetch_add(1, Ordering::Relaxed);
+                            tokens.fetch_add(result.tokens, Ordering::Relaxed);
+                            let mut s = samples.lock().unwrap_or_else(|e| e.into_inner());
+                            if let Some(ttft) = result.ttft_ms {
+                                s.ttft_ms.push(ttft);
+                            }
+                            s.itl_ms.extend(result.gaps_ms);
+                            s.latency_ms.push(result.latency_ms);
                         }
-                        s.itl_ms.extend(result.gaps_ms);
-                        s.latency_ms.push(result.latency_ms);
-                    }
-                    Err(kind) if kind == ABANDONED => {}
-                    Err(kind) => {
-                        failed.fetch_add(1, Ordering::Relaxed);
-                        *samples
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .errors
-                            .entry(kind)
-                            .or_default() += 1;
-                        std::thread::sleep(Duration::from_millis(50));
+                        Err(kind) if kind == ABANDONED => {}
+                        Err(kind) => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            *samples
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .errors
+                                .entry(kind)
+                                .or_default() += 1;
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
                     }
                 }
-            }
-        }));
+            });
+        workers.push(spawned?);
     }
     let tty = std::io::stderr().is_terminal() && !args.json;
     while started.elapsed() < args.duration {
@@ -186,7 +198,7 @@ fn measure(args: &BenchArgs) -> anyhow::Result<(Report, bool)> {
     let completion_tokens = tokens.load(Ordering::Relaxed);
     Ok((
         Report {
-            url: args.url.clone(),
+            url: args.url.join(","),
             model: args.model.clone(),
             concurrency: args.concurrency,
             seconds,
@@ -210,6 +222,9 @@ struct One {
     latency_ms: f64,
     tokens: u64,
 }
+
+/// Stack of each client thread; reading SSE lines needs little.
+const CLIENT_STACK: usize = 256 << 10;
 
 /// The error kind of a request cut off at the end of the run (not counted).
 const ABANDONED: &str = "abandoned";

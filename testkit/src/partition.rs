@@ -39,6 +39,8 @@ impl PartitionProxy {
             while !stop_flag.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((client, _)) => {
+                        // Accepted sockets inherit non-blocking mode on some systems.
+                        let _ = client.set_nonblocking(false);
                         let cut = cut_flag.clone();
                         let stop = stop_flag.clone();
                         thread::spawn(move || relay(client, upstream, cut, stop));
@@ -102,7 +104,12 @@ fn relay(client: TcpStream, upstream: SocketAddr, cut: Arc<AtomicBool>, stop: Ar
 fn pump(mut from: TcpStream, mut to: TcpStream, cut: &AtomicBool, stop: &AtomicBool) {
     let mut buf = [0u8; 16 * 1024];
     loop {
-        let n = from.read(&mut buf).unwrap_or(0);
+        let n = loop {
+            match from.read(&mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                read => break read.unwrap_or(0),
+            }
+        };
         hold(cut, stop);
         if n == 0 || to.write_all(&buf[..n]).is_err() {
             let _ = to.shutdown(Shutdown::Both);
