@@ -5,7 +5,7 @@
 export NATS_SERVER_BIN := $(CURDIR)/.cache/bin/nats-server
 export CORTEX_MODELS_DIR := $(CURDIR)/.cache/models
 
-.PHONY: setup test up bench bench-engine bench-ingress bench-placement soak
+.PHONY: setup test up bench bench-engine bench-ingress bench-placement soak build-cuda
 
 setup:
 	scripts/setup.sh
@@ -43,3 +43,9 @@ bench-placement: setup
 soak: setup
 	cargo build --release
 	scripts/soak.sh
+
+# The CUDA build on any x86-64 Linux machine, GPU or not: CUDA 13 from PyPI
+# wheels into .cache/cuda (CUDA_COMPUTE_CAP=90 by default).
+build-cuda:
+	scripts/cuda-setup.sh
+	. .cache/cuda/env.sh && cargo build --release --features cuda

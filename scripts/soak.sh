@@ -69,7 +69,7 @@ for u in "${urls[@]}"; do
 done
 
 rss_row() {
-  local label="$1" row="$label"
+  local row="$1"
   for pid in "${pids[@]}"; do row="$row,$(rss_mib "$pid")"; done
   echo "$row" >> "$work/rss.csv"
 }
