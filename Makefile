@@ -5,7 +5,7 @@
 export NATS_SERVER_BIN := $(CURDIR)/.cache/bin/nats-server
 export CORTEX_MODELS_DIR := $(CURDIR)/.cache/models
 
-.PHONY: setup test up bench bench-engine bench-ingress bench-placement soak build-cuda
+.PHONY: setup test up bench bench-engine bench-ingress bench-placement soak build-cuda gpu-bundle
 
 setup:
 	scripts/setup.sh
@@ -49,3 +49,12 @@ soak: setup
 build-cuda:
 	scripts/cuda-setup.sh
 	. .cache/cuda/env.sh && cargo build --release --features cuda
+
+# What neuron/gpu/run.sh needs on a GPU machine, small enough to carry:
+# the CUDA build of cortex and nats-server, stripped and gzipped, in target/gpu/.
+gpu-bundle: build-cuda
+	mkdir -p target/gpu
+	strip -o target/gpu/cortex target/release/cortex
+	gzip -9 -f target/gpu/cortex
+	gzip -9 -c .cache/bin/nats-server > target/gpu/nats-server.gz
+	ls -l target/gpu

@@ -11,7 +11,8 @@
 //! - one node of a 3-node NATS cluster killed: only requests in flight on
 //!   the lost connection fail, each with a clear error; assignments kept;
 //! - a neuron partitioned from NATS (silence, no close): its model is
-//!   loaded elsewhere and served; healed, it reconciles to one copy.
+//!   loaded elsewhere and served; healed, it reconciles to one copy;
+//! - nats-server gone when the daemons are told to stop: they still stop.
 //!
 //! The placement leader killed and an ingress pod killed are in
 //! `placement_failover.rs` and `topology.rs`.
@@ -343,6 +344,47 @@ async fn restarting_nats_brings_the_mesh_back_within_5_seconds_with_every_assign
     ingress.shutdown().await;
     n1.shutdown().await;
     p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn daemons_stop_on_sigterm_even_with_nats_gone() {
+    let _serial = SERIAL.lock().await;
+    let mut server = NatsServer::start();
+    let url = server.url();
+    let mut neuron = neuron_process(&url, "orphan", &[]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut ingress = Daemon::spawn(&["ingress", "--nats-url", &url, "--listen", &listen]);
+    let client = connect(&url).await;
+    wait_ready(&client, &["orphan"]).await;
+    server.kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Their last heartbeat and flush cannot reach anyone: they must still
+    // end, each wait cut at its deadline (a neuron waits up to 5 s for each
+    // served subject's drain, the last flush 2 s).
+    for daemon in [&mut neuron, &mut ingress] {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &daemon.0.id().to_string()])
+            .status();
+    }
+    let stopping = Instant::now();
+    for daemon in [&mut neuron, &mut ingress] {
+        loop {
+            if daemon.0.try_wait().unwrap().is_some() {
+                break;
+            }
+            assert!(
+                stopping.elapsed() < Duration::from_secs(30),
+                "a daemon hung at shutdown without NATS"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    println!("both stopped {:?} after SIGTERM", stopping.elapsed());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

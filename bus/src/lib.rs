@@ -13,6 +13,7 @@
 //!   requester side; [`serve`] → [`Incoming`] → [`Responder`] on the responder side; cancels.
 //! - [`control`]: [`control::call`], a JSON request to a micro-service endpoint with a deadline.
 //! - [`events`]: lifecycle events published as JSON.
+//! - [`heartbeat`]: heartbeats as followers take them (only for the neuron their subject names).
 //! - [`kv`]: bucket open-or-create, compare-and-swap updates, a self-healing watch.
 //! - [`objects`]: the `cortex-models` object store: push files and folders, fetch them into a cache.
 //! - [`sync`]: [`sync_with_server`], a barrier: the server has processed all this connection sent.
@@ -22,6 +23,7 @@ pub mod connect;
 pub mod control;
 pub mod events;
 pub mod headers;
+pub mod heartbeat;
 pub mod kv;
 pub mod objects;
 pub mod stream;

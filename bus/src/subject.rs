@@ -89,14 +89,6 @@ impl fmt::Display for ModelToken {
     }
 }
 
-/// Whether a heartbeat received on `subject` may speak for `neuron_id`: the
-/// subject's last token names it, and it is a valid token. Followers drop
-/// other heartbeats, so a neuron's credentials (which may publish only on
-/// its own heartbeat subject) cannot stand in for another neuron.
-pub fn heartbeat_speaks_for(subject: &str, neuron_id: &str) -> bool {
-    subject.rsplit('.').next() == Some(neuron_id) && validate_token("neuron id", neuron_id).is_ok()
-}
-
 /// Checks a single subject token chosen by an operator (neuron id, prefix part).
 pub fn validate_token(what: &'static str, value: &str) -> Result<(), SubjectError> {
     if value.is_empty() {

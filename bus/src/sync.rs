@@ -39,3 +39,17 @@ pub async fn sync_with_server(client: &Client) -> Result<(), SyncError> {
         },
     }
 }
+
+/// How long a daemon's last flush at shutdown may wait.
+pub const FINAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Flushes `client` for at most `limit`: with the server gone, a plain
+/// `flush` waits for a reconnection that may never come, and a shutdown must
+/// end. Whether it got through is only logged.
+pub async fn flush_within(client: &Client, limit: Duration) {
+    match tokio::time::timeout(limit, client.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::debug!(%error, "final flush failed"),
+        Err(_) => tracing::warn!(?limit, "NATS unreachable: last messages may be lost"),
+    }
+}

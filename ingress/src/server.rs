@@ -187,7 +187,8 @@ impl Ingress {
         for follower in &self.followers {
             follower.abort();
         }
-        let _ = self.state.client.flush().await;
+        cortex_bus::sync::flush_within(&self.state.client, cortex_bus::sync::FINAL_FLUSH_TIMEOUT)
+            .await;
     }
 }
 

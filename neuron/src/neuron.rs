@@ -270,9 +270,7 @@ impl Neuron {
         for task in self.tasks {
             task.abort();
         }
-        if let Err(error) = shared.client.flush().await {
-            tracing::debug!(%error, "final flush");
-        }
+        cortex_bus::sync::flush_within(&shared.client, cortex_bus::sync::FINAL_FLUSH_TIMEOUT).await;
         tracing::info!(neuron = %shared.id, "neuron stopped");
     }
 }

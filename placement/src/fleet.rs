@@ -10,7 +10,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use async_nats::Client;
-use cortex_bus::{codec::decode_message, Subjects};
+use cortex_bus::Subjects;
 use cortex_schemas::{ModelState, NeuronState, NeuronStatus};
 use futures::StreamExt;
 use tokio::sync::watch;
@@ -52,22 +52,8 @@ impl Fleet {
         let writer = fleet.clone();
         let task = tokio::spawn(async move {
             while let Some(message) = beats.next().await {
-                match decode_message::<NeuronStatus>(message.headers.as_ref(), &message.payload) {
-                    // A heartbeat speaks for the neuron its subject names, no other.
-                    Ok(status)
-                        if cortex_bus::subject::heartbeat_speaks_for(
-                            &message.subject,
-                            &status.neuron_id,
-                        ) =>
-                    {
-                        writer.record(status)
-                    }
-                    Ok(status) => tracing::debug!(
-                        subject = %message.subject,
-                        neuron = %status.neuron_id,
-                        "heartbeat for another subject ignored"
-                    ),
-                    Err(error) => tracing::debug!(%error, "undecodable heartbeat ignored"),
+                if let Some(status) = cortex_bus::heartbeat::accept(&message) {
+                    writer.record(status);
                 }
             }
         });
