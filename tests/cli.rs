@@ -104,10 +104,21 @@ async fn events_prints_lifecycle_events_as_json_lines() {
 #[test]
 fn the_compose_nats_config_is_valid() {
     let config = concat!(env!("CARGO_MANIFEST_DIR"), "/compose/nats.conf");
-    let output = Command::new(cortex_testkit::binary::nats_server_bin())
-        .args(["-t", "-c", config])
-        .output()
-        .unwrap();
+    // nats-auth.conf reads each role's password from the environment, as
+    // docker-compose.yml sets it.
+    let mut command = Command::new(cortex_testkit::binary::nats_server_bin());
+    command.args(["-t", "-c", config]);
+    for role in [
+        "PLACEMENT",
+        "INGRESS",
+        "NEURON_1",
+        "NEURON_2",
+        "NEURON_GPU",
+        "OPERATOR",
+    ] {
+        command.env(format!("CORTEX_{role}_PASSWORD"), "test-password");
+    }
+    let output = command.output().unwrap();
     assert!(
         output.status.success(),
         "{}{}",
