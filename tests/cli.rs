@@ -31,11 +31,7 @@ fn ping_reports_the_server_and_jetstream() {
 
 #[test]
 fn ping_fails_clearly_when_nats_is_unreachable() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = cortex_testkit::free_port();
     let started = Instant::now();
     let output = cortex()
         .args(["ping", "--nats-connect-timeout", "1s"])

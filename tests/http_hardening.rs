@@ -226,11 +226,7 @@ async fn a_client_that_stops_reading_loses_its_connection() {
 #[test]
 fn api_keys_never_reach_logs_or_metrics() {
     let server = NatsServer::start();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = cortex_testkit::free_port();
     let key = "sk-cortex-very-secret-0123456789";
     let wrong = "sk-wrong-guess-9876543210";
     // Output to a file: a pipe read only at the end would fill and block it.

@@ -2,7 +2,7 @@
 //! replica takes the lease within its TTL, loaded models keep serving,
 //! state is read back from KV), a neuron killed (its models are reloaded
 //! elsewhere when min_replicas asks). nats-server restarts are in
-//! `faults.rs`.
+//! `faults/nats.rs`.
 
 mod support;
 

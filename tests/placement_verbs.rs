@@ -48,16 +48,7 @@ async fn operators_load_unload_pin_and_reload() {
     );
 
     // load on a chosen neuron, then on the other.
-    let a: Assignment = placement_call(
-        &client,
-        PlacementOp::Load,
-        &PlaceRequest {
-            model: "m".into(),
-            neuron: Some("n2".into()),
-        },
-    )
-    .await
-    .unwrap();
+    let a: Assignment = load(&client, "m", Some("n2")).await;
     assert_eq!(
         a.replicas
             .iter()
@@ -65,16 +56,7 @@ async fn operators_load_unload_pin_and_reload() {
             .collect::<Vec<_>>(),
         vec![("n2", ReplicaState::Ready)]
     );
-    let _: Assignment = placement_call(
-        &client,
-        PlacementOp::Load,
-        &PlaceRequest {
-            model: "m".into(),
-            neuron: Some("n1".into()),
-        },
-    )
-    .await
-    .unwrap();
+    let _: Assignment = load(&client, "m", Some("n1")).await;
     let mut on = ready_on(&client, "m").await;
     on.sort();
     assert_eq!(on, vec!["n1", "n2"]);

@@ -16,14 +16,6 @@ use serde_json::json;
 use support::*;
 use tokio::net::{TcpListener, TcpStream};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A round-robin TCP balancer: each connection goes to the next backend
 /// that accepts one (a dead pod refuses, so it is skipped).
 async fn balancer(backends: Vec<String>) -> String {
@@ -100,7 +92,7 @@ async fn an_ingress_pod_killed_mid_run_costs_no_request() {
     let mut pods = Vec::new();
     let mut backends = Vec::new();
     for _ in 0..3 {
-        let listen = format!("127.0.0.1:{}", free_port());
+        let listen = format!("127.0.0.1:{}", cortex_testkit::free_port());
         pods.push(Daemon::spawn(&[
             "ingress",
             "--nats-url",

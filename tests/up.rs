@@ -45,17 +45,9 @@ fn command() -> Command {
     command
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Starts `cortex up` with `args` and waits (up to 2 minutes) for its ready line.
 fn up(args: &[&str]) -> Up {
-    let listen = format!("127.0.0.1:{}", free_port());
+    let listen = format!("127.0.0.1:{}", cortex_testkit::free_port());
     let log = tempfile::tempdir().unwrap();
     let stderr = std::fs::File::create(log.path().join("up.log")).unwrap();
     let mut child = command()

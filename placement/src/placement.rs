@@ -74,18 +74,37 @@ impl Placement {
             spec.description = description.to_string();
             spec
         };
-        let catalog_store = open_or_create(&js, &spec(buckets::CATALOG, "Cortex catalogue"))
-            .await
-            .map_err(|e| start_error("catalogue bucket")(e.to_string()))?;
-        let placements = open_or_create(&js, &spec(buckets::PLACEMENTS, "Cortex assignments"))
-            .await
-            .map_err(|e| start_error("assignments bucket")(e.to_string()))?;
-        let leases = open_or_create(&js, &spec(buckets::LEASES, "Cortex leases"))
-            .await
-            .map_err(|e| start_error("lease bucket")(e.to_string()))?;
-        cortex_bus::objects::open_or_create(&js, buckets::MODELS, config.bucket_replicas)
-            .await
-            .map_err(|e| start_error("model store")(e.to_string()))?;
+        let open_all = || async {
+            let catalog = open_or_create(&js, &spec(buckets::CATALOG, "Cortex catalogue"))
+                .await
+                .map_err(|e| start_error("catalogue bucket")(e.to_string()))?;
+            let placements = open_or_create(&js, &spec(buckets::PLACEMENTS, "Cortex assignments"))
+                .await
+                .map_err(|e| start_error("assignments bucket")(e.to_string()))?;
+            let leases = open_or_create(&js, &spec(buckets::LEASES, "Cortex leases"))
+                .await
+                .map_err(|e| start_error("lease bucket")(e.to_string()))?;
+            cortex_bus::objects::open_or_create(&js, buckets::MODELS, config.bucket_replicas)
+                .await
+                .map_err(|e| start_error("model store")(e.to_string()))?;
+            Ok::<_, PlacementError>((catalog, placements, leases))
+        };
+        // A JetStream cluster that is still forming (or electing a meta
+        // leader after a restart) refuses replicated buckets for a moment:
+        // retry within the connect timeout, as the first connect does.
+        let deadline = tokio::time::Instant::now() + config.nats.connect_timeout;
+        let mut pause = Duration::from_millis(100);
+        let (catalog_store, placements, leases) = loop {
+            match open_all().await {
+                Ok(stores) => break stores,
+                Err(error) if tokio::time::Instant::now() + pause < deadline => {
+                    tracing::warn!(%error, retry_in = ?pause, "JetStream not ready yet");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+                Err(error) => return Err(error),
+            }
+        };
         let catalog_view = CatalogView::default();
         let mut tasks = Vec::new();
         if let Some(path) = &config.models {

@@ -27,5 +27,6 @@ pub mod wait;
 
 pub use cluster::NatsCluster;
 pub use partition::PartitionProxy;
+pub use ports::free_port;
 pub use server::{NatsServer, ServerOptions};
 pub use wait::eventually;

@@ -14,3 +14,9 @@ pub(crate) fn free_ports(n: usize) -> Vec<u16> {
         .map(|l| l.local_addr().expect("local addr").port())
         .collect()
 }
+
+/// One free port on 127.0.0.1, for a listener a test starts elsewhere
+/// (another process binds it a moment later).
+pub fn free_port() -> u16 {
+    free_ports(1)[0]
+}

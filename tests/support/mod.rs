@@ -13,7 +13,7 @@ use cortex_bus::{NatsOptions, PlacementOp, Subjects};
 use cortex_ingress::{Ingress, IngressConfig};
 use cortex_neuron::{EngineKind, Neuron, NeuronConfig};
 use cortex_placement::{Placement, PlacementConfig};
-use cortex_schemas::{Event, ModelState, NeuronStatus, PlacementStatus};
+use cortex_schemas::{Assignment, Event, ModelState, NeuronStatus, PlaceRequest, PlacementStatus};
 use cortex_testkit::{eventually, NatsServer};
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
@@ -21,6 +21,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 /// A child process killed when the test ends, however it ends.
+#[derive(Debug)]
 pub struct Daemon(pub Child);
 
 impl Daemon {
@@ -115,6 +116,20 @@ pub async fn placement_call<Req: Serialize, Rep: DeserializeOwned>(
         Duration::from_secs(60),
     )
     .await
+}
+
+/// Asks placement to load `model` (on `neuron`, or where it chooses).
+pub async fn load(client: &Client, model: &str, neuron: Option<&str>) -> Assignment {
+    placement_call(
+        client,
+        PlacementOp::Load,
+        &PlaceRequest {
+            model: model.into(),
+            neuron: neuron.map(Into::into),
+        },
+    )
+    .await
+    .expect("load")
 }
 
 pub async fn status(client: &Client) -> PlacementStatus {

@@ -1,0 +1,224 @@
+//! Neurons that die or are cut off from NATS.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use cortex_bus::NatsOptions;
+use cortex_neuron::{EngineKind, Neuron, NeuronConfig};
+use cortex_schemas::EventDetail;
+use cortex_testkit::{NatsServer, PartitionProxy, ServerOptions};
+
+use crate::support::*;
+use crate::{ingress_on, neuron_process, request_chat, wait_ready, Outcome, SERIAL};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_neuron_killed_mid_stream_fails_only_its_streams_within_3_seconds() {
+    let _serial = SERIAL.lock().await;
+    let server = NatsServer::start();
+    let url = server.url();
+    // 100 tokens at 20/s: five-second streams.
+    let slow = ["--sim-tokens-per-second", "20", "--sim-reply-tokens", "100"];
+    let mut victim = neuron_process(&url, "victim", &slow);
+    let _survivor = neuron_process(&url, "survivor", &slow);
+    let client = connect(&url).await;
+    wait_ready(&client, &["victim", "survivor"]).await;
+    let (ingress, _) = ingress_on(NatsOptions::new([url.clone()])).await;
+    let base = format!("http://{}", ingress.addr);
+
+    let streams: Vec<_> = (0..12)
+        .map(|_| {
+            let base = base.clone();
+            tokio::task::spawn_blocking(move || request_chat(&base, true, 100))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    victim.kill();
+    let killed = Instant::now();
+    let mut outcomes = Vec::new();
+    for stream in streams {
+        outcomes.push(stream.await.unwrap());
+    }
+    let (failed, finished): (Vec<&Outcome>, Vec<&Outcome>) =
+        outcomes.iter().partition(|o| o.error.is_some());
+    // Queue groups spread 12 streams over both (all on one: p = 2/4096).
+    assert!(
+        !failed.is_empty(),
+        "no stream was on the victim: {outcomes:#?}"
+    );
+    assert!(!finished.is_empty(), "every stream failed: {outcomes:#?}");
+    for outcome in &failed {
+        let after = outcome.ended.duration_since(killed);
+        println!(
+            "stream on the killed neuron: error after {after:?}: {:?}",
+            outcome.error
+        );
+        assert!(after < Duration::from_secs(3), "{outcome:?}");
+        assert!(outcome.deltas > 0, "was mid-stream: {outcome:?}");
+        assert_eq!(outcome.status, 200, "the stream had started");
+        assert!(!outcome.done);
+    }
+    for outcome in &finished {
+        assert!(outcome.done, "{outcome:?}");
+        assert_eq!(outcome.deltas, 100, "whole stream: {outcome:?}");
+    }
+    // New requests go to the survivor at once.
+    let after = request_chat(&base, false, 8);
+    assert_eq!(after.status, 200, "{after:?}");
+    ingress.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_neuron_killed_before_its_first_token_is_retried_elsewhere() {
+    let _serial = SERIAL.lock().await;
+    let server = NatsServer::start();
+    let url = server.url();
+    // The victim takes 30 s to a first token; the survivor 10 ms.
+    let mut victim = neuron_process(&url, "victim", &["--sim-ttft", "30s"]);
+    let _survivor = neuron_process(&url, "survivor", &["--sim-ttft", "10ms"]);
+    let client = connect(&url).await;
+    wait_ready(&client, &["victim", "survivor"]).await;
+    let (ingress, _) = ingress_on(NatsOptions::new([url.clone()])).await;
+    let base = format!("http://{}", ingress.addr);
+
+    let calls: Vec<_> = (0..12)
+        .map(|i| {
+            let base = base.clone();
+            tokio::task::spawn_blocking(move || request_chat(&base, i % 2 == 0, 16))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    victim.kill();
+    let killed = Instant::now();
+    let mut outcomes = Vec::new();
+    for call in calls {
+        outcomes.push(call.await.unwrap());
+    }
+    for outcome in &outcomes {
+        assert_eq!(outcome.status, 200, "{outcome:?}");
+        assert!(outcome.done && outcome.error.is_none(), "{outcome:?}");
+    }
+    // Those the victim held waited for it to go silent (2.5 keepalive
+    // periods), then were answered by the survivor.
+    let retried: Vec<Duration> = outcomes
+        .iter()
+        .filter(|o| o.ended > killed + Duration::from_millis(1500))
+        .map(|o| o.ended.duration_since(killed))
+        .collect();
+    println!("retried after the kill, answered within {retried:?}");
+    assert!(!retried.is_empty(), "no request was on the victim");
+    assert!(retried.iter().all(|d| *d < Duration::from_secs(5)));
+    ingress.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partitioned_neuron_is_replaced_and_reconciles_when_it_returns() {
+    let _serial = SERIAL.lock().await;
+    // The server drops a silent client after ~2 s (two missed pings a
+    // second apart), as an operator's nats.conf should.
+    let server = NatsServer::with_options(ServerOptions {
+        extra_config: "ping_interval: \"1s\"\nping_max: 2\n".into(),
+        ..ServerOptions::default()
+    });
+    let upstream: SocketAddr = format!("127.0.0.1:{}", server.port()).parse().unwrap();
+    let link = PartitionProxy::start(upstream);
+    let dir = tempfile::tempdir().unwrap();
+    let file = models_file(
+        dir.path(),
+        "[[model]]\nid = \"m\"\nsource = \"sim\"\nvram_mb = 300\nmin_replicas = 1\nmax_replicas = 1\n",
+    );
+    let p = placement(placement_config(&server, "p1", Some(&file))).await;
+    // The island reaches NATS only through the link; the mainland directly.
+    let mut config = NeuronConfig::for_tests(&link.url(), "island");
+    config.engine = EngineKind::Sim;
+    config.heartbeat_interval = Duration::from_millis(200);
+    config.sim_reply_tokens = 8;
+    let island = Neuron::start(config, connect(&link.url()).await)
+        .await
+        .unwrap();
+    let mainland = sim_neuron(&server, "mainland", |_| {}).await;
+    let ingress = ingress(&server).await;
+    let base = format!("http://{}", ingress.addr);
+    let client = connect(&server.url()).await;
+    until("both neurons seen", Duration::from_secs(10), || {
+        p.shared().fleet.live().len() == 2
+    })
+    .await;
+    load(&client, "m", Some("island")).await;
+    assert_eq!(request_chat(&base, false, 8).status, 200);
+
+    link.partition();
+    let cut = Instant::now();
+    // The island's heartbeats stop; placement loads m on the mainland.
+    let deadline = cut + Duration::from_secs(15);
+    loop {
+        if ready_on(&client, "m").await == vec!["mainland".to_string()] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "m not moved to the mainland");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "m ready on the mainland {:?} after the partition",
+        cut.elapsed()
+    );
+    // Served during the partition.
+    let during = request_chat(&base, true, 8);
+    assert!(during.done, "{during:?}");
+
+    let mut events = record_events(&client).await;
+    link.heal();
+    let healed = Instant::now();
+    // The island reconnects with its copy; one copy remains, and the
+    // assignment says where it is.
+    let deadline = healed + Duration::from_secs(20);
+    loop {
+        let status = status(&client).await;
+        let holders: Vec<String> = status
+            .neurons
+            .iter()
+            .filter(|n| n.models.iter().any(|m| m.model_id == "m"))
+            .map(|n| n.neuron_id.clone())
+            .collect();
+        let assigned: Vec<String> = status
+            .assignments
+            .iter()
+            .filter(|a| a.model_id == "m")
+            .flat_map(|a| a.replicas.iter().map(|r| r.neuron.clone()))
+            .collect();
+        let island_back = status.neurons.iter().any(|n| n.neuron_id == "island");
+        if island_back && holders.len() == 1 && holders == assigned {
+            let island = status.neurons.iter().find(|n| n.neuron_id == "island");
+            println!(
+                "reconciled {:?} after healing: m on {holders:?}; island: {:?}",
+                healed.elapsed(),
+                island.map(|n| (&n.state, &n.models))
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not reconciled: holders {holders:?}, assigned {assigned:?}, island back {island_back}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The island came back holding its copy, which was the surplus one.
+    let seen: Vec<String> = drain(&mut events)
+        .iter()
+        .filter_map(|e| match &e.detail {
+            EventDetail::ModelEvicted { neuron, model, .. }
+            | EventDetail::ModelUnloaded { neuron, model }
+                if model == "m" =>
+            {
+                Some(neuron.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(seen.contains(&"island".to_string()), "{seen:?}");
+    let after = request_chat(&base, true, 8);
+    assert!(after.done, "{after:?}");
+    ingress.shutdown().await;
+    island.shutdown().await;
+    mainland.shutdown().await;
+    p.shutdown().await;
+}
