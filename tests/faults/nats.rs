@@ -3,11 +3,12 @@
 use std::time::{Duration, Instant};
 
 use cortex_bus::kv::get;
-use cortex_bus::{buckets, NatsOptions};
+use cortex_bus::{buckets, NatsOptions, Subjects};
 use cortex_neuron::{EngineKind, Neuron, NeuronConfig};
 use cortex_placement::Placement;
-use cortex_schemas::{Assignment, ModelState};
+use cortex_schemas::{Assignment, ModelState, NeuronStatus};
 use cortex_testkit::{NatsCluster, NatsServer};
+use futures::StreamExt;
 use serde_json::{json, Value};
 
 use crate::support::*;
@@ -74,17 +75,38 @@ async fn daemons_stop_on_sigterm_even_with_nats_gone() {
     let _serial = SERIAL.lock().await;
     let mut server = NatsServer::start();
     let url = server.url();
-    let mut neuron = neuron_process(&url, "orphan", &[]);
+    // Four models: each served subject's drain is cut short together.
+    let mut neuron = neuron_process(&url, "orphan", &["--models", "m2=sim,m3=sim,m4=sim"]);
     let port = cortex_testkit::free_port();
     let listen = format!("127.0.0.1:{port}");
     let mut ingress = Daemon::spawn(&["ingress", "--nats-url", &url, "--listen", &listen]);
     let client = connect(&url).await;
     wait_ready(&client, &["orphan"]).await;
+    let mut beats = client
+        .subscribe(Subjects::default().heartbeats())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(Instant::now() < deadline, "four models never ready");
+        let Ok(Some(message)) = tokio::time::timeout(Duration::from_secs(1), beats.next()).await
+        else {
+            continue;
+        };
+        let status: NeuronStatus = serde_json::from_slice(&message.payload).unwrap();
+        let ready = status
+            .models
+            .iter()
+            .filter(|m| m.state == ModelState::Ready);
+        if status.neuron_id == "orphan" && ready.count() == 4 {
+            break;
+        }
+    }
     server.kill();
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Their last heartbeat and flush cannot reach anyone: they must still
-    // end, each wait cut at its deadline (a neuron waits up to 5 s for each
-    // served subject's drain, the last flush 2 s).
+    // end promptly. Without a connection a served subject's drain ends at
+    // once (no round trip can confirm it); the last flush waits its 2 s.
     for daemon in [&mut neuron, &mut ingress] {
         let _ = std::process::Command::new("kill")
             .args(["-TERM", &daemon.0.id().to_string()])
@@ -97,7 +119,7 @@ async fn daemons_stop_on_sigterm_even_with_nats_gone() {
                 break;
             }
             assert!(
-                stopping.elapsed() < Duration::from_secs(30),
+                stopping.elapsed() < Duration::from_secs(8),
                 "a daemon hung at shutdown without NATS"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -30,13 +30,21 @@ pub async fn serve(
     }
     .map_err(StreamError::Subscribe)?;
     crate::sync_with_server(client).await?;
-    Ok(RequestStream { subscriber })
+    Ok(RequestStream {
+        subscriber,
+        client: client.clone(),
+        cut_off: false,
+    })
 }
 
 /// Requests arriving on a served subject.
 #[derive(Debug)]
 pub struct RequestStream {
     subscriber: Subscriber,
+    client: Client,
+    /// Drained without a connection: the stream ends once what was
+    /// delivered is taken.
+    cut_off: bool,
 }
 
 impl RequestStream {
@@ -50,7 +58,16 @@ impl RequestStream {
     /// delivered before the server processed that, then ends. A plain
     /// unsubscribe would drop requests still on the wire, leaving their
     /// requesters to time out.
+    ///
+    /// Without a connection the server cannot confirm the drain, and no
+    /// more requests can arrive: the stream then yields what it already
+    /// holds and ends, rather than wait for a round trip that never comes.
     pub async fn drain(&mut self) {
+        if self.client.connection_state() != async_nats::connection::State::Connected {
+            tracing::debug!("served subject drained without a connection");
+            self.cut_off = true;
+            return;
+        }
         if let Err(error) = self.subscriber.drain().await {
             tracing::debug!(%error, "drain of a served subject failed");
         }
@@ -61,9 +78,10 @@ impl Stream for RequestStream {
     type Item = Incoming;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Incoming>> {
-        self.subscriber
-            .poll_next_unpin(cx)
-            .map(|message| message.map(Incoming::new))
+        match self.subscriber.poll_next_unpin(cx) {
+            Poll::Pending if self.cut_off => Poll::Ready(None),
+            polled => polled.map(|message| message.map(Incoming::new)),
+        }
     }
 }
 

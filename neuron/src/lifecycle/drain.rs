@@ -56,11 +56,13 @@ pub(crate) async fn drain_models(
     models: &[Arc<HeldModel>],
     timeout: Duration,
 ) -> u32 {
-    for held in models {
+    // All at once: each stop may wait for the server (up to its deadline).
+    futures::future::join_all(models.iter().map(|held| async move {
         let _op = held.ops.lock().await;
         held.transition(&[ModelState::Ready], ModelState::Draining);
         crate::serve::stop_intake(held).await;
-    }
+    }))
+    .await;
     shared.heartbeat_soon();
     let deadline = tokio::time::Instant::now() + timeout;
     for held in models {
