@@ -170,6 +170,25 @@ fn interrupt(mut up: Up) {
     );
 }
 
+/// kill -9 gives `cortex up` no chance to clean up; its nats-server still
+/// goes (the kernel's parent-death signal, through util-linux's setpriv).
+#[cfg(target_os = "linux")]
+#[test]
+fn a_killed_up_leaves_no_nats_server_behind() {
+    let mut up = up(&["--engine", "sim"]);
+    let nats_port: u16 = up.nats.rsplit(':').next().unwrap().parse().unwrap();
+    up.child.kill().unwrap();
+    up.child.wait().unwrap();
+    let killed = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", nats_port)).is_ok() {
+        assert!(
+            killed.elapsed() < Duration::from_secs(10),
+            "nats-server still listening 10 s after cortex up was killed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn up_with_the_sim_engine_is_inspected_driven_and_stopped() {
     let up = up(&["--engine", "sim"]);

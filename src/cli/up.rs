@@ -263,7 +263,7 @@ async fn start_nats(port: u16) -> anyhow::Result<NatsChild> {
     };
     let store = tempfile::tempdir().context("a folder for the JetStream store")?;
     let log = store.path().join("nats-server.log");
-    let mut child = tokio::process::Command::new(&binary)
+    let mut child = server_command(&binary)
         .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
         .arg(store.path())
         .arg("-l")
@@ -315,12 +315,33 @@ fn nats_server_binary() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("NATS_SERVER_BIN") {
         return Some(PathBuf::from(path)).filter(|p| p.is_file());
     }
-    let on_path = std::env::var_os("PATH").and_then(|paths| {
+    on_path("nats-server")
+        .or_else(|| Some(PathBuf::from(".cache/bin/nats-server")).filter(|p| p.is_file()))
+}
+
+fn on_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
-            .map(|dir| dir.join("nats-server"))
+            .map(|dir| dir.join(name))
             .find(|candidate| candidate.is_file())
-    });
-    on_path.or_else(|| Some(PathBuf::from(".cache/bin/nats-server")).filter(|p| p.is_file()))
+    })
+}
+
+/// The command that starts `binary`. On Linux, through util-linux's
+/// `setpriv --pdeathsig` when there is one: the kernel then stops the
+/// server should `cortex up` die without its cleanup (kill -9, the OOM
+/// killer), so no orphan keeps the port and the store. The signal follows
+/// the thread that spawned the child; this runs on the main thread, which
+/// lives as long as the process.
+fn server_command(binary: &Path) -> tokio::process::Command {
+    if cfg!(target_os = "linux") {
+        if let Some(setpriv) = on_path("setpriv") {
+            let mut command = tokio::process::Command::new(setpriv);
+            command.args(["--pdeathsig", "TERM", "--"]).arg(binary);
+            return command;
+        }
+    }
+    tokio::process::Command::new(binary)
 }
 
 /// The default catalogue, written to `dir/models.toml`.
