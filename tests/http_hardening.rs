@@ -153,6 +153,96 @@ async fn oversized_heads_get_431_and_cors_is_off() {
     ingress.shutdown().await;
 }
 
+/// One request on its own connection; the whole answer, lower-cased.
+async fn exchange(addr: std::net::SocketAddr, request: &str) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    read_until_closed(&mut stream, Duration::from_secs(5))
+        .await
+        .unwrap_or_default()
+        .to_lowercase()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_is_opt_in_per_origin() {
+    let server = NatsServer::start();
+    let ingress = ingress_with(&server, |c| {
+        c.cors_origins = vec!["https://chat.example.com".into()];
+        c.api_keys = vec![cortex_ingress::config::ApiKey("secret".into())];
+    })
+    .await;
+    // A preflight from the named origin is answered before authentication
+    // (it carries no key), allowing the headers it asks for.
+    let preflight = exchange(
+        ingress.addr,
+        "OPTIONS /v1/chat/completions HTTP/1.1\r\nHost: x\r\nOrigin: https://chat.example.com\r\n\
+         Access-Control-Request-Method: POST\r\n\
+         Access-Control-Request-Headers: authorization, content-type\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(preflight.starts_with("http/1.1 204"), "{preflight}");
+    assert!(
+        preflight.contains("access-control-allow-origin: https://chat.example.com\r\n"),
+        "{preflight}"
+    );
+    assert!(
+        preflight.contains("access-control-allow-headers: authorization, content-type\r\n"),
+        "{preflight}"
+    );
+    assert!(preflight.contains("access-control-allow-methods: get, post, options"));
+    // Its calls are readable, refusals included, with Retry-After and the
+    // request id exposed.
+    for (key, status) in [("Bearer secret", "200"), ("Bearer wrong", "401")] {
+        let answer = exchange(
+            ingress.addr,
+            &format!(
+                "GET /v1/models HTTP/1.1\r\nHost: x\r\nOrigin: https://chat.example.com\r\n\
+                 Authorization: {key}\r\nConnection: close\r\n\r\n"
+            ),
+        )
+        .await;
+        assert!(
+            answer.starts_with(&format!("http/1.1 {status}")),
+            "{answer}"
+        );
+        assert!(
+            answer.contains("access-control-allow-origin: https://chat.example.com\r\n"),
+            "{answer}"
+        );
+        assert!(answer.contains("access-control-expose-headers: retry-after, x-request-id"));
+        assert!(answer.contains("vary: origin"), "{answer}");
+    }
+    // Another origin gets no CORS header; its preflight gets none either
+    // and goes on to authentication.
+    for request in [
+        "OPTIONS /v1/chat/completions HTTP/1.1\r\nHost: x\r\nOrigin: https://evil.example\r\nAccess-Control-Request-Method: POST\r\nConnection: close\r\n\r\n",
+        "GET /v1/models HTTP/1.1\r\nHost: x\r\nOrigin: https://evil.example\r\nAuthorization: Bearer secret\r\nConnection: close\r\n\r\n",
+    ] {
+        let answer = exchange(ingress.addr, request).await;
+        assert!(answer.starts_with("http/1.1 "), "{answer}");
+        assert!(!answer.contains("access-control-allow"), "{answer}");
+    }
+    ingress.shutdown().await;
+
+    // `*` allows any origin, without credentials mode.
+    let any = ingress_with(&server, |c| c.cors_origins = vec!["*".into()]).await;
+    let answer = exchange(
+        any.addr,
+        "GET /v1/models HTTP/1.1\r\nHost: x\r\nOrigin: https://anywhere.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("http/1.1 200"), "{answer}");
+    assert!(
+        answer.contains("access-control-allow-origin: *\r\n"),
+        "{answer}"
+    );
+    assert!(
+        !answer.contains("access-control-allow-credentials"),
+        "{answer}"
+    );
+    any.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_connection_cap_holds() {
     let server = NatsServer::start();

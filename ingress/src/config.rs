@@ -47,6 +47,11 @@ pub struct IngressConfig {
     /// backlog until one closes.
     #[arg(long, env = "CORTEX_INGRESS_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
+    /// Web origins whose pages may call the API from a browser,
+    /// comma-separated (`https://chat.example.com,http://localhost:3000`),
+    /// or `*` for any. Empty (the default): no CORS headers at all.
+    #[arg(long, env = "CORTEX_INGRESS_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
     /// Deadline of a request, and the longest one a client may ask for with
     /// the `cortex-timeout-ms` header.
     #[arg(long, env = "CORTEX_INGRESS_TIMEOUT", default_value = "10m",
@@ -151,6 +156,7 @@ impl IngressConfig {
         if self.attempts == 0 {
             return Err(ConfigError("--attempts must be at least 1".into()));
         }
+        crate::cors::Cors::parse(&self.cors_origins).map_err(|e| ConfigError(e.to_string()))?;
         Subjects::new(&self.prefix).map_err(|e| ConfigError(format!("--prefix: {e}")))
     }
 

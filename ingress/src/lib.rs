@@ -21,6 +21,7 @@
 //!   [`validate`]: checks both dialects share.
 //! - [`auth`]: API keys (constant-time check) and per-key request and
 //!   token limits.
+//! - [`cors`]: cross-origin access for browsers, off unless origins are named.
 //! - [`fleet`]: live neurons and their models, from heartbeats;
 //!   [`catalog`]: what placement can load, from the `cortex-catalog` bucket;
 //!   [`state`]: what handlers share (in-flight limit included);
@@ -35,6 +36,7 @@ pub mod call;
 pub mod catalog;
 pub mod cold;
 pub mod config;
+pub mod cors;
 pub mod error;
 pub mod fleet;
 pub mod generation;

@@ -63,12 +63,22 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             crate::auth::authenticate,
         ));
-    Router::new()
+    // Validated at start; an entry that is not an origin leaves CORS off.
+    let cors = crate::cors::Cors::parse(&state.config.cors_origins).unwrap_or_default();
+    let mut router = Router::new()
         .merge(api)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .fallback(not_found)
+        .fallback(not_found);
+    if cors.is_on() {
+        // Outside authentication: a preflight carries no credentials.
+        router = router.layer(axum::middleware::from_fn_with_state(
+            cors,
+            crate::cors::apply,
+        ));
+    }
+    router
         .layer(axum::middleware::from_fn(crate::trace::log))
         .with_state(state)
 }
