@@ -212,8 +212,9 @@ async fn cors_is_opt_in_per_origin() {
         assert!(answer.contains("access-control-expose-headers: retry-after, x-request-id"));
         assert!(answer.contains("vary: origin"), "{answer}");
     }
-    // Another origin gets no CORS header; its preflight gets none either
-    // and goes on to authentication.
+    // Another origin gets no CORS header (its preflight goes on to the
+    // router, which has no OPTIONS route: 405), and every answer varies on
+    // the origin.
     for request in [
         "OPTIONS /v1/chat/completions HTTP/1.1\r\nHost: x\r\nOrigin: https://evil.example\r\nAccess-Control-Request-Method: POST\r\nConnection: close\r\n\r\n",
         "GET /v1/models HTTP/1.1\r\nHost: x\r\nOrigin: https://evil.example\r\nAuthorization: Bearer secret\r\nConnection: close\r\n\r\n",
@@ -221,7 +222,14 @@ async fn cors_is_opt_in_per_origin() {
         let answer = exchange(ingress.addr, request).await;
         assert!(answer.starts_with("http/1.1 "), "{answer}");
         assert!(!answer.contains("access-control-allow"), "{answer}");
+        assert!(answer.contains("vary: origin"), "{answer}");
     }
+    let plain = exchange(
+        ingress.addr,
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(plain.contains("vary: origin"), "{plain}");
     ingress.shutdown().await;
 
     // `*` allows any origin, without credentials mode.

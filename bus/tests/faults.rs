@@ -166,3 +166,47 @@ async fn a_three_node_cluster_keeps_kv_and_streams_through_the_loss_of_a_node() 
 
     cluster.start_again(victim);
 }
+
+/// A served subject drained after the server went away: no round trip can
+/// confirm the drain, so the stream gives every request it already holds
+/// (more than a task's budget of them) and ends at once.
+#[tokio::test]
+async fn a_served_subject_drained_without_a_server_yields_what_it_holds_and_ends() {
+    let mut server = NatsServer::start();
+    let responder = connect(&[server.url()]).await;
+    let requester = connect(&[server.url()]).await;
+    let mut requests = cortex_bus::serve(&responder, "t.held", Some("q"))
+        .await
+        .unwrap();
+    const SENT: usize = 500;
+    for i in 0..SENT {
+        requester
+            .publish("t.held", format!("{i}").into())
+            .await
+            .unwrap();
+    }
+    requester.flush().await.unwrap();
+    // Everything reaches the responder before the server goes.
+    cortex_bus::sync_with_server(&responder).await.unwrap();
+    cortex_bus::sync_with_server(&responder).await.unwrap();
+    server.kill();
+    eventually(
+        "responder to see the loss",
+        Duration::from_secs(10),
+        || async { (responder.connection_state() != State::Connected).then_some(()) },
+    )
+    .await;
+    let started = std::time::Instant::now();
+    requests.drain().await;
+    let mut taken = 0;
+    while let Some(incoming) = requests.next().await {
+        assert_eq!(incoming.message.payload, format!("{taken}").as_bytes());
+        taken += 1;
+    }
+    assert_eq!(taken, SENT);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -56,7 +56,9 @@ impl Cors {
             if !is_origin(entry) {
                 return Err(BadOrigin(entry.to_string()));
             }
-            allowed.origins.insert(entry.to_ascii_lowercase());
+            allowed
+                .origins
+                .insert(without_default_port(&entry.to_ascii_lowercase()));
         }
         Ok(Self {
             inner: Arc::new(allowed),
@@ -76,6 +78,18 @@ impl Cors {
         let text = origin.to_str().ok()?.to_ascii_lowercase();
         self.inner.origins.contains(&text).then(|| origin.clone())
     }
+}
+
+/// Browsers leave a scheme's default port out of `Origin`.
+fn without_default_port(origin: &str) -> String {
+    for (port, scheme) in [(":443", "https://"), (":80", "http://")] {
+        if origin.starts_with(scheme) {
+            if let Some(bare) = origin.strip_suffix(port) {
+                return bare.to_string();
+            }
+        }
+    }
+    origin.to_string()
 }
 
 /// `scheme://host[:port]`, nothing after: what a browser sends as `Origin`.
@@ -101,7 +115,12 @@ pub async fn apply(State(cors): State<Cors>, request: Request, next: Next) -> Re
         .get(header::ORIGIN)
         .and_then(|origin| cors.allow(origin));
     let Some(allow_origin) = allowed else {
-        return next.run(request).await;
+        let mut response = next.run(request).await;
+        if !cors.inner.any {
+            // The answer depends on the origin: caches must key on it.
+            vary_on_origin(response.headers_mut());
+        }
+        return response;
     };
     let preflight = request.method() == Method::OPTIONS
         && request
@@ -117,8 +136,14 @@ pub async fn apply(State(cors): State<Cors>, request: Request, next: Next) -> Re
         header::ACCESS_CONTROL_EXPOSE_HEADERS,
         HeaderValue::from_static(EXPOSED),
     );
-    headers.append(header::VARY, HeaderValue::from_static("origin"));
+    if !cors.inner.any {
+        vary_on_origin(headers);
+    }
     response
+}
+
+fn vary_on_origin(headers: &mut HeaderMap) {
+    headers.append(header::VARY, HeaderValue::from_static("origin"));
 }
 
 fn preflight_answer(allow_origin: HeaderValue, asked: &HeaderMap) -> Response {
@@ -173,6 +198,10 @@ mod tests {
         assert_eq!(listed.allow(&origin), Some(origin));
         let local = HeaderValue::from_static("http://localhost:3000");
         assert_eq!(listed.allow(&local), Some(local));
+        let ported = cors(&["https://a.example:443", "http://b.example:80"]);
+        for origin in ["https://a.example", "http://b.example"] {
+            assert!(ported.allow(&HeaderValue::from_static(origin)).is_some());
+        }
         for other in ["https://evil.example", "http://localhost:3001", "null"] {
             assert_eq!(listed.allow(&HeaderValue::from_static(other)), None);
         }

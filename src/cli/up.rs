@@ -319,6 +319,15 @@ fn nats_server_binary() -> Option<PathBuf> {
         .or_else(|| Some(PathBuf::from(".cache/bin/nats-server")).filter(|p| p.is_file()))
 }
 
+fn knows_pdeathsig(setpriv: &Path) -> bool {
+    std::process::Command::new(setpriv)
+        .arg("--help")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("--pdeathsig"))
+}
+
 fn on_path(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
@@ -328,14 +337,15 @@ fn on_path(name: &str) -> Option<PathBuf> {
 }
 
 /// The command that starts `binary`. On Linux, through util-linux's
-/// `setpriv --pdeathsig` when there is one: the kernel then stops the
-/// server should `cortex up` die without its cleanup (kill -9, the OOM
-/// killer), so no orphan keeps the port and the store. The signal follows
-/// the thread that spawned the child; this runs on the main thread, which
-/// lives as long as the process.
+/// `setpriv --pdeathsig` when there is one that knows it (2.33 and later):
+/// the kernel then stops the server should `cortex up` die without its
+/// cleanup (kill -9, the OOM killer), so no orphan keeps the port. The
+/// signal follows the thread that spawned the child; this runs on the main
+/// thread, which lives as long as the process. setpriv execs the server, so
+/// the child's pid is the server's.
 fn server_command(binary: &Path) -> tokio::process::Command {
     if cfg!(target_os = "linux") {
-        if let Some(setpriv) = on_path("setpriv") {
+        if let Some(setpriv) = on_path("setpriv").filter(|s| knows_pdeathsig(s)) {
             let mut command = tokio::process::Command::new(setpriv);
             command.args(["--pdeathsig", "TERM", "--"]).arg(binary);
             return command;

@@ -1,6 +1,7 @@
 //! Serving side: a subscription (optionally in a queue group) whose messages
 //! become [`Incoming`] requests that know their encoding, id and deadline.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -78,9 +79,19 @@ impl Stream for RequestStream {
     type Item = Incoming;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Incoming>> {
-        match self.subscriber.poll_next_unpin(cx) {
-            Poll::Pending if self.cut_off => Poll::Ready(None),
-            polled => polled.map(|message| message.map(Incoming::new)),
+        if !self.cut_off {
+            return self
+                .subscriber
+                .poll_next_unpin(cx)
+                .map(|message| message.map(Incoming::new));
+        }
+        // Cut off, Pending must mean "nothing left", never "this task's
+        // budget is spent" (tokio's channels yield Pending then, with
+        // messages still waiting): poll without the budget.
+        let next = std::pin::pin!(tokio::task::unconstrained(self.subscriber.next()));
+        match next.poll(cx) {
+            Poll::Pending => Poll::Ready(None),
+            Poll::Ready(message) => Poll::Ready(message.map(Incoming::new)),
         }
     }
 }
