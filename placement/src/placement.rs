@@ -89,13 +89,31 @@ impl Placement {
                 .map_err(|e| start_error("model store")(e.to_string()))?;
             Ok::<_, PlacementError>((catalog, placements, leases))
         };
+        let profiles = match &config.models {
+            Some(path) => {
+                Some(crate::catalog::file::read(path).map_err(|e| ConfigError(e.to_string()))?)
+            }
+            None => None,
+        };
+        // The buckets, then the catalogue file written into its bucket.
+        let setup = || async {
+            let stores = open_all().await?;
+            if let Some(path) = &config.models {
+                publish::publish_file(&stores.0, path)
+                    .await
+                    .map_err(|e| start_error("catalogue")(e.to_string()))?;
+            }
+            Ok::<_, PlacementError>(stores)
+        };
         // A JetStream cluster that is still forming (or electing a meta
-        // leader after a restart) refuses replicated buckets for a moment:
-        // retry within the connect timeout, as the first connect does.
+        // leader after a restart) refuses replicated buckets for a moment,
+        // and a new bucket's stream answers no reads until its replicas
+        // have a leader: retry within the connect timeout, as the first
+        // connect does.
         let deadline = tokio::time::Instant::now() + config.nats.connect_timeout;
         let mut pause = Duration::from_millis(100);
         let (catalog_store, placements, leases) = loop {
-            match open_all().await {
+            match setup().await {
                 Ok(stores) => break stores,
                 Err(error) if tokio::time::Instant::now() + pause < deadline => {
                     tracing::warn!(%error, retry_in = ?pause, "JetStream not ready yet");
@@ -107,13 +125,8 @@ impl Placement {
         };
         let catalog_view = CatalogView::default();
         let mut tasks = Vec::new();
-        if let Some(path) = &config.models {
-            let profiles =
-                crate::catalog::file::read(path).map_err(|e| ConfigError(e.to_string()))?;
-            publish::publish_file(&catalog_store, path)
-                .await
-                .map_err(|e| start_error("catalogue")(e.to_string()))?;
-            catalog_view.replace(&profiles);
+        if let (Some(path), Some(profiles)) = (&config.models, &profiles) {
+            catalog_view.replace(profiles);
             tasks.push(tokio::spawn(publish::follow_file(
                 catalog_store.clone(),
                 path.clone(),
