@@ -1,6 +1,7 @@
 //! Property test: whatever JSON a client sends to the chat, completions,
 //! embeddings and messages endpoints, the answer is never a 5xx (the model
-//! is loaded, so every failure is the client's: a 4xx in its dialect).
+//! is loaded, and placement runs to tell that any other name is not in the
+//! catalogue, so every failure is the client's: a 4xx in its dialect).
 
 mod support;
 
@@ -214,7 +215,21 @@ fn no_request_body_gets_a_5xx() {
         .build()
         .unwrap();
     let server = NatsServer::start();
-    let (neuron, pod) = runtime.block_on(async {
+    let dir = tempfile::tempdir().unwrap();
+    let catalogue = dir.path().join("models.toml");
+    std::fs::write(
+        &catalogue,
+        "[[model]]\nid = \"m\"\nsource = \"sim\"\nvram_mb = 300\n",
+    )
+    .unwrap();
+    let (placement, neuron, pod) = runtime.block_on(async {
+        // Without placement a model name nobody serves is 503 ("no
+        // placement service answers"); with it, 404.
+        let mut config = cortex_placement::PlacementConfig::for_tests(&server.url(), "p1");
+        config.models = Some(catalogue.clone());
+        let placement = cortex_placement::Placement::start(config, connect(&server.url()).await)
+            .await
+            .unwrap();
         let neuron = sim_neuron(&server, "n1", &["m"], |c| {
             c.sim_ttft = std::time::Duration::ZERO;
             c.sim_tokens_per_second = 5000.0;
@@ -222,9 +237,16 @@ fn no_request_body_gets_a_5xx() {
             c.max_queue = 256;
         })
         .await;
-        (neuron, ingress(&server, &["m"], |_| {}).await)
+        (placement, neuron, ingress(&server, &["m"], |_| {}).await)
     });
     let base = format!("http://{}", pod.addr);
+    // A name the generators may make up: not in the catalogue, so 404.
+    let unknown = runtime.block_on(post(
+        &format!("{base}/v1/chat/completions"),
+        r#"{"model":"a","max_tokens":4,"messages":[{"role":"user","content":"hi"}]}"#,
+        &[],
+    ));
+    assert_eq!(unknown.status, 404, "{}", unknown.body);
     for (path, strategy) in [
         ("/v1/chat/completions", chat_body().boxed()),
         ("/v1/messages", messages_body().boxed()),
@@ -265,4 +287,5 @@ fn no_request_body_gets_a_5xx() {
     }
     runtime.block_on(pod.shutdown());
     drop(neuron);
+    runtime.block_on(placement.shutdown());
 }
