@@ -64,6 +64,17 @@ pub fn neuron_process(url: &str, id: &str, extra: &[&str]) -> Daemon {
 
 /// Waits until every neuron in `ids` reports `m` ready.
 pub async fn wait_ready(client: &Client, ids: &[&str]) {
+    wait_beats(client, ids, |status| {
+        status
+            .models
+            .iter()
+            .any(|m| m.model_id == "m" && m.state == ModelState::Ready)
+    })
+    .await
+}
+
+/// Waits until every neuron in `ids` sends a heartbeat that passes `check`.
+pub async fn wait_beats(client: &Client, ids: &[&str], check: impl Fn(&NeuronStatus) -> bool) {
     let mut beats = client
         .subscribe(Subjects::default().heartbeats())
         .await
@@ -75,11 +86,7 @@ pub async fn wait_ready(client: &Client, ids: &[&str]) {
         if let Ok(Some(message)) = tokio::time::timeout(Duration::from_secs(1), beats.next()).await
         {
             let status: NeuronStatus = serde_json::from_slice(&message.payload).unwrap();
-            if status
-                .models
-                .iter()
-                .any(|m| m.model_id == "m" && m.state == ModelState::Ready)
-            {
+            if check(&status) {
                 missing.retain(|id| *id != status.neuron_id);
             }
         }

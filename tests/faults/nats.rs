@@ -3,16 +3,15 @@
 use std::time::{Duration, Instant};
 
 use cortex_bus::kv::get;
-use cortex_bus::{buckets, NatsOptions, Subjects};
+use cortex_bus::{buckets, NatsOptions};
 use cortex_neuron::{EngineKind, Neuron, NeuronConfig};
 use cortex_placement::Placement;
-use cortex_schemas::{Assignment, ModelState, NeuronStatus};
+use cortex_schemas::{Assignment, ModelState};
 use cortex_testkit::{NatsCluster, NatsServer};
-use futures::StreamExt;
 use serde_json::{json, Value};
 
 use crate::support::*;
-use crate::{ingress_on, neuron_process, request_chat, wait_ready, Outcome, SERIAL};
+use crate::{ingress_on, neuron_process, request_chat, wait_beats, Outcome, SERIAL};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn restarting_nats_brings_the_mesh_back_within_5_seconds_with_every_assignment() {
@@ -81,27 +80,14 @@ async fn daemons_stop_on_sigterm_even_with_nats_gone() {
     let listen = format!("127.0.0.1:{port}");
     let mut ingress = Daemon::spawn(&["ingress", "--nats-url", &url, "--listen", &listen]);
     let client = connect(&url).await;
-    wait_ready(&client, &["orphan"]).await;
-    let mut beats = client
-        .subscribe(Subjects::default().heartbeats())
-        .await
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        assert!(Instant::now() < deadline, "four models never ready");
-        let Ok(Some(message)) = tokio::time::timeout(Duration::from_secs(1), beats.next()).await
-        else {
-            continue;
-        };
-        let status: NeuronStatus = serde_json::from_slice(&message.payload).unwrap();
+    wait_beats(&client, &["orphan"], |status| {
         let ready = status
             .models
             .iter()
             .filter(|m| m.state == ModelState::Ready);
-        if status.neuron_id == "orphan" && ready.count() == 4 {
-            break;
-        }
-    }
+        ready.count() == 4
+    })
+    .await;
     server.kill();
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Their last heartbeat and flush cannot reach anyone: they must still
