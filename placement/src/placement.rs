@@ -89,16 +89,18 @@ impl Placement {
                 .map_err(|e| start_error("model store")(e.to_string()))?;
             Ok::<_, PlacementError>((catalog, placements, leases))
         };
-        let profiles = match &config.models {
-            Some(path) => {
-                Some(crate::catalog::file::read(path).map_err(|e| ConfigError(e.to_string()))?)
-            }
+        // The catalogue file, read (and refused) before any retry.
+        let file = match &config.models {
+            Some(path) => Some((
+                path,
+                crate::catalog::file::read(path).map_err(|e| ConfigError(e.to_string()))?,
+            )),
             None => None,
         };
         // The buckets, then the catalogue file written into its bucket.
         let setup = || async {
             let stores = open_all().await?;
-            if let Some(path) = &config.models {
+            if let Some((path, _)) = &file {
                 publish::publish_file(&stores.0, path)
                     .await
                     .map_err(|e| start_error("catalogue")(e.to_string()))?;
@@ -125,11 +127,11 @@ impl Placement {
         };
         let catalog_view = CatalogView::default();
         let mut tasks = Vec::new();
-        if let (Some(path), Some(profiles)) = (&config.models, &profiles) {
+        if let Some((path, profiles)) = &file {
             catalog_view.replace(profiles);
             tasks.push(tokio::spawn(publish::follow_file(
                 catalog_store.clone(),
-                path.clone(),
+                path.to_path_buf(),
             )));
         }
         let (followed, task) = CatalogView::follow(js.clone());
