@@ -21,9 +21,10 @@ use tokio::sync::mpsc;
 
 use crate::chat_model::{active_tools, ChatModel};
 use crate::error::{EngineError, Result};
-use crate::generate::run::{Job, Progress, Run};
+use crate::generate::run::{Job, Progress, Run, STEP_TOKENS};
 use crate::generate::sampler::{Sampler, SamplingConfig};
 use crate::generate::Event;
+use crate::prefix_cache::{CacheStats, PrefixCache};
 
 /// Sizing of an engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +35,9 @@ pub struct EngineConfig {
     pub max_queue: usize,
     /// Events buffered per request before output is batched.
     pub event_buffer: usize,
+    /// Bytes of KV the prefix cache may keep (`Some(0)` turns it off;
+    /// `None`: one full context window).
+    pub prefix_cache_bytes: Option<u64>,
 }
 
 impl Default for EngineConfig {
@@ -42,6 +46,7 @@ impl Default for EngineConfig {
             max_concurrency: 4,
             max_queue: 16,
             event_buffer: 64,
+            prefix_cache_bytes: None,
         }
     }
 }
@@ -57,6 +62,7 @@ pub struct EngineStats {
     pub queued: usize,
     pub tokens_generated: u64,
     pub requests_finished: u64,
+    pub prefix_cache: CacheStats,
 }
 
 #[derive(Debug, Default)]
@@ -73,6 +79,7 @@ struct Shared {
     wake: Condvar,
     tokens: AtomicU64,
     finished: AtomicU64,
+    cache: Mutex<CacheStats>,
 }
 
 impl Shared {
@@ -198,6 +205,7 @@ impl ChatEngine {
             queued: state.waiting.len(),
             tokens_generated: self.shared.tokens.load(Ordering::Relaxed),
             requests_finished: self.shared.finished.load(Ordering::Relaxed),
+            prefix_cache: *self.shared.cache.lock().unwrap_or_else(|p| p.into_inner()),
         }
     }
 
@@ -333,10 +341,12 @@ fn computing(runs: &[Run]) -> usize {
     runs.iter().filter(|run| !run.released()).count()
 }
 
-/// The worker: admit from the queue into free slots, step every running
-/// sequence once, repeat; sleep when idle.
+/// The worker: admit from the queue into free slots (starting from the
+/// longest cached prefix), run one batched forward pass over every running
+/// sequence, deliver, repeat; sleep when idle.
 fn work(model: &ChatModel, shared: &Shared, cfg: EngineConfig) {
     let mut runs: Vec<Run> = Vec::new();
+    let mut cache = PrefixCache::new(cache_budget(model, cfg));
     loop {
         {
             let mut state = shared.lock();
@@ -365,7 +375,10 @@ fn work(model: &ChatModel, shared: &Shared, cfg: EngineConfig) {
                     let _ = job.events.try_send(Event::Error(EngineError::Cancelled));
                     continue;
                 }
-                runs.push(Run::new(job, model.lm.start()));
+                let (seq, cached) = cache
+                    .lookup(&job.prompt)
+                    .unwrap_or_else(|| (model.lm.start(), 0));
+                runs.push(Run::new(job, seq, cached));
                 admitted = true;
             }
             if admitted {
@@ -381,24 +394,29 @@ fn work(model: &ChatModel, shared: &Shared, cfg: EngineConfig) {
                 continue;
             }
         }
+        let computed = step(model, &mut runs);
         let mut only_delivering = true;
-        runs.retain_mut(|run| {
+        let mut i = 0;
+        while i < runs.len() {
+            let run = &mut runs[i];
             only_delivering &= run.finishing();
-            let before = run.generated();
-            let progress = run.step(model, &mut || {
+            let progress = run.deliver(&mut || {
                 let mut state = shared.lock();
                 state.busy = state.busy.saturating_sub(1);
             });
-            let made = run.generated().saturating_sub(before) as u64;
-            shared.tokens.fetch_add(made, Ordering::Relaxed);
             if progress == Progress::Finished {
                 shared.finished.fetch_add(1, Ordering::Relaxed);
+                let run = runs.swap_remove(i);
                 tracing::debug!(request_id = run.request_id(), "generation finished");
-                false
+                if let Some((tokens, seq)) = run.into_kv() {
+                    cache.insert(tokens, seq);
+                }
             } else {
-                true
+                i += 1;
             }
-        });
+        }
+        shared.tokens.fetch_add(computed, Ordering::Relaxed);
+        *shared.cache.lock().unwrap_or_else(|p| p.into_inner()) = cache.stats();
         shared.lock().busy = computing(&runs);
         if only_delivering && !runs.is_empty() {
             // Every remaining run waits on a full channel: do not spin.
@@ -409,4 +427,75 @@ fn work(model: &ChatModel, shared: &Shared, cfg: EngineConfig) {
         run.abort();
     }
     shared.lock().busy = 0;
+}
+
+/// The prefix cache's budget: the configured one, else one full context
+/// window of KV (what [`crate::footprint`] accounts for it).
+fn cache_budget(model: &ChatModel, cfg: EngineConfig) -> usize {
+    let window = model.lm.kv_bytes_per_token() * model.context_length();
+    cfg.prefix_cache_bytes.map_or(window, |b| b as usize)
+}
+
+/// One engine step: a single forward pass over the decode token of every
+/// running sequence and, within [`STEP_TOKENS`], prompt chunks of those
+/// still reading their prompt (oldest first). Returns the tokens generated.
+fn step(model: &ChatModel, runs: &mut [Run]) -> u64 {
+    let mut budget = STEP_TOKENS;
+    let mut share = vec![0usize; runs.len()];
+    for (i, run) in runs.iter_mut().enumerate() {
+        if run.check() && run.prompt_left() == 0 {
+            share[i] = 1;
+            budget = budget.saturating_sub(1);
+        }
+    }
+    for (i, run) in runs.iter_mut().enumerate() {
+        let left = run.prompt_left();
+        if budget > 0 && left > 0 && !run.finishing() {
+            share[i] = left.min(budget);
+            budget -= share[i];
+        }
+    }
+    let mut steps = Vec::new();
+    let mut who = Vec::new();
+    for (i, run) in runs.iter_mut().enumerate() {
+        if share[i] == 0 {
+            continue;
+        }
+        if let Some(step) = run.input(share[i]) {
+            share[i] = step.tokens.len();
+            steps.push(step);
+            who.push(i);
+        }
+    }
+    if steps.is_empty() {
+        return 0;
+    }
+    let result = model.lm.forward_batch(&mut steps);
+    drop(steps);
+    let mut generated = 0;
+    match result {
+        Ok(logits) => {
+            for (&i, logits) in who.iter().zip(logits) {
+                let before = runs[i].generated();
+                runs[i].accept(model, share[i], logits);
+                generated += runs[i].generated().saturating_sub(before) as u64;
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, sequences = who.len(), "forward pass failed");
+            let mut error = Some(e);
+            for &i in &who {
+                let e = if who.len() == 1 {
+                    error.take().unwrap_or(EngineError::Stopped)
+                } else {
+                    EngineError::Internal(format!(
+                        "forward pass: {}",
+                        error.as_ref().map_or(String::new(), |e| e.to_string())
+                    ))
+                };
+                runs[i].fail(e);
+            }
+        }
+    }
+    generated
 }

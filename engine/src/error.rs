@@ -55,6 +55,9 @@ pub enum EngineError {
     /// The engine is shutting down or its worker has stopped.
     #[error("engine stopped")]
     Stopped,
+    /// A broken invariant inside the engine (a bug, not the request's fault).
+    #[error("internal: {0}")]
+    Internal(String),
     /// A tensor operation failed.
     #[error("tensor: {0}")]
     Candle(#[from] candle_core::Error),
@@ -76,6 +79,7 @@ impl EngineError {
             | Self::Unsupported(_)
             | Self::InvalidModel(_)
             | Self::Tokenizer(_)
+            | Self::Internal(_)
             | Self::Candle(_) => ErrorClass::Internal,
         }
     }

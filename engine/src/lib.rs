@@ -16,7 +16,9 @@
 //! - [`load`]: picks the code path from a model's files; [`chat_model`]:
 //!   a loaded chat model and prompt building (tools included).
 //! - [`generate`]: sampling, stop strings, tool-call parsing, one running
-//!   sequence; [`engine`]: slots, queue, cancellation, the worker thread;
+//!   sequence; [`engine`]: slots, queue, cancellation, the worker thread
+//!   that runs every sequence in one batched forward pass per step;
+//!   [`prefix_cache`]: KV of earlier prompts reused by new ones;
 //!   [`embed`]: the embedding service; [`sim`]: a simulated engine for
 //!   fleet and load tests.
 
@@ -31,6 +33,7 @@ pub mod generate;
 pub mod gguf;
 pub mod load;
 pub mod models;
+pub mod prefix_cache;
 pub mod progress;
 pub mod sim;
 pub mod source;

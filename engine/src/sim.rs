@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use serde_json::json;
 
 use crate::chat_model::{ChatModel, CHATML};
@@ -149,7 +149,6 @@ impl CausalLm for SimLm {
             prompt: Vec::new(),
             last: None,
             script: Vec::new(),
-            device: self.device.clone(),
         })
     }
 
@@ -179,7 +178,6 @@ struct SimSequence {
     last: Option<u32>,
     /// Tokens to write instead of words (a tool call), then end of turn.
     script: Vec<u32>,
-    device: Device,
 }
 
 /// Id of the byte-level token for byte `b` (after the special tokens).
@@ -222,7 +220,7 @@ fn tool_call_script(tokens: &[u32]) -> Vec<u32> {
 }
 
 impl Sequence for SimSequence {
-    fn forward(&mut self, tokens: &[u32]) -> Result<Tensor> {
+    fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
         // Decode steps feed back the token chosen last; anything else is
         // (a chunk of) the prompt.
         let decoding = tokens.len() == 1 && self.last == Some(tokens[0]);
@@ -256,11 +254,15 @@ impl Sequence for SimSequence {
         self.last = Some(next);
         let mut logits = vec![0f32; self.vocab];
         logits[next as usize] = 30.0;
-        Ok(Tensor::from_vec(logits, self.vocab, &self.device)?)
+        Ok(logits)
     }
 
     fn position(&self) -> usize {
         self.position
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
     }
 }
 

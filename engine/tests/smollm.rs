@@ -131,7 +131,7 @@ fn cancel_frees_the_slot_and_a_full_queue_is_refused() {
         EngineConfig {
             max_concurrency: 1,
             max_queue: 1,
-            event_buffer: 64,
+            ..EngineConfig::default()
         },
     );
     let long = engine
@@ -309,4 +309,55 @@ fn repacking_stays_within_its_memory_budget() {
 
 fn chat_request() -> cortex_schemas::infer::GenerateRequest {
     chat("budget", "What is the capital of France?", 12)
+}
+
+/// A repeated prompt starts from the prefix cache: the same greedy answer,
+/// with every prompt token but the last reported as cached; a later turn
+/// that extends the conversation reuses the earlier turn's prompt. With the
+/// cache off nothing is reported cached and the answer is the same.
+#[test]
+fn a_prefix_cache_hit_answers_as_a_miss_and_reports_what_it_reused() {
+    let run = |engine: &ChatEngine, req: &cortex_schemas::infer::GenerateRequest| {
+        engine.submit(req).unwrap().collect_blocking().unwrap()
+    };
+    let cached = ChatEngine::start(model(), EngineConfig::default());
+    let off = ChatEngine::start(
+        model(),
+        EngineConfig {
+            prefix_cache_bytes: Some(0),
+            ..EngineConfig::default()
+        },
+    );
+    let question = chat("q", "What is the capital of France?", 24);
+    let first = run(&cached, &question);
+    assert_eq!(first.done.usage.cached_tokens, 0, "a cold cache");
+    assert!(first.text.contains("Paris"), "{:?}", first.text);
+    let again = run(&cached, &question);
+    assert_eq!(again.text, first.text);
+    assert_eq!(
+        again.done.usage.cached_tokens,
+        again.done.usage.prompt_tokens - 1
+    );
+    let plain = run(&off, &question);
+    assert_eq!(plain.text, first.text);
+    assert_eq!(run(&off, &question).done.usage.cached_tokens, 0);
+
+    // A second turn: the first turn's prompt is reused.
+    let mut follow = question.clone();
+    if let cortex_schemas::infer::GenerateInput::Chat { messages } = &mut follow.input {
+        use cortex_schemas::chat::{ChatMessage, Role};
+        messages.push(ChatMessage::text(Role::Assistant, &first.text));
+        messages.push(ChatMessage::text(Role::User, "And of Italy?"));
+    }
+    let turn = run(&cached, &follow);
+    assert!(
+        turn.done.usage.cached_tokens >= first.done.usage.prompt_tokens - 4,
+        "cached {} of {}",
+        turn.done.usage.cached_tokens,
+        turn.done.usage.prompt_tokens
+    );
+    assert_eq!(turn.text, run(&off, &follow).text);
+    let stats = cached.stats().prefix_cache;
+    assert!(stats.hits >= 2 && stats.misses >= 1, "{stats:?}");
+    assert!(stats.bytes > 0 && stats.bytes <= stats.budget, "{stats:?}");
 }

@@ -17,12 +17,13 @@ use super::tools::{ToolParser, ToolStep};
 use super::Event;
 use crate::chat_model::ChatModel;
 use crate::error::{EngineError, Result};
-use crate::models::Sequence;
+use crate::models::{Sequence, Step};
 use crate::tokenizer::DecodeStream;
 
-/// Prompt tokens processed per step, so that other sequences keep decoding
-/// while a long prompt is read.
-pub const PREFILL_CHUNK: usize = 256;
+/// Tokens one engine step runs at most (decode tokens of every running
+/// sequence first, then prompt chunks), so that a long prompt is read in
+/// chunks while other sequences keep decoding.
+pub const STEP_TOKENS: usize = 256;
 
 /// A request after validation, waiting for or holding a slot.
 #[derive(Debug)]
@@ -52,6 +53,12 @@ pub struct Run {
     job: Job,
     seq: Box<dyn Sequence>,
     prefilled: usize,
+    /// Prompt tokens whose KV came from the prefix cache.
+    cached: usize,
+    /// Tokens the KV cache holds, in order (for the prefix cache).
+    fed: Vec<u32>,
+    /// A forward pass failed: the KV cache is not to be kept.
+    failed: bool,
     last: Option<u32>,
     generated: usize,
     decode: DecodeStream,
@@ -75,7 +82,8 @@ impl std::fmt::Debug for Run {
 }
 
 impl Run {
-    pub fn new(job: Job, seq: Box<dyn Sequence>) -> Self {
+    /// `seq` already holds the KV of the prompt's first `cached` tokens.
+    pub fn new(job: Job, seq: Box<dyn Sequence>, cached: usize) -> Self {
         let queue_ms = job.queued_at.elapsed().as_millis() as u64;
         let _ = job.events.try_send(Event::Started {
             prompt_tokens: job.prompt.len() as u32,
@@ -83,9 +91,12 @@ impl Run {
         Self {
             stop: StopMatcher::new(&job.stops),
             tools: job.tools.then(|| ToolParser::new(&job.request_id)),
+            fed: job.prompt[..cached].to_vec(),
             job,
             seq,
-            prefilled: 0,
+            prefilled: cached,
+            cached,
+            failed: false,
             last: None,
             generated: 0,
             decode: DecodeStream::new(),
@@ -107,20 +118,88 @@ impl Run {
         self.job.cancel.load(Ordering::Relaxed) || self.job.events.is_closed()
     }
 
-    /// One step: a prefill chunk or one decoded token; then try to deliver.
-    /// `release` is called once, just before the terminal event is sent, so
-    /// the slot counts as free by the time the caller hears the run ended.
-    pub fn step(&mut self, model: &ChatModel, release: &mut dyn FnMut()) -> Progress {
+    /// Ends the run if its caller gave up or its deadline passed; returns
+    /// whether it still needs compute.
+    pub fn check(&mut self) -> bool {
         if self.terminal.is_none() {
             if self.abandoned() {
                 self.terminal = Some(Event::Error(EngineError::Cancelled));
             } else if self.job.deadline.is_some_and(|d| Instant::now() >= d) {
                 self.terminal = Some(Event::Error(EngineError::DeadlineExceeded));
-            } else if let Err(e) = self.advance(model) {
-                self.terminal = Some(Event::Error(e));
             }
         }
-        self.deliver(release)
+        self.terminal.is_none()
+    }
+
+    /// Prompt tokens still to run (0 once decoding).
+    pub fn prompt_left(&self) -> usize {
+        self.job.prompt.len() - self.prefilled
+    }
+
+    /// This run's share of the next forward pass: up to `budget` prompt
+    /// tokens, or the token sampled last.
+    pub fn input(&mut self, budget: usize) -> Option<Step<'_>> {
+        let total = self.job.prompt.len();
+        if self.prefilled < total {
+            let end = (self.prefilled + budget.max(1)).min(total);
+            return Some(Step {
+                seq: &mut *self.seq,
+                tokens: &self.job.prompt[self.prefilled..end],
+                logits: end == total,
+                prompt: true,
+            });
+        }
+        let last = self.last.as_ref()?;
+        Some(Step {
+            seq: &mut *self.seq,
+            tokens: std::slice::from_ref(last),
+            logits: true,
+            prompt: false,
+        })
+    }
+
+    /// Takes the outcome of the forward pass that ran `ran` of this run's
+    /// tokens ([`Self::input`]).
+    pub fn accept(&mut self, model: &ChatModel, ran: usize, logits: Option<Vec<f32>>) {
+        let total = self.job.prompt.len();
+        if self.prefilled < total {
+            self.fed
+                .extend_from_slice(&self.job.prompt[self.prefilled..self.prefilled + ran]);
+            self.prefilled += ran;
+            if self.prefilled < total {
+                let _ = self.job.events.try_send(Event::Prefill {
+                    done: self.prefilled as u32,
+                    total: total as u32,
+                });
+                return;
+            }
+            self.prefill_ms = self.started.elapsed().as_millis() as u64;
+        } else if let Some(last) = self.last {
+            self.fed.push(last);
+        }
+        let result = match logits {
+            Some(mut logits) => self.sampled(model, &mut logits),
+            None => Err(EngineError::Internal(
+                "no logits for a finished prompt".into(),
+            )),
+        };
+        if let Err(e) = result {
+            self.fail(e);
+        }
+    }
+
+    /// The forward pass failed.
+    pub fn fail(&mut self, error: EngineError) {
+        self.failed = true;
+        if self.terminal.is_none() {
+            self.terminal = Some(Event::Error(error));
+        }
+    }
+
+    /// The run's KV cache and the tokens it holds, for the prefix cache
+    /// (not after a failed pass).
+    pub fn into_kv(self) -> Option<(Vec<u32>, Box<dyn Sequence>)> {
+        (!self.failed && self.seq.position() == self.fed.len()).then_some((self.fed, self.seq))
     }
 
     /// Whether the run gave its slot back (it only delivers from now on).
@@ -128,29 +207,8 @@ impl Run {
         self.released
     }
 
-    fn advance(&mut self, model: &ChatModel) -> Result<()> {
-        let total = self.job.prompt.len();
-        let logits = if self.prefilled < total {
-            let end = (self.prefilled + PREFILL_CHUNK).min(total);
-            let logits = self.seq.forward(&self.job.prompt[self.prefilled..end])?;
-            self.prefilled = end;
-            if end < total {
-                let _ = self.job.events.try_send(Event::Prefill {
-                    done: end as u32,
-                    total: total as u32,
-                });
-                return Ok(());
-            }
-            self.prefill_ms = self.started.elapsed().as_millis() as u64;
-            logits
-        } else {
-            let last = self
-                .last
-                .ok_or_else(|| EngineError::InvalidRequest("empty prompt".into()))?;
-            self.seq.forward(&[last])?
-        };
-        let mut logits = logits.to_vec1::<f32>()?;
-        let choice = self.job.sampler.sample(&mut logits, self.job.logprobs);
+    fn sampled(&mut self, model: &ChatModel, logits: &mut [f32]) -> Result<()> {
+        let choice = self.job.sampler.sample(logits, self.job.logprobs);
         self.last = Some(choice.token);
         self.generated += 1;
         if model.stop_ids.contains(&choice.token) {
@@ -233,7 +291,7 @@ impl Run {
             usage: Usage {
                 prompt_tokens: self.job.prompt.len() as u32,
                 completion_tokens: self.generated as u32,
-                cached_tokens: 0,
+                cached_tokens: self.cached as u32,
             },
             timings: Timings {
                 queue_ms: self.queue_ms,
@@ -247,7 +305,7 @@ impl Run {
     /// Sends the pending delta, then the terminal event, as far as the
     /// channel takes them. A full channel keeps them for the next step (the
     /// delta keeps growing); a closed one ends the run.
-    fn deliver(&mut self, release: &mut dyn FnMut()) -> Progress {
+    pub fn deliver(&mut self, release: &mut dyn FnMut()) -> Progress {
         // A delta goes out when it has something to show; tokens held back
         // (half a character, a possible stop string) ride with the next one.
         if !self.pending.text.is_empty() || !self.pending.tool_calls.is_empty() {

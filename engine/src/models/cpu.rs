@@ -8,8 +8,15 @@
 //! candle's SIMD kernels (q/k/v and gate/up fused, see [`super::cpu_linear`]),
 //! and everything between them — RMS norm, rotary embedding, attention over
 //! the KV cache, SwiGLU, residuals — is plain loops over `f32` slices.
-//! Prompts of more than one token attend through candle's matmul (gemm),
-//! which wins once the work is large.
+//! Attention runs row by row, each query over the positions up to its
+//! own, so a row's result does not depend on how its prompt was cut into
+//! chunks or what the prefix cache supplied.
+//!
+//! Batching: [`CausalLm::forward_batch`] stacks the rows of every running
+//! sequence (decode tokens first, prompt chunks after) into one activation
+//! matrix, so each weight matrix streams from memory once per step for all
+//! of them; the quantized kernels compute a row exactly as they would
+//! alone.
 //!
 //! Precision: the quantized kernels round activations to 8 bits (blocks of
 //! 32 or 256), as llama.cpp does. For prompt passes we also run that
@@ -24,15 +31,16 @@
 //! processed in batches, where the second pass costs little; single-token
 //! decode steps keep the fast path.
 
+use std::any::Any;
 use std::sync::Arc;
 
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 
 use super::cpu_linear::{CpuLinear, WidenBudget};
-use super::llama::{causal_mask, rope_angles, LlamaConfig};
+use super::llama::{rope_angles, LlamaConfig};
 use super::simd;
 use super::weights::{Slot, WeightSource};
-use super::{CausalLm, Sequence};
+use super::{CausalLm, Sequence, Step};
 use crate::error::Result;
 
 struct Block {
@@ -182,6 +190,32 @@ impl CausalLm for CpuLlama {
     fn extra_bytes(&self) -> u64 {
         self.inner.extra_bytes
     }
+
+    fn kv_bytes_per_token(&self) -> usize {
+        let cfg = &self.inner.cfg;
+        2 * cfg.layers * cfg.kv_heads * cfg.head_dim * std::mem::size_of::<f32>()
+    }
+
+    fn forward_batch(&self, steps: &mut [Step<'_>]) -> Result<Vec<Option<Vec<f32>>>> {
+        self.check(steps)?;
+        let mut out = vec![None; steps.len()];
+        if steps.is_empty() {
+            return Ok(out);
+        }
+        let mut tokens = Vec::new();
+        let mut rows = batch_rows(steps, &mut tokens)?;
+        let precise_from = if self.inner.precise_prompt {
+            rows.iter().filter(|r| !r.prompt).map(|r| r.len).sum()
+        } else {
+            tokens.len()
+        };
+        let x = self.layers(&mut rows, &tokens, precise_from)?;
+        for r in rows.iter_mut() {
+            r.seq.position += r.len;
+        }
+        self.head(&rows, &x, &mut out)?;
+        Ok(out)
+    }
 }
 
 /// A sequence: per layer, keys and values of every position so far
@@ -206,83 +240,226 @@ impl Sequence for CpuSequence {
         self.position
     }
 
-    fn forward(&mut self, tokens: &[u32]) -> Result<Tensor> {
-        let m = &*self.model.inner;
+    fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let model = self.model.clone();
+        let mut steps = [Step {
+            seq: self,
+            tokens,
+            logits: true,
+            prompt: tokens.len() > 1,
+        }];
+        let mut out = model.forward_batch(&mut steps)?;
+        Ok(out.pop().flatten().unwrap_or_default())
+    }
+
+    fn fork(&self, len: usize) -> Option<Box<dyn Sequence>> {
+        let len = len.min(self.position);
+        let kv_dim = self.model.inner.cfg.kv_heads * self.model.inner.cfg.head_dim;
+        let copy = |caches: &[Vec<f32>]| -> Vec<Vec<f32>> {
+            caches
+                .iter()
+                .map(|c| {
+                    // Room for a typical answer, so the first steps do not
+                    // reallocate the whole prefix.
+                    let mut v = Vec::with_capacity((len + 256) * kv_dim);
+                    v.extend_from_slice(&c[..len * kv_dim]);
+                    v
+                })
+                .collect()
+        };
+        Some(Box::new(CpuSequence {
+            model: self.model.clone(),
+            keys: copy(&self.keys),
+            values: copy(&self.values),
+            position: len,
+        }))
+    }
+
+    fn kv_bytes(&self) -> usize {
+        self.keys
+            .iter()
+            .chain(&self.values)
+            .map(|c| c.capacity() * std::mem::size_of::<f32>())
+            .sum()
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+/// Where one step's rows sit in the batch's activation matrix.
+struct Rows<'s> {
+    seq: &'s mut CpuSequence,
+    /// Index of the step in the caller's slice.
+    step: usize,
+    start: usize,
+    len: usize,
+    logits: bool,
+    prompt: bool,
+}
+
+impl CpuLlama {
+    /// The layers over a batch's rows: embeddings in, the final hidden
+    /// states out; every sequence's KV cache grows by its rows.
+    fn layers(
+        &self,
+        rows: &mut [Rows<'_>],
+        tokens: &[u32],
+        precise_from: usize,
+    ) -> Result<Vec<f32>> {
+        let m = &*self.inner;
         let cfg = &m.cfg;
         let (n, h, hd) = (tokens.len(), cfg.hidden, cfg.head_dim);
         let (q_dim, kv_dim) = (cfg.heads * hd, cfg.kv_heads * hd);
-        let pos = self.position;
-        let precise = n > 1 && m.precise_prompt;
-        if pos + n > cfg.context_length {
-            return Err(crate::error::EngineError::ContextTooLong {
-                prompt: pos + n,
-                reserve: 0,
-                window: cfg.context_length,
-            });
-        }
+        let width = q_dim + 2 * kv_dim;
+        let eps = cfg.rms_eps as f32;
         let vocab = m.embed.len() / h;
         let mut x = Vec::with_capacity(n * h);
         for &t in tokens {
             let t = (t as usize).min(vocab - 1);
             x.extend_from_slice(&m.embed[t * h..(t + 1) * h]);
         }
+        let mut xn = vec![0f32; n * h];
+        let mut attn = vec![0f32; n * q_dim];
         for (l, block) in m.blocks.iter().enumerate() {
-            let xn = rms_norm_rows(&x, &block.attn_norm, cfg.rms_eps as f32);
-            let qkv = block.qkv.forward_with(&xn, n, precise)?;
-            let width = q_dim + 2 * kv_dim;
-            let mut q = Vec::with_capacity(n * q_dim);
-            for (i, row) in qkv.chunks_exact(width).enumerate() {
-                let (qr, rest) = row.split_at(q_dim);
-                let (kr, vr) = rest.split_at(kv_dim);
-                let mut qr = qr.to_vec();
-                let mut kr = kr.to_vec();
-                if let (Some(qn), Some(kn)) = (&block.q_norm, &block.k_norm) {
-                    for head in qr.chunks_exact_mut(hd) {
-                        rms_norm_in_place(head, qn, cfg.rms_eps as f32);
+            rms_norm_rows(&x, &block.attn_norm, eps, &mut xn);
+            let mut qkv = block.qkv.forward_rows(&xn, n, precise_from)?;
+            for r in rows.iter_mut() {
+                let pos = r.seq.position;
+                let part = &mut qkv[r.start * width..(r.start + r.len) * width];
+                for (i, row) in part.chunks_exact_mut(width).enumerate() {
+                    let (qr, rest) = row.split_at_mut(q_dim);
+                    let (kr, vr) = rest.split_at_mut(kv_dim);
+                    if let (Some(qn), Some(kn)) = (&block.q_norm, &block.k_norm) {
+                        for head in qr.chunks_exact_mut(hd) {
+                            rms_norm_in_place(head, qn, eps);
+                        }
+                        for head in kr.chunks_exact_mut(hd) {
+                            rms_norm_in_place(head, kn, eps);
+                        }
                     }
-                    for head in kr.chunks_exact_mut(hd) {
-                        rms_norm_in_place(head, kn, cfg.rms_eps as f32);
-                    }
+                    rope(qr, hd, pos + i, &m.cos, &m.sin, cfg.rope_interleaved);
+                    rope(kr, hd, pos + i, &m.cos, &m.sin, cfg.rope_interleaved);
+                    r.seq.keys[l].extend_from_slice(kr);
+                    r.seq.values[l].extend_from_slice(vr);
                 }
-                rope(&mut qr, hd, pos + i, &m.cos, &m.sin, cfg.rope_interleaved);
-                rope(&mut kr, hd, pos + i, &m.cos, &m.sin, cfg.rope_interleaved);
-                q.extend_from_slice(&qr);
-                self.keys[l].extend_from_slice(&kr);
-                self.values[l].extend_from_slice(vr);
+                // Row by row, each over the positions up to its own: a
+                // row's result does not depend on how the prompt was cut
+                // into chunks, or on what the prefix cache supplied.
+                let out = &mut attn[r.start * q_dim..(r.start + r.len) * q_dim];
+                let (keys, values) = (&r.seq.keys[l], &r.seq.values[l]);
+                for (i, (row, o)) in part
+                    .chunks_exact(width)
+                    .zip(out.chunks_exact_mut(q_dim))
+                    .enumerate()
+                {
+                    let seen = (pos + i + 1) * kv_dim;
+                    attend_one(cfg, &row[..q_dim], &keys[..seen], &values[..seen], o);
+                }
             }
-            let attn = if n == 1 {
-                attend_one(cfg, &q, &self.keys[l], &self.values[l])
-            } else {
-                attend_many(cfg, &q, &self.keys[l], &self.values[l], n, pos)?
-            };
-            let o = block.o.forward_with(&attn, n, precise)?;
+            let o = block.o.forward_rows(&attn, n, precise_from)?;
             add_in_place(&mut x, &o);
-            let xn = rms_norm_rows(&x, &block.ffn_norm, cfg.rms_eps as f32);
-            let gu = block.gate_up.forward_with(&xn, n, precise)?;
+            rms_norm_rows(&x, &block.ffn_norm, eps, &mut xn);
+            let gu = block.gate_up.forward_rows(&xn, n, precise_from)?;
             let ffn = block.gate_up.rows() / 2;
             let mut act = Vec::with_capacity(n * ffn);
             for row in gu.chunks_exact(2 * ffn) {
                 let (g, u) = row.split_at(ffn);
                 act.extend(g.iter().zip(u).map(|(&g, &u)| g / (1.0 + (-g).exp()) * u));
             }
-            let d = block.down.forward_with(&act, n, precise)?;
+            let d = block.down.forward_rows(&act, n, precise_from)?;
             add_in_place(&mut x, &d);
         }
-        self.position += n;
-        let last = rms_norm_rows(&x[(n - 1) * h..], &m.norm, cfg.rms_eps as f32);
-        let logits = if precise && m.tied {
-            // Once per prompt, the head in f32 against the dequantized
-            // embeddings: the first token is chosen from exact logits.
-            m.embed
-                .chunks_exact(h)
-                .map(|row| simd::dot(row, &last))
-                .collect()
-        } else {
-            m.lm_head.forward_with(&last, 1, precise)?
-        };
-        let len = logits.len();
-        Ok(Tensor::from_vec(logits, len, &m.device)?)
+        Ok(x)
     }
+
+    /// The output head over the last row of each step that wants logits:
+    /// decode rows together through the quantized head; a prompt's last
+    /// row, with the precision pass on, in f32 against the dequantized
+    /// embeddings (tied) or through the head's precise pass.
+    fn head(&self, rows: &[Rows<'_>], x: &[f32], out: &mut [Option<Vec<f32>>]) -> Result<()> {
+        let m = &*self.inner;
+        let h = m.cfg.hidden;
+        let eps = m.cfg.rms_eps as f32;
+        let wanted: Vec<&Rows<'_>> = rows.iter().filter(|r| r.logits).collect();
+        let mut last = vec![0f32; wanted.len() * h];
+        for (dst, r) in last.chunks_exact_mut(h).zip(&wanted) {
+            let end = (r.start + r.len) * h;
+            dst.copy_from_slice(&x[end - h..end]);
+            rms_norm_in_place(dst, &m.norm, eps);
+        }
+        let precise = |r: &Rows<'_>| r.prompt && m.precise_prompt;
+        let fast: Vec<usize> = (0..wanted.len()).filter(|&i| !precise(wanted[i])).collect();
+        if !fast.is_empty() {
+            let input: Vec<f32> = fast
+                .iter()
+                .flat_map(|&i| &last[i * h..(i + 1) * h])
+                .copied()
+                .collect();
+            let logits = m.lm_head.forward_rows(&input, fast.len(), fast.len())?;
+            let vocab = logits.len() / fast.len();
+            for (&i, row) in fast.iter().zip(logits.chunks_exact(vocab)) {
+                out[wanted[i].step] = Some(row.to_vec());
+            }
+        }
+        for (i, r) in wanted.iter().enumerate().filter(|(_, r)| precise(r)) {
+            let row = &last[i * h..(i + 1) * h];
+            out[r.step] = Some(if m.tied {
+                // Once per prompt: the first token is chosen from exact logits.
+                m.embed.chunks_exact(h).map(|e| simd::dot(e, row)).collect()
+            } else {
+                m.lm_head.forward_with(row, 1, true)?
+            });
+        }
+        Ok(())
+    }
+}
+
+impl CpuLlama {
+    fn check(&self, steps: &[Step<'_>]) -> Result<()> {
+        let window = self.inner.cfg.context_length;
+        for s in steps {
+            let end = s.seq.position() + s.tokens.len();
+            if s.tokens.is_empty() || end > window {
+                return Err(crate::error::EngineError::ContextTooLong {
+                    prompt: end,
+                    reserve: 0,
+                    window,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+fn batch_rows<'s>(steps: &'s mut [Step<'_>], tokens: &mut Vec<u32>) -> Result<Vec<Rows<'s>>> {
+    // Decode rows first, prompt rows after: the precision pass then runs
+    // over one block of rows at the end.
+    let mut order: Vec<(usize, &'s mut Step<'_>)> = steps.iter_mut().enumerate().collect();
+    order.sort_by_key(|(_, s)| s.prompt);
+    let mut rows = Vec::with_capacity(order.len());
+    for (i, s) in order {
+        let start = tokens.len();
+        tokens.extend_from_slice(s.tokens);
+        let (len, logits, prompt) = (s.tokens.len(), s.logits, s.prompt);
+        let seq = s
+            .seq
+            .as_any_mut()
+            .downcast_mut::<CpuSequence>()
+            .ok_or_else(|| {
+                crate::error::EngineError::Internal("a foreign sequence in a CPU batch".into())
+            })?;
+        rows.push(Rows {
+            seq,
+            step: i,
+            start,
+            len,
+            logits,
+            prompt,
+        });
+    }
+    Ok(rows)
 }
 
 fn add_in_place(x: &mut [f32], y: &[f32]) {
@@ -299,12 +476,12 @@ fn rms_norm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
     }
 }
 
-fn rms_norm_rows(x: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
-    let mut out = x.to_vec();
+/// `out` = each row of `x` normalised (same length as `x`).
+fn rms_norm_rows(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    out.copy_from_slice(x);
     for row in out.chunks_exact_mut(weight.len()) {
         rms_norm_in_place(row, weight, eps);
     }
-    out
 }
 
 /// Rotates each head of `row` by the angles of position `pos`: pairs
@@ -329,14 +506,14 @@ fn rope(row: &mut [f32], hd: usize, pos: usize, cos: &[f32], sin: &[f32], interl
     }
 }
 
-/// One query row against every cached position.
-fn attend_one(cfg: &LlamaConfig, q: &[f32], keys: &[f32], values: &[f32]) -> Vec<f32> {
+/// One query row against every position of `keys` / `values`.
+fn attend_one(cfg: &LlamaConfig, q: &[f32], keys: &[f32], values: &[f32], out: &mut [f32]) {
     let hd = cfg.head_dim;
     let kv_dim = cfg.kv_heads * hd;
     let len = keys.len() / kv_dim;
     let rep = cfg.heads / cfg.kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
-    let mut out = vec![0f32; cfg.heads * hd];
+    out.fill(0.0);
     let mut scores = vec![0f32; len];
     for head in 0..cfg.heads {
         let g = head / rep;
@@ -361,46 +538,4 @@ fn attend_one(cfg: &LlamaConfig, q: &[f32], keys: &[f32], values: &[f32]) -> Vec
             }
         }
     }
-    out
-}
-
-/// `n` query rows (positions `pos..pos+n`) through candle's matmul.
-fn attend_many(
-    cfg: &LlamaConfig,
-    q: &[f32],
-    keys: &[f32],
-    values: &[f32],
-    n: usize,
-    pos: usize,
-) -> Result<Vec<f32>> {
-    let dev = Device::Cpu;
-    let (hd, nh, nkv) = (cfg.head_dim, cfg.heads, cfg.kv_heads);
-    let rep = nh / nkv;
-    let len = pos + n;
-    let q = Tensor::from_slice(q, (n, nh, hd), &dev)?
-        .transpose(0, 1)?
-        .contiguous()?
-        .reshape((nkv, rep * n, hd))?;
-    let k = Tensor::from_slice(keys, (len, nkv, hd), &dev)?
-        .transpose(0, 1)?
-        .contiguous()?;
-    let v = Tensor::from_slice(values, (len, nkv, hd), &dev)?
-        .transpose(0, 1)?
-        .contiguous()?;
-    let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
-    // One query row (n = 1) sees every position: no mask.
-    let scores = match causal_mask(n, pos, &dev)? {
-        Some(mask) => scores
-            .reshape((nkv, rep, n, len))?
-            .broadcast_add(&mask)?
-            .reshape((nkv, rep * n, len))?,
-        None => scores,
-    };
-    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-    let out = probs
-        .matmul(&v)?
-        .reshape((nh, n, hd))?
-        .transpose(0, 1)?
-        .contiguous()?;
-    Ok(out.flatten_all()?.to_vec1::<f32>()?)
 }

@@ -164,6 +164,13 @@ impl CpuLinear {
     /// With `precise`, the activations' 8-bit rounding error is itself run
     /// through the kernel and added: twice the kernel time, error ~1/127.
     pub fn forward_with(&self, x: &[f32], n: usize, precise: bool) -> Result<Vec<f32>> {
+        self.forward_rows(x, n, if precise { 0 } else { n })
+    }
+
+    /// As [`Self::forward_with`], with the precision pass on rows
+    /// `precise_from..n` only (the prompt rows of a batch whose first rows
+    /// are decode steps).
+    pub fn forward_rows(&self, x: &[f32], n: usize, precise_from: usize) -> Result<Vec<f32>> {
         let input = Tensor::from_slice(x, (n, self.cols), &Device::Cpu)?;
         let padded: Option<Vec<f32>> = self
             .groups
@@ -179,12 +186,15 @@ impl CpuLinear {
                 (Some(p), Some(t)) if g.width != self.cols => (p.as_slice(), t),
                 _ => (x, &input),
             };
-            let mut y = g.mm.forward(input)?;
-            if precise && g.rounding != Rounding::Exact {
-                let r = Tensor::from_vec(g.rounding.residual(xs), (n, g.width), &Device::Cpu)?;
-                y = (y + g.mm.forward(&r)?)?;
+            let mut y = g.mm.forward(input)?.flatten_all()?.to_vec1::<f32>()?;
+            if precise_from < n && g.rounding != Rounding::Exact {
+                let rows = n - precise_from;
+                let residual = g.rounding.residual(&xs[precise_from * g.width..]);
+                let r = Tensor::from_vec(residual, (rows, g.width), &Device::Cpu)?;
+                let fix = g.mm.forward(&r)?.flatten_all()?.to_vec1::<f32>()?;
+                add_in_place(&mut y[precise_from * g.rows..], &fix);
             }
-            Ok(y.flatten_all()?.to_vec1::<f32>()?)
+            Ok(y)
         };
         let mut out = if self.groups.len() == 1 {
             let g = &self.groups[0];
@@ -217,6 +227,12 @@ impl CpuLinear {
             }
         }
         Ok(out)
+    }
+}
+
+fn add_in_place(y: &mut [f32], d: &[f32]) {
+    for (a, b) in y.iter_mut().zip(d) {
+        *a += b;
     }
 }
 

@@ -6,6 +6,7 @@
 //! cache ([`LlamaSequence`]), so N concurrent sequences cost one copy of
 //! the model.
 
+use std::any::Any;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
@@ -14,7 +15,7 @@ use candle_nn::{Embedding, Module, RmsNorm};
 
 use super::linear::Linear;
 use super::weights::{Slot, WeightSource};
-use super::{CausalLm, Sequence};
+use super::{CausalLm, Sequence, Step};
 use crate::error::Result;
 
 /// Shape and numerics of a Llama-family model.
@@ -57,6 +58,8 @@ struct Inner {
     lm_head: Linear,
     cos: Tensor,
     sin: Tensor,
+    /// What activations, and so the KV cache, are held in.
+    kv_dtype: DType,
     device: Device,
 }
 
@@ -82,6 +85,7 @@ impl Llama {
     /// Loads every weight the config needs from `source`.
     pub fn load(cfg: LlamaConfig, source: &mut dyn WeightSource) -> Result<Self> {
         let device = source.device().clone();
+        let kv_dtype = source.dtype();
         let embed_weight = source.dense(Slot::Embed)?;
         let embed = Embedding::new(embed_weight, cfg.hidden);
         let mut blocks = Vec::with_capacity(cfg.layers);
@@ -124,6 +128,7 @@ impl Llama {
                 lm_head,
                 cos,
                 sin,
+                kv_dtype,
                 device,
             }),
         })
@@ -181,6 +186,15 @@ impl CausalLm for Llama {
     fn device(&self) -> &Device {
         &self.inner.device
     }
+
+    fn kv_bytes_per_token(&self) -> usize {
+        let cfg = &self.inner.cfg;
+        2 * cfg.layers * cfg.kv_heads * cfg.head_dim * self.inner.kv_dtype.size_in_bytes()
+    }
+
+    fn forward_batch(&self, steps: &mut [Step<'_>]) -> Result<Vec<Option<Vec<f32>>>> {
+        self.batched(steps)
+    }
 }
 
 /// One sequence: its position and per-layer KV caches.
@@ -196,29 +210,157 @@ impl Sequence for LlamaSequence {
         self.position
     }
 
-    fn forward(&mut self, tokens: &[u32]) -> Result<Tensor> {
-        let m = &*self.model.inner;
+    fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let model = self.model.clone();
+        let mut steps = [Step {
+            seq: self,
+            tokens,
+            logits: true,
+            prompt: tokens.len() > 1,
+        }];
+        let mut out = model.forward_batch(&mut steps)?;
+        Ok(out.pop().flatten().unwrap_or_default())
+    }
+
+    fn fork(&self, len: usize) -> Option<Box<dyn Sequence>> {
+        let len = len.min(self.position);
+        let mut caches = Vec::with_capacity(self.caches.len());
+        for cache in &self.caches {
+            let mut copy = KvCache::new(2, 256);
+            if len > 0 {
+                let (k, v) = (cache.k().ok()??, cache.v().ok()??);
+                let k = k.narrow(2, 0, len).ok()?.contiguous().ok()?;
+                let v = v.narrow(2, 0, len).ok()?.contiguous().ok()?;
+                copy.append(&k, &v).ok()?;
+            }
+            caches.push(copy);
+        }
+        Some(Box::new(LlamaSequence {
+            model: self.model.clone(),
+            caches,
+            position: len,
+        }))
+    }
+
+    fn kv_bytes(&self) -> usize {
+        let bytes = |c: &candle_nn::kv_cache::Cache| {
+            c.all_data()
+                .as_ref()
+                .map_or(0, |t| t.elem_count() * t.dtype().size_in_bytes())
+        };
+        self.caches
+            .iter()
+            .map(|c| bytes(c.k_cache()) + bytes(c.v_cache()))
+            .sum()
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+/// One sequence's rows in a batch, with what its attention needs.
+struct Part<'s> {
+    seq: &'s mut LlamaSequence,
+    step: usize,
+    start: usize,
+    len: usize,
+    logits: bool,
+    cos: Tensor,
+    sin: Tensor,
+    mask: Option<Tensor>,
+}
+
+impl Llama {
+    fn batched(&self, steps: &mut [Step<'_>]) -> Result<Vec<Option<Vec<f32>>>> {
+        let m = &*self.inner;
         let cfg = &m.cfg;
-        let len = tokens.len();
-        let pos = self.position;
-        let ids = Tensor::new(tokens, &m.device)?.unsqueeze(0)?;
+        let mut out = vec![None; steps.len()];
+        let mut tokens = Vec::new();
+        let mut parts = Vec::with_capacity(steps.len());
+        for (i, s) in steps.iter_mut().enumerate() {
+            let (len, logits) = (s.tokens.len(), s.logits);
+            let pos = s.seq.position();
+            if len == 0 || pos + len > cfg.context_length {
+                return Err(crate::error::EngineError::ContextTooLong {
+                    prompt: pos + len,
+                    reserve: 0,
+                    window: cfg.context_length,
+                });
+            }
+            let start = tokens.len();
+            tokens.extend_from_slice(s.tokens);
+            let seq = s
+                .seq
+                .as_any_mut()
+                .downcast_mut::<LlamaSequence>()
+                .ok_or_else(|| {
+                    crate::error::EngineError::Internal("a foreign sequence in a batch".into())
+                })?;
+            parts.push(Part {
+                seq,
+                step: i,
+                start,
+                len,
+                logits,
+                cos: m.cos.narrow(0, pos, len)?,
+                sin: m.sin.narrow(0, pos, len)?,
+                mask: causal_mask(len, pos, &m.device)?,
+            });
+        }
+        if parts.is_empty() {
+            return Ok(out);
+        }
+        let ids = Tensor::new(tokens.as_slice(), &m.device)?.unsqueeze(0)?;
         let mut x = m.embed.forward(&ids)?;
-        let cos = m.cos.narrow(0, pos, len)?;
-        let sin = m.sin.narrow(0, pos, len)?;
-        let mask = causal_mask(len, pos, &m.device)?;
-        for (block, cache) in m.blocks.iter().zip(self.caches.iter_mut()) {
+        for (l, block) in m.blocks.iter().enumerate() {
             let h = block.attn_norm.forward(&x)?;
-            let h = attention(cfg, block, cache, &h, &cos, &sin, mask.as_ref())?;
-            x = (x + h)?;
+            let (q, k, v) = (
+                block.q.forward(&h)?,
+                block.k.forward(&h)?,
+                block.v.forward(&h)?,
+            );
+            let mut outs = Vec::with_capacity(parts.len());
+            for p in parts.iter_mut() {
+                let rows = |t: &Tensor| t.narrow(1, p.start, p.len);
+                outs.push(attend(
+                    cfg,
+                    block,
+                    &mut p.seq.caches[l],
+                    (&rows(&q)?, &rows(&k)?, &rows(&v)?),
+                    &p.cos,
+                    &p.sin,
+                    p.mask.as_ref(),
+                )?);
+            }
+            let attn = if outs.len() == 1 {
+                outs.pop().expect("one part")
+            } else {
+                Tensor::cat(&outs, 1)?
+            };
+            x = (x + block.o.forward(&attn)?)?;
             let h = block.ffn_norm.forward(&x)?;
             let gate = candle_nn::ops::silu(&block.gate.forward(&h)?)?;
             let h = block.down.forward(&(gate * block.up.forward(&h)?)?)?;
             x = (x + h)?;
         }
-        let last = x.narrow(1, len - 1, 1)?;
-        let logits = m.lm_head.forward(&m.norm.forward(&last)?)?;
-        self.position += len;
-        Ok(logits.flatten_all()?.to_dtype(DType::F32)?)
+        for p in parts.iter_mut() {
+            p.seq.position += p.len;
+        }
+        let wanted: Vec<&Part<'_>> = parts.iter().filter(|p| p.logits).collect();
+        if !wanted.is_empty() {
+            let last = wanted
+                .iter()
+                .map(|p| x.narrow(1, p.start + p.len - 1, 1))
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            let last = Tensor::cat(&last, 1)?;
+            let logits = m.lm_head.forward(&m.norm.forward(&last)?)?;
+            let logits = logits.squeeze(0)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+            for (p, row) in wanted.iter().zip(logits) {
+                out[p.step] = Some(row);
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -234,20 +376,22 @@ pub(super) fn causal_mask(len: usize, pos: usize, device: &Device) -> Result<Opt
     Ok(Some(Tensor::from_vec(mask, (len, total), device)?))
 }
 
-fn attention(
+/// Attention of one sequence's rows (`q`, `k`, `v` already projected,
+/// `1 × len × …`) over its KV cache; returns `1 × len × heads·head_dim`.
+fn attend(
     cfg: &LlamaConfig,
     block: &Block,
     cache: &mut KvCache,
-    x: &Tensor,
+    (q, k, v): (&Tensor, &Tensor, &Tensor),
     cos: &Tensor,
     sin: &Tensor,
     mask: Option<&Tensor>,
 ) -> Result<Tensor> {
-    let (b, len, _) = x.dims3()?;
+    let (b, len, _) = q.dims3()?;
     let (hd, nh, nkv) = (cfg.head_dim, cfg.heads, cfg.kv_heads);
-    let q = block.q.forward(x)?.reshape((b, len, nh, hd))?;
-    let k = block.k.forward(x)?.reshape((b, len, nkv, hd))?;
-    let v = block.v.forward(x)?.reshape((b, len, nkv, hd))?;
+    let q = q.reshape((b, len, nh, hd))?;
+    let k = k.reshape((b, len, nkv, hd))?;
+    let v = v.reshape((b, len, nkv, hd))?;
     let (q, k) = match (&block.q_norm, &block.k_norm) {
         (Some(qn), Some(kn)) => (qn.forward(&q)?, kn.forward(&k)?),
         _ => (q, k),
@@ -282,6 +426,5 @@ fn attention(
     };
     let probs = candle_nn::ops::softmax_last_dim(&scores)?;
     let out = probs.matmul(&v)?.reshape((b, nh, len, hd))?;
-    let out = out.transpose(1, 2)?.reshape((b, len, nh * hd))?;
-    block.o.forward(&out)
+    Ok(out.transpose(1, 2)?.reshape((b, len, nh * hd))?)
 }

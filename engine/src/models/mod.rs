@@ -12,7 +12,9 @@ pub mod simd;
 pub mod weights;
 pub mod wrapped;
 
-use candle_core::{Device, Tensor};
+use std::any::Any;
+
+use candle_core::Device;
 
 use crate::error::Result;
 
@@ -27,13 +29,70 @@ pub trait CausalLm: Send + Sync + std::fmt::Debug {
     fn extra_bytes(&self) -> u64 {
         0
     }
+    /// Bytes of KV cache one position of one sequence takes (0 where the
+    /// model keeps none we can see).
+    fn kv_bytes_per_token(&self) -> usize {
+        0
+    }
+    /// One forward pass over the tokens of several sequences (continuous
+    /// batching): every step's rows go through each weight matrix together,
+    /// so the weights stream from memory once per pass, not once per
+    /// sequence; attention stays per sequence. Returns, per step, the
+    /// next-token logits where [`Step::logits`] asked for them.
+    ///
+    /// The default runs the steps one after another, for models that
+    /// cannot batch (candle's own phi3 / gemma3, the simulator).
+    fn forward_batch(&self, steps: &mut [Step<'_>]) -> Result<Vec<Option<Vec<f32>>>> {
+        steps
+            .iter_mut()
+            .map(|s| {
+                let logits = s.seq.forward(s.tokens)?;
+                Ok(s.logits.then_some(logits))
+            })
+            .collect()
+    }
+}
+
+/// One sequence's share of a batched forward pass.
+pub struct Step<'a> {
+    pub seq: &'a mut dyn Sequence,
+    /// A prompt chunk, or the one token sampled last.
+    pub tokens: &'a [u32],
+    /// Whether the logits after the last token are wanted (a decode step,
+    /// or a prompt's last chunk).
+    pub logits: bool,
+    /// Prompt tokens: the precision pass applies ([`cpu`]).
+    pub prompt: bool,
+}
+
+impl std::fmt::Debug for Step<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Step")
+            .field("position", &self.seq.position())
+            .field("tokens", &self.tokens.len())
+            .field("logits", &self.logits)
+            .field("prompt", &self.prompt)
+            .finish()
+    }
 }
 
 /// One sequence being generated.
 pub trait Sequence: Send {
     /// Runs `tokens` (the prompt, a chunk of it, or one new token) and
-    /// returns the logits for the next token as a 1-D f32 tensor.
-    fn forward(&mut self, tokens: &[u32]) -> Result<Tensor>;
+    /// returns the logits for the next token; more than one token counts
+    /// as prompt.
+    fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>>;
     /// How many tokens the KV cache holds.
     fn position(&self) -> usize;
+    /// A new sequence holding a copy of the first `len` positions of this
+    /// one's KV cache (the prefix cache); `None` where the model cannot.
+    fn fork(&self, _len: usize) -> Option<Box<dyn Sequence>> {
+        None
+    }
+    /// Memory the KV cache holds.
+    fn kv_bytes(&self) -> usize {
+        0
+    }
+    /// For a model's [`CausalLm::forward_batch`] to reach its own type.
+    fn as_any_mut(&mut self) -> &mut dyn Any;
 }

@@ -85,17 +85,24 @@ struct WrappedSequence {
 }
 
 impl Sequence for WrappedSequence {
-    fn forward(&mut self, tokens: &[u32]) -> Result<Tensor> {
+    fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
         let ids = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
         let logits = match &mut self.model {
             Wrapped::Phi3(m) => m.forward(&ids, self.position)?,
             Wrapped::Gemma3(m) => m.forward(&ids, self.position)?,
         };
         self.position += tokens.len();
-        Ok(logits.flatten_all()?.to_dtype(candle_core::DType::F32)?)
+        Ok(logits
+            .flatten_all()?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec1::<f32>()?)
     }
 
     fn position(&self) -> usize {
         self.position
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
     }
 }
