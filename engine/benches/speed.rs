@@ -28,6 +28,13 @@ fn env_usize(key: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// `BENCH_WIDEN`: the loader's widen fraction (its default when unset).
+fn widen() -> Option<f64> {
+    std::env::var("BENCH_WIDEN")
+        .ok()
+        .and_then(|v| v.parse().ok())
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -43,6 +50,7 @@ struct Speed {
 fn time_ours(path: &Path, prompt: usize, gen: usize, reps: usize, fast_prompt: bool) -> Speed {
     let opts = LoadOptions {
         fast_prompt,
+        widen_fraction: widen(),
         ..LoadOptions::default()
     };
     let LoadedModel::Chat(model) = load(path, &opts).expect("load") else {
@@ -67,6 +75,44 @@ fn time_ours(path: &Path, prompt: usize, gen: usize, reps: usize, fast_prompt: b
         prefill: median(pp[1..].to_vec()),
         decode: median(tg[1..].to_vec()),
     }
+}
+
+/// Aggregate decode tokens/s of `batch` sequences stepped together through
+/// one batched forward pass per step (continuous batching), each after a
+/// short prompt of its own.
+fn time_batched(path: &Path, batch: usize, gen: usize) -> f64 {
+    use cortex_engine::models::Step;
+    let opts = LoadOptions {
+        widen_fraction: widen(),
+        ..LoadOptions::default()
+    };
+    let LoadedModel::Chat(model) = load(path, &opts).expect("load") else {
+        panic!("not a chat model")
+    };
+    let mut seqs: Vec<_> = (0..batch).map(|_| model.lm.start()).collect();
+    for (i, seq) in seqs.iter_mut().enumerate() {
+        seq.forward(&[100 + i as u32, 200, 300]).unwrap();
+    }
+    let mut rates = Vec::new();
+    for _ in 0..2 {
+        let t = Instant::now();
+        for g in 0..gen {
+            let tokens: Vec<[u32; 1]> = (0..batch).map(|i| [(400 + i + g) as u32]).collect();
+            let mut steps: Vec<Step<'_>> = seqs
+                .iter_mut()
+                .zip(&tokens)
+                .map(|(seq, t)| Step {
+                    seq: seq.as_mut(),
+                    tokens: t,
+                    logits: true,
+                    prompt: false,
+                })
+                .collect();
+            model.lm.forward_batch(&mut steps).unwrap();
+        }
+        rates.push((batch * gen) as f64 / t.elapsed().as_secs_f64());
+    }
+    rates[1]
 }
 
 fn time_candle(path: &Path, prompt: usize, gen: usize, reps: usize) -> Speed {
@@ -181,6 +227,12 @@ fn main() {
     );
 
     let ours = time_ours(&path, prompt, gen, reps, false);
+    if let Ok(batches) = std::env::var("BENCH_BATCHES") {
+        for batch in batches.split(',').filter_map(|b| b.parse::<usize>().ok()) {
+            let rate = time_batched(&path, batch, gen.min(64));
+            println!("cortex batched decode, {batch} sequences: {rate:.1} tok/s");
+        }
+    }
     if std::env::var("BENCH_ONLY_OURS").is_ok() {
         println!(
             "cortex (ours): prefill {:.1} tok/s, decode {:.1} tok/s",

@@ -347,6 +347,7 @@ fn computing(runs: &[Run]) -> usize {
 fn work(model: &ChatModel, shared: &Shared, cfg: EngineConfig) {
     let mut runs: Vec<Run> = Vec::new();
     let mut cache = PrefixCache::new(cache_budget(model, cfg));
+    *shared.cache.lock().unwrap_or_else(|p| p.into_inner()) = cache.stats();
     loop {
         {
             let mut state = shared.lock();

@@ -4,9 +4,13 @@
 //!
 //! Need = the profile's `vram_mb` when set; otherwise the weight files plus
 //! the KV cache of one full context window (keys and values in f32 for
-//! every layer and KV head). Concurrent sequences share the window in
-//! practice, and a neuron with more memory than that admits them anyway;
-//! placement, which knows the fleet, can ask for more with `vram_mb`.
+//! every layer and KV head) for the running batch, plus the prefix cache's
+//! budget (`prefix_cache_mb`, by default one more window: what the engine
+//! keeps, see [`crate::prefix_cache`]). Concurrent sequences share the
+//! window in practice, and a neuron with more memory than that admits them
+//! anyway; placement, which knows the fleet, can ask for more with
+//! `vram_mb`. The neuron and placement both call [`estimate`], so they
+//! agree.
 
 use std::path::Path;
 
@@ -23,7 +27,10 @@ pub fn estimate(path: &Path, profile: &ModelProfile) -> u64 {
     }
     let files = size_on_disk(path);
     let kv = kv_cache_bytes(path, profile.context_length).unwrap_or(files / 5);
-    files.saturating_add(kv)
+    let prefix = profile
+        .prefix_cache_mb
+        .map_or(kv, |mb| mb.saturating_mul(MIB));
+    files.saturating_add(kv).saturating_add(prefix)
 }
 
 /// A file's size, or the sum of a directory's files.
@@ -122,8 +129,11 @@ mod tests {
         let p = profile(serde_json::json!({"id": "m", "source": "x"}));
         let files = size_on_disk(dir.path());
         let kv = 2 * 4 * 2 * 64 * 4 * 1024;
-        assert_eq!(estimate(dir.path(), &p), files + kv);
+        // The running window, and as much again for the prefix cache.
+        assert_eq!(estimate(dir.path(), &p), files + 2 * kv);
         let capped = profile(serde_json::json!({"id": "m", "source": "x", "context_length": 512}));
-        assert_eq!(estimate(dir.path(), &capped), files + kv / 2);
+        assert_eq!(estimate(dir.path(), &capped), files + kv);
+        let sized = profile(serde_json::json!({"id": "m", "source": "x", "prefix_cache_mb": 3}));
+        assert_eq!(estimate(dir.path(), &sized), files + kv + 3 * MIB);
     }
 }

@@ -46,6 +46,23 @@ impl Backend {
     }
 }
 
+impl Backend {
+    /// The chat engine's prefix cache, where it keeps one.
+    pub fn prefix_cache(&self) -> Option<cortex_schemas::PrefixCacheStatus> {
+        let Self::Chat(engine) = self else {
+            return None;
+        };
+        let c = engine.stats().prefix_cache;
+        (c.budget > 0).then_some(cortex_schemas::PrefixCacheStatus {
+            hits: c.hits,
+            misses: c.misses,
+            hit_tokens: c.hit_tokens,
+            bytes: c.bytes,
+            budget_bytes: c.budget,
+        })
+    }
+}
+
 /// How a load ended, for everyone waiting on it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LoadOutcome {
@@ -276,6 +293,7 @@ impl HeldModel {
             queue_depth,
             tokens_per_second: f64::from_bits(self.tokens_per_second.load(Ordering::Relaxed)),
             last_used_ms: (last_used > 0).then_some(last_used),
+            prefix_cache: phase.backend.as_ref().and_then(Backend::prefix_cache),
         }
     }
 }

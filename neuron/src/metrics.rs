@@ -59,6 +59,11 @@ pub struct Metrics {
     model_memory: Family<Model, Gauge>,
     model_state: Family<ModelInState, Gauge>,
     neuron_state: Family<State, Gauge>,
+    cache_hits: Family<Model, Counter>,
+    cache_misses: Family<Model, Counter>,
+    cache_hit_tokens: Family<Model, Counter>,
+    cache_bytes: Family<Model, Gauge>,
+    cache_budget: Family<Model, Gauge>,
 }
 
 impl Metrics {
@@ -81,6 +86,11 @@ impl Metrics {
             model_memory: Family::default(),
             model_state: Family::default(),
             neuron_state: Family::default(),
+            cache_hits: Family::default(),
+            cache_misses: Family::default(),
+            cache_hit_tokens: Family::default(),
+            cache_bytes: Family::default(),
+            cache_budget: Family::default(),
         };
         let m = &metrics;
         registry.register(
@@ -143,6 +153,31 @@ impl Metrics {
             "1 for the neuron's state",
             m.neuron_state.clone(),
         );
+        registry.register(
+            "prefix_cache_hits",
+            "Requests that started from a cached prompt prefix, per model",
+            m.cache_hits.clone(),
+        );
+        registry.register(
+            "prefix_cache_misses",
+            "Requests that found no cached prefix, per model",
+            m.cache_misses.clone(),
+        );
+        registry.register(
+            "prefix_cache_hit_tokens",
+            "Prompt tokens served from the prefix cache, per model",
+            m.cache_hit_tokens.clone(),
+        );
+        registry.register(
+            "prefix_cache_bytes",
+            "KV bytes the prefix cache keeps, per model",
+            m.cache_bytes.clone(),
+        );
+        registry.register(
+            "prefix_cache_budget_bytes",
+            "KV bytes the prefix cache may keep, per model",
+            m.cache_budget.clone(),
+        );
         *metrics.registry.lock().unwrap_or_else(|e| e.into_inner()) = registry;
         metrics
     }
@@ -178,7 +213,13 @@ impl Metrics {
             &self.slots_total,
             &self.queue_depth,
             &self.model_memory,
+            &self.cache_bytes,
+            &self.cache_budget,
         ] {
+            family.clear();
+        }
+        // Counters rebuilt from the engines' totals in the status.
+        for family in [&self.cache_hits, &self.cache_misses, &self.cache_hit_tokens] {
             family.clear();
         }
         self.tokens_per_second.clear();
@@ -221,6 +262,21 @@ impl Metrics {
             self.tokens_per_second
                 .get_or_create(&labels)
                 .set(model.tokens_per_second);
+            if let Some(cache) = &model.prefix_cache {
+                self.cache_hits.get_or_create(&labels).inc_by(cache.hits);
+                self.cache_misses
+                    .get_or_create(&labels)
+                    .inc_by(cache.misses);
+                self.cache_hit_tokens
+                    .get_or_create(&labels)
+                    .inc_by(cache.hit_tokens);
+                self.cache_bytes
+                    .get_or_create(&labels)
+                    .set(cache.bytes as i64);
+                self.cache_budget
+                    .get_or_create(&labels)
+                    .set(cache.budget_bytes as i64);
+            }
             self.model_state
                 .get_or_create(&ModelInState {
                     model: model.model_id.clone(),

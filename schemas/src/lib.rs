@@ -48,7 +48,9 @@ pub use infer::{CancelRequest, EmbedRequest, GenerateInput, GenerateRequest, Inf
 pub use model::{ModelFormat, ModelKind, ModelProfile, Pinned};
 pub use placement::{Assignment, Lease, Replica, ReplicaState};
 pub use sampling::{ResponseFormat, SamplingParams};
-pub use status::{DeviceKind, DeviceStatus, ModelState, ModelStatus, NeuronState, NeuronStatus};
+pub use status::{
+    DeviceKind, DeviceStatus, ModelState, ModelStatus, NeuronState, NeuronStatus, PrefixCacheStatus,
+};
 
 /// Version of this wire vocabulary; also the `v1` token of every subject.
 pub const WIRE_VERSION: &str = "v1";

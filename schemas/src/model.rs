@@ -82,9 +82,15 @@ pub struct ModelProfile {
     /// Unload after this long without requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_ttl_ms: Option<u64>,
-    /// Concurrent sequences (slots) per replica.
+    /// Concurrent sequences (slots) per replica: the batch one forward
+    /// pass runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrency: Option<u32>,
+    /// KV memory kept for reuse by later prompts (the prefix cache), in
+    /// MiB; 0 turns it off. Default: one full context window of KV, which
+    /// the memory estimate counts beside the window the sequences use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_cache_mb: Option<u64>,
     /// Jinja chat template overriding the model's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chat_template: Option<String>,

@@ -106,4 +106,22 @@ pub struct ModelStatus {
     /// Unix ms of the last request, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_used_ms: Option<u64>,
+    /// The model's prefix cache (chat models that keep one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_cache: Option<PrefixCacheStatus>,
+}
+
+/// What a model's prefix cache holds and has served since it loaded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct PrefixCacheStatus {
+    /// Requests that started from a cached prefix.
+    pub hits: u64,
+    /// Requests that found none.
+    pub misses: u64,
+    /// Prompt tokens served from the cache.
+    pub hit_tokens: u64,
+    /// KV bytes kept, and the most it may keep.
+    pub bytes: u64,
+    pub budget_bytes: u64,
 }

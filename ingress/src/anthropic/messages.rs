@@ -94,7 +94,7 @@ async fn serve(
         "content": content,
         "stop_reason": stop_reason(done),
         "stop_sequence": done.stop_sequence,
-        "usage": { "input_tokens": done.usage.prompt_tokens, "output_tokens": done.usage.completion_tokens },
+        "usage": usage(&done.usage),
     }))
     .into_response())
 }
@@ -105,6 +105,19 @@ fn arguments(call: &ToolCall) -> Value {
 }
 
 /// Anthropic's `stop_reason`.
+/// Anthropic's usage: `input_tokens` counts the prompt tokens not read
+/// from the cache, `cache_read_input_tokens` those that were (the engine's
+/// prefix cache); the prompt is their sum.
+fn usage(usage: &cortex_schemas::Usage) -> serde_json::Value {
+    let cached = usage.cached_tokens.min(usage.prompt_tokens);
+    json!({
+        "input_tokens": usage.prompt_tokens - cached,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": cached,
+        "output_tokens": usage.completion_tokens,
+    })
+}
+
 fn stop_reason(done: &Done) -> &'static str {
     match done.finish_reason {
         FinishReason::Length => "max_tokens",
@@ -450,7 +463,7 @@ impl Encoder for EventEncoder {
             json!({
                 "type": "message_delta",
                 "delta": { "stop_reason": stop_reason(done), "stop_sequence": done.stop_sequence },
-                "usage": { "output_tokens": done.usage.completion_tokens },
+                "usage": usage(&done.usage),
             }),
         ));
         events.push(Self::event("message_stop", json!({"type": "message_stop"})));

@@ -373,6 +373,7 @@ fn engine_config(shared: &Shared, profile: &ModelProfile) -> EngineConfig {
             .max(1) as usize,
         max_queue: shared.config.max_queue as usize,
         event_buffer: EVENT_BUFFER,
+        prefix_cache_bytes: profile.prefix_cache_mb.map(|mb| mb.saturating_mul(1 << 20)),
     }
 }
 

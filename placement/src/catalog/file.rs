@@ -68,6 +68,8 @@ struct ModelEntry {
     max_replicas: Option<u32>,
     idle_ttl: Option<String>,
     max_concurrency: Option<u32>,
+    #[serde(default)]
+    prefix_cache_mb: Option<u64>,
     chat_template: Option<String>,
     #[serde(default)]
     sampling: SamplingParams,
@@ -199,6 +201,7 @@ fn to_profile(entry: ModelEntry) -> Result<ModelProfile, String> {
         max_replicas,
         idle_ttl_ms,
         max_concurrency: entry.max_concurrency,
+        prefix_cache_mb: entry.prefix_cache_mb,
         chat_template: entry.chat_template,
         sampling: entry.sampling,
         default_max_tokens: entry.default_max_tokens,

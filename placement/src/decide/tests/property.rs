@@ -72,6 +72,7 @@ fn world() -> impl Strategy<Value = World> {
                     max_replicas: (min + extra).max(1),
                     idle_ttl_ms: idle,
                     max_concurrency: Some(1),
+                    prefix_cache_mb: None,
                     chat_template: None,
                     sampling: Default::default(),
                     default_max_tokens: None,
