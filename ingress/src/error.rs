@@ -14,7 +14,7 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use cortex_schemas::{ErrorClass, WireError};
+use cortex_schemas::{ErrorClass, TooLong, WireError};
 use serde_json::json;
 
 /// Which API shape the client speaks.
@@ -59,6 +59,9 @@ pub struct ApiError {
     pub param: Option<String>,
     /// Seconds after which a retry may succeed (429).
     pub retry_after_s: Option<u64>,
+    /// A request past the model's context window: each dialect words it
+    /// the way its clients parse (see [`ApiError::message_for`]).
+    pub too_long: Option<TooLong>,
 }
 
 impl ApiError {
@@ -68,6 +71,7 @@ impl ApiError {
             message: message.into(),
             param: None,
             retry_after_s: None,
+            too_long: None,
         }
     }
 
@@ -94,6 +98,7 @@ impl ApiError {
         };
         Self {
             retry_after_s: error.retry_after_ms.map(|ms| ms.div_ceil(1000).max(1)),
+            too_long: error.too_long,
             ..Self::new(kind, error.message.clone())
         }
     }
@@ -131,6 +136,9 @@ impl ApiError {
 
     /// OpenAI's `code`.
     fn code(&self) -> Option<&'static str> {
+        if self.too_long.is_some() {
+            return Some("context_length_exceeded");
+        }
         match self.kind {
             Kind::NotFound => Some("model_not_found"),
             Kind::Unauthorized => Some("invalid_api_key"),
@@ -139,20 +147,43 @@ impl ApiError {
         }
     }
 
+    /// The message as the dialect words it. Past the context window the
+    /// wording is the real APIs': Claude Code reads the two numbers out of
+    /// Anthropic's `prompt is too long: N tokens > M maximum`.
+    pub fn message_for(&self, dialect: Dialect) -> String {
+        let Some(t) = self.too_long else {
+            return self.message.clone();
+        };
+        let (prompt, generate, window) = (t.prompt_tokens, t.generate_tokens, t.context_window);
+        match dialect {
+            Dialect::Anthropic if prompt >= window => {
+                format!("prompt is too long: {prompt} tokens > {} maximum", window.saturating_sub(1))
+            }
+            Dialect::Anthropic => format!(
+                "input length and `max_tokens` exceed context limit: {prompt} + {generate} > {window}, decrease input length or `max_tokens` and try again"
+            ),
+            Dialect::OpenAi => format!(
+                "This model's maximum context length is {window} tokens. However, you requested {} tokens ({prompt} in the messages, {generate} in the completion). Please reduce the length of the messages or completion.",
+                u64::from(prompt) + u64::from(generate)
+            ),
+        }
+    }
+
     /// The error body, as the dialect writes it (also used for error events in streams).
     pub fn body(&self, dialect: Dialect) -> serde_json::Value {
+        let message = self.message_for(dialect);
         match dialect {
             Dialect::OpenAi => json!({
                 "error": {
-                    "message": self.message,
+                    "message": message,
                     "type": self.type_name(dialect),
-                    "param": self.param,
+                    "param": self.param.as_deref().or(self.too_long.map(|_| "messages")),
                     "code": self.code(),
                 }
             }),
             Dialect::Anthropic => json!({
                 "type": "error",
-                "error": { "type": self.type_name(dialect), "message": self.message }
+                "error": { "type": self.type_name(dialect), "message": message }
             }),
         }
     }
@@ -202,5 +233,37 @@ mod tests {
         overloaded.retry_after_ms = Some(250);
         let response = ApiError::from_wire(&overloaded).into_response_for(Dialect::OpenAi);
         assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+    }
+
+    fn too_long(prompt_tokens: u32, generate_tokens: u32) -> ApiError {
+        let mut wire = WireError::new(ErrorClass::InvalidRequest, "engine words");
+        wire.too_long = Some(TooLong {
+            prompt_tokens,
+            generate_tokens,
+            context_window: 2048,
+        });
+        ApiError::from_wire(&wire)
+    }
+
+    #[test]
+    fn a_request_past_the_window_is_worded_as_each_api_words_it() {
+        let prompt = too_long(3000, 1);
+        assert_eq!(prompt.status().as_u16(), 400);
+        assert_eq!(
+            prompt.body(Dialect::Anthropic)["error"]["message"],
+            "prompt is too long: 3000 tokens > 2047 maximum"
+        );
+        let openai = prompt.body(Dialect::OpenAi);
+        assert_eq!(openai["error"]["code"], "context_length_exceeded");
+        assert_eq!(openai["error"]["param"], "messages");
+        assert!(openai["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("This model's maximum context length is 2048 tokens. However, you requested 3001 tokens"));
+        let both = too_long(1000, 32000);
+        assert_eq!(
+            both.body(Dialect::Anthropic)["error"]["message"],
+            "input length and `max_tokens` exceed context limit: 1000 + 32000 > 2048, decrease input length or `max_tokens` and try again"
+        );
     }
 }

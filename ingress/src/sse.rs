@@ -33,12 +33,14 @@ pub trait Encoder: Send + 'static {
 }
 
 /// An SSE event whose data is `value` as JSON, named `name` when given.
+/// The name is written first (`event:` then `data:`), as Anthropic's API
+/// does: hand-written clients read the name before the data.
 pub fn json_event(name: Option<&str>, value: &serde_json::Value) -> Event {
-    let event = Event::default().data(value.to_string());
-    match name {
-        Some(name) => event.event(name),
-        None => event,
-    }
+    let event = match name {
+        Some(name) => Event::default().event(name),
+        None => Event::default(),
+    };
+    event.data(value.to_string())
 }
 
 /// What a stream carries along besides its frames.

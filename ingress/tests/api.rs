@@ -122,6 +122,152 @@ async fn anthropic_messages_whole_and_streamed_in_the_real_order() {
     ingress.shutdown().await;
 }
 
+/// The body Claude Code 2.1 sends, in small: system turns inside
+/// `messages`, `thinking`, `output_config`, `context_management`,
+/// `cache_control`, a deferred tool, `metadata.user_id`, a `max_tokens`
+/// far past the window, `?beta=true` and several `anthropic-beta` values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_messages_take_what_claude_code_sends() {
+    let server = NatsServer::start();
+    let _neuron = sim_neuron(&server, "n1", &["sim-chat"], |c| {
+        c.sim_reply_tokens = 5;
+    })
+    .await;
+    let ingress = ingress(&server, &["sim-chat"], |_| {}).await;
+    let url = format!("http://{}/v1/messages?beta=true", ingress.addr);
+    let headers = [
+        ("x-api-key", "anything"),
+        ("anthropic-version", "2023-06-01"),
+        (
+            "anthropic-beta",
+            "claude-code-20250219,interleaved-thinking-2025-05-14,context-management-2025-06-27,some-future-beta-2031-01-01",
+        ),
+    ];
+    let body = json!({
+        "model": "sim-chat",
+        "max_tokens": 32000,
+        "stream": true,
+        "system": [
+            {"type": "text", "text": "You are an agent."},
+            {"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}},
+        ],
+        "messages": [
+            {"role": "user", "content": [
+                {"type": "text", "text": "<system-reminder>remember</system-reminder>"},
+                {"type": "text", "text": "Hello there", "cache_control": {"type": "ephemeral"}},
+            ]},
+            {"role": "system", "content": [{"type": "text", "text": "# Environment\ncwd: /x", "cache_control": {"type": "ephemeral"}}]},
+        ],
+        "tools": [{"name": "DeferredToolPlaceholder", "description": "later", "input_schema": {"type": "object"}, "defer_loading": true}],
+        "metadata": {"user_id": "{\"device_id\":\"abc\"}"},
+        "thinking": {"type": "adaptive", "display": "omitted"},
+        "context_management": {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]},
+        "output_config": {"effort": "high"},
+    });
+    let reply = post(&url, &body.to_string(), &headers).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    // `event:` comes before `data:` in every event, as the real API writes.
+    assert!(
+        reply.body.starts_with("event: message_start\ndata: {"),
+        "{}",
+        reply.body
+    );
+    assert!(!reply.body.contains("}\nevent:"), "{}", reply.body);
+    let events = parse_sse(&reply.body);
+    let delta: Value = serde_json::from_str(&events[events.len() - 2].data).unwrap();
+    // The deferred tool was not offered, so the sim answers in words, and
+    // the 32,000 tokens asked for were bounded by the window.
+    assert_eq!(delta["delta"]["stop_reason"], "end_turn", "{}", reply.body);
+    assert_eq!(delta["usage"]["output_tokens"], 5);
+
+    // What has no local meaning is ignored; what is wrong is still refused.
+    let mut bad = body.clone();
+    bad["thinking"] = json!({"type": "sometimes"});
+    let reply = post(&url, &bad.to_string(), &headers).await;
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    assert_eq!(reply.json()["error"]["type"], "invalid_request_error");
+    assert!(reply.body.contains("thinking.type"), "{}", reply.body);
+    ingress.shutdown().await;
+}
+
+/// A prompt past the window is refused in each API's words; a
+/// `max_tokens` past it is bounded by it and ends as `length`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_context_window_bounds_generation_and_refuses_what_cannot_fit() {
+    let server = NatsServer::start();
+    let _neuron = sim_neuron(&server, "n1", &["small"], |c| {
+        c.sim_reply_tokens = 1000;
+        c.sim_tokens_per_second = 5000.0;
+        c.models.clear();
+        c.profiles = vec![serde_json::from_value(
+            json!({"id": "small", "source": "sim", "context_length": 96}),
+        )
+        .unwrap()];
+    })
+    .await;
+    let ingress = ingress(&server, &["small"], |_| {}).await;
+    let chat = format!("http://{}/v1/chat/completions", ingress.addr);
+    let messages = format!("http://{}/v1/messages", ingress.addr);
+    let short = json!([{"role": "user", "content": "hi"}]);
+    let long = json!([{"role": "user", "content": "x".repeat(300)}]);
+
+    let reply = post(
+        &chat,
+        &json!({"model": "small", "messages": short, "max_tokens": 32000}).to_string(),
+        &[],
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let body = reply.json();
+    assert_eq!(body["choices"][0]["finish_reason"], "length");
+    let usage = &body["usage"];
+    assert_eq!(
+        usage["prompt_tokens"].as_u64().unwrap() + usage["completion_tokens"].as_u64().unwrap(),
+        96
+    );
+    let reply = post(
+        &messages,
+        &json!({"model": "small", "messages": short, "max_tokens": 32000}).to_string(),
+        &[],
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.json()["stop_reason"], "max_tokens");
+
+    for stream in [false, true] {
+        let reply = post(
+            &chat,
+            &json!({"model": "small", "messages": long, "stream": stream}).to_string(),
+            &[],
+        )
+        .await;
+        assert_eq!(reply.status, 400, "{}", reply.body);
+        let error = &reply.json()["error"];
+        assert_eq!(error["code"], "context_length_exceeded", "{}", reply.body);
+        assert!(error["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("This model's maximum context length is 96 tokens."));
+        let reply = post(
+            &messages,
+            &json!({"model": "small", "messages": long, "max_tokens": 10, "stream": stream})
+                .to_string(),
+            &[],
+        )
+        .await;
+        assert_eq!(reply.status, 400, "{}", reply.body);
+        let error = &reply.json()["error"];
+        assert_eq!(error["type"], "invalid_request_error");
+        let message = error["message"].as_str().unwrap();
+        // Claude Code reads both numbers out of this sentence.
+        let rest = message.strip_prefix("prompt is too long: ").unwrap();
+        let (n, rest) = rest.split_once(" tokens > ").unwrap();
+        assert!(n.parse::<u32>().unwrap() > 300, "{message}");
+        assert_eq!(rest, "95 maximum");
+    }
+    ingress.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_model_list_comes_from_heartbeats() {
     let server = NatsServer::start();
@@ -207,7 +353,7 @@ async fn bad_input_gets_the_right_status_and_dialect_body() {
         (&messages, json!({"model": "m", "messages": user}).to_string(), 400, "invalid_request_error"),
         (&messages, json!({"model": "m", "max_tokens": 10, "messages": []}).to_string(), 400, "invalid_request_error"),
         (&messages, json!({"model": "m", "max_tokens": -3, "messages": user}).to_string(), 400, "invalid_request_error"),
-        (&messages, json!({"model": "m", "max_tokens": 10, "messages": [{"role": "system", "content": "x"}]}).to_string(), 400, "invalid_request_error"),
+        (&messages, json!({"model": "m", "max_tokens": 10, "messages": [{"role": "tool", "content": "x"}]}).to_string(), 400, "invalid_request_error"),
         (&messages, json!({"model": "m", "max_tokens": 10, "messages": user, "temperature": 1.5}).to_string(), 400, "invalid_request_error"),
         (&messages, json!({"model": "m", "max_tokens": 10, "messages": user, "top_k": -1}).to_string(), 400, "invalid_request_error"),
         (&messages, json!({"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": [{"type": "image"}]}]}).to_string(), 400, "invalid_request_error"),

@@ -33,6 +33,21 @@ pub struct ChatMessage {
     pub name: Option<String>,
 }
 
+/// The conversation with every system message's text joined, in order,
+/// into one leading system message (none when there is no system text).
+pub fn merge_system(messages: Vec<ChatMessage>) -> Vec<ChatMessage> {
+    let (system, rest): (Vec<_>, Vec<_>) =
+        messages.into_iter().partition(|m| m.role == Role::System);
+    if system.is_empty() {
+        return rest;
+    }
+    let text: Vec<String> = system.iter().map(ChatMessage::joined_text).collect();
+    let mut out = Vec::with_capacity(rest.len() + 1);
+    out.push(ChatMessage::text(Role::System, text.join("\n\n")));
+    out.extend(rest);
+    out
+}
+
 impl ChatMessage {
     /// A message with a single text part.
     pub fn text(role: Role, text: impl Into<String>) -> Self {

@@ -37,6 +37,21 @@ pub struct WireError {
     /// For `overloaded`: when a retry is likely to succeed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_ms: Option<u64>,
+    /// For a request that does not fit the model's context window (class
+    /// `invalid_request`): the numbers, which each dialect writes in the
+    /// form its clients parse.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub too_long: Option<TooLong>,
+}
+
+/// How a request overflows the context window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct TooLong {
+    pub prompt_tokens: u32,
+    /// Tokens the request asked to generate beyond the prompt (at least 1).
+    pub generate_tokens: u32,
+    pub context_window: u32,
 }
 
 impl WireError {
@@ -46,6 +61,7 @@ impl WireError {
             class,
             message: message.into(),
             retry_after_ms: None,
+            too_long: None,
         }
     }
 }

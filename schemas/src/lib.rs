@@ -32,20 +32,22 @@ mod roundtrip_tests;
 #[cfg(test)]
 mod testing;
 
-pub use chat::{ChatMessage, ContentPart, Role, ToolCall, ToolChoice, ToolDefinition};
+pub use chat::{
+    merge_system, ChatMessage, ContentPart, Role, ToolCall, ToolChoice, ToolDefinition,
+};
 pub use control::{
     AssignmentReply, DrainReply, DrainRequest, EnsureReply, EnsureRequest, LoadReply, LoadRequest,
     PinRequest, PlaceRequest, PlacementStatus, Reply, StatusReply, UnloadReply, UnloadRequest,
     UnpinRequest,
 };
-pub use error::{ErrorClass, WireError};
+pub use error::{ErrorClass, TooLong, WireError};
 pub use event::{Event, EventDetail};
 pub use frame::{
     Accepted, Delta, Done, EmbedResponse, FinishReason, Frame, Keepalive, Timings, TokenLogprob,
     ToolCallDelta, TopLogprob, Usage,
 };
 pub use infer::{CancelRequest, EmbedRequest, GenerateInput, GenerateRequest, InferRequest};
-pub use model::{ModelFormat, ModelKind, ModelProfile, Pinned};
+pub use model::{ModelFormat, ModelKind, ModelProfile, OverWindow, Pinned};
 pub use placement::{Assignment, Lease, Replica, ReplicaState};
 pub use sampling::{ResponseFormat, SamplingParams};
 pub use status::{

@@ -49,6 +49,20 @@ impl Pinned {
     }
 }
 
+/// What a request whose `max_tokens` does not fit in what the prompt leaves
+/// of the context window gets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+#[serde(rename_all = "snake_case")]
+pub enum OverWindow {
+    /// Generation is bounded by the window instead, and ends with
+    /// `finish_reason: length` when it reaches it (as llama.cpp and Ollama).
+    #[default]
+    Clamp,
+    /// The request is refused as too long.
+    Refuse,
+}
+
 /// One catalogue entry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
@@ -99,6 +113,9 @@ pub struct ModelProfile {
     pub sampling: SamplingParams,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_max_tokens: Option<u32>,
+    /// A `max_tokens` beyond what the prompt leaves of the window.
+    #[serde(default)]
+    pub max_tokens_over_window: OverWindow,
 }
 
 fn one() -> u32 {

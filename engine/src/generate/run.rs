@@ -5,9 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use cortex_schemas::frame::{
-    Delta, Done, FinishReason, Timings, TokenLogprob, ToolCallDelta, TopLogprob, Usage,
-};
+use cortex_schemas::frame::{Delta, Done, FinishReason, Timings, TokenLogprob, TopLogprob, Usage};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::mpsc::Sender;
 
@@ -357,12 +355,5 @@ impl Run {
 /// Appends what the tool parser let through: text, and whole calls.
 fn add_tool_step(pending: &mut Delta, step: ToolStep) {
     pending.text.push_str(&step.text);
-    pending
-        .tool_calls
-        .extend(step.calls.into_iter().map(|c| ToolCallDelta {
-            index: c.index,
-            id: Some(c.id),
-            name: Some(c.name),
-            arguments: c.arguments,
-        }));
+    pending.tool_calls.extend(step.calls);
 }

@@ -242,14 +242,7 @@ impl Sequence for CpuSequence {
 
     fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
         let model = self.model.clone();
-        let mut steps = [Step {
-            seq: self,
-            tokens,
-            logits: true,
-            prompt: tokens.len() > 1,
-        }];
-        let mut out = model.forward_batch(&mut steps)?;
-        Ok(out.pop().flatten().unwrap_or_default())
+        super::forward_alone(&model, self, tokens)
     }
 
     fn fork(&self, len: usize) -> Option<Box<dyn Sequence>> {
@@ -418,18 +411,7 @@ impl CpuLlama {
 
 impl CpuLlama {
     fn check(&self, steps: &[Step<'_>]) -> Result<()> {
-        let window = self.inner.cfg.context_length;
-        for s in steps {
-            let end = s.seq.position() + s.tokens.len();
-            if s.tokens.is_empty() || end > window {
-                return Err(crate::error::EngineError::ContextTooLong {
-                    prompt: end,
-                    reserve: 0,
-                    window,
-                });
-            }
-        }
-        Ok(())
+        super::check_window(steps, self.inner.cfg.context_length)
     }
 }
 

@@ -212,14 +212,7 @@ impl Sequence for LlamaSequence {
 
     fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
         let model = self.model.clone();
-        let mut steps = [Step {
-            seq: self,
-            tokens,
-            logits: true,
-            prompt: tokens.len() > 1,
-        }];
-        let mut out = model.forward_batch(&mut steps)?;
-        Ok(out.pop().flatten().unwrap_or_default())
+        super::forward_alone(&model, self, tokens)
     }
 
     fn fork(&self, len: usize) -> Option<Box<dyn Sequence>> {
@@ -275,19 +268,13 @@ impl Llama {
     fn batched(&self, steps: &mut [Step<'_>]) -> Result<Vec<Option<Vec<f32>>>> {
         let m = &*self.inner;
         let cfg = &m.cfg;
+        super::check_window(steps, cfg.context_length)?;
         let mut out = vec![None; steps.len()];
         let mut tokens = Vec::new();
         let mut parts = Vec::with_capacity(steps.len());
         for (i, s) in steps.iter_mut().enumerate() {
             let (len, logits) = (s.tokens.len(), s.logits);
             let pos = s.seq.position();
-            if len == 0 || pos + len > cfg.context_length {
-                return Err(crate::error::EngineError::ContextTooLong {
-                    prompt: pos + len,
-                    reserve: 0,
-                    window: cfg.context_length,
-                });
-            }
             let start = tokens.len();
             tokens.extend_from_slice(s.tokens);
             let seq = s

@@ -76,6 +76,38 @@ impl std::fmt::Debug for Step<'_> {
     }
 }
 
+/// Runs one sequence's `tokens` as a batch of one through `model` (the
+/// model it belongs to): `Sequence::forward` of the batching decoders.
+pub(crate) fn forward_alone(
+    model: &dyn CausalLm,
+    seq: &mut dyn Sequence,
+    tokens: &[u32],
+) -> Result<Vec<f32>> {
+    let mut steps = [Step {
+        seq,
+        tokens,
+        logits: true,
+        prompt: tokens.len() > 1,
+    }];
+    let mut out = model.forward_batch(&mut steps)?;
+    Ok(out.pop().flatten().unwrap_or_default())
+}
+
+/// Every step brings tokens, and they fit in the context `window`.
+pub(crate) fn check_window(steps: &[Step<'_>], window: usize) -> Result<()> {
+    for s in steps {
+        let end = s.seq.position() + s.tokens.len();
+        if s.tokens.is_empty() || end > window {
+            return Err(crate::error::EngineError::ContextTooLong {
+                prompt: end,
+                reserve: 0,
+                window,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// One sequence being generated.
 pub trait Sequence: Send {
     /// Runs `tokens` (the prompt, a chunk of it, or one new token) and

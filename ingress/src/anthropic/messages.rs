@@ -14,8 +14,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use axum::Json;
 use cortex_schemas::{
-    Accepted, ChatMessage, ContentPart, Delta, Done, FinishReason, GenerateInput, GenerateRequest,
-    InferRequest, Role, SamplingParams, ToolCall, ToolChoice, ToolDefinition,
+    merge_system, Accepted, ChatMessage, ContentPart, Delta, Done, FinishReason, GenerateInput,
+    GenerateRequest, InferRequest, Role, SamplingParams, ToolCall, ToolChoice, ToolDefinition,
 };
 use serde_json::{json, Value};
 
@@ -179,22 +179,34 @@ pub fn translate(
         }
     }
     for (i, message) in request.messages.into_iter().enumerate() {
+        // Claude Code sends `system` turns inside `messages` (its
+        // environment, reminders); below they join the system prompt.
         let role = match message.role.as_str() {
             "user" => Role::User,
             "assistant" => Role::Assistant,
+            "system" => Role::System,
             other => {
                 return Err(ApiError::invalid(
                     format!("messages[{i}].role"),
-                    format!("messages[{i}].role: must be user or assistant, got {other:?}"),
+                    format!("messages[{i}].role: must be user, assistant or system, got {other:?}"),
                 ))
             }
         };
         messages.extend(message_in(i, role, message.content)?);
     }
+    // Merged, in order, into the leading system prompt: small local models
+    // answer a system turn left after the user's question instead of the
+    // question, and many templates refuse one mid-conversation.
+    let messages = merge_system(messages);
+    thinking(request.thinking.as_ref())?;
     let tools = request
         .tools
         .unwrap_or_default()
         .into_iter()
+        // Server tools run at Anthropic; a local model cannot call them.
+        // Deferred ones are not in the context until searched for.
+        .filter(|tool| tool.kind.as_deref().is_none_or(|kind| kind == "custom"))
+        .filter(|tool| !tool.defer_loading)
         .map(|tool| ToolDefinition {
             name: tool.name,
             description: tool.description,
@@ -241,6 +253,29 @@ pub fn translate(
         logprobs: None,
         deadline_ms: Some(deadline_ms),
     })
+}
+
+/// Checks `thinking`: `enabled` (with `budget_tokens`), `adaptive` or
+/// `disabled`. The models served today have no thinking mode, so a valid
+/// setting changes nothing.
+fn thinking(thinking: Option<&Value>) -> Result<(), ApiError> {
+    let Some(thinking) = thinking.filter(|t| !t.is_null()) else {
+        return Ok(());
+    };
+    match thinking["type"].as_str() {
+        Some("enabled") => match thinking["budget_tokens"].as_i64() {
+            Some(budget) if budget >= 1 => Ok(()),
+            _ => Err(ApiError::invalid(
+                "thinking.budget_tokens",
+                "thinking.budget_tokens: a positive integer is required when thinking is enabled",
+            )),
+        },
+        Some("adaptive" | "disabled") => Ok(()),
+        _ => Err(ApiError::invalid(
+            "thinking.type",
+            "thinking.type: enabled, adaptive or disabled",
+        )),
+    }
 }
 
 /// One Anthropic message: text and `tool_use` blocks stay in it;

@@ -28,6 +28,13 @@ pub struct MessagesRequest {
     pub tool_choice: Option<Value>,
     #[serde(default)]
     pub metadata: Option<Value>,
+    /// `{"type": "enabled" | "adaptive" | "disabled", ...}`; checked in
+    /// translation.
+    #[serde(default)]
+    pub thinking: Option<Value>,
+    // Other fields clients send (`output_config`, `context_management`,
+    // `service_tier`, `container`, `mcp_servers`, ...) have no local meaning
+    // and are ignored, as unknown fields are throughout.
 }
 
 #[derive(Debug, Deserialize)]
@@ -75,9 +82,17 @@ pub struct Block {
 
 #[derive(Debug, Deserialize)]
 pub struct Tool {
+    /// Absent or `custom` for a client's own tool; Anthropic's server tools
+    /// (`web_search_20250305`, `bash_20250124`, ...) name their version here.
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
     pub name: String,
     #[serde(default)]
     pub description: Option<String>,
     #[serde(default)]
     pub input_schema: Option<Value>,
+    /// Tool search: the tool stays out of the model's context until a
+    /// search loads it (Claude Code's `DeferredToolPlaceholder`).
+    #[serde(default)]
+    pub defer_loading: bool,
 }

@@ -48,6 +48,20 @@ pub async fn real_neuron(server: &NatsServer, id: &str, specs: &[String]) -> Neu
     start_neuron(config, &ids).await
 }
 
+/// A neuron with the candle engine preloading `profiles` (catalogue
+/// entries as JSON: context window, sampling defaults, ...).
+pub async fn profiled_neuron(server: &NatsServer, id: &str, profiles: &[Value]) -> Neuron {
+    let mut config = NeuronConfig::for_tests(&server.url(), id);
+    config.heartbeat_interval = Duration::from_millis(200);
+    config.profiles = profiles
+        .iter()
+        .map(|p| serde_json::from_value(p.clone()).expect("a valid profile"))
+        .collect();
+    let ids: Vec<String> = config.profiles.iter().map(|p| p.id.clone()).collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    start_neuron(config, &ids).await
+}
+
 async fn start_neuron(config: NeuronConfig, models: &[&str]) -> Neuron {
     let client = config.nats.connect("cortex-neuron-test").await.unwrap();
     let neuron = Neuron::start(config, client).await.unwrap();

@@ -14,7 +14,8 @@ use cortex_engine::sim::{sim_model, SimConfig};
 use cortex_engine::source::ModelSource;
 use cortex_engine::{ChatEngine, LoadOptions, LoadedModel};
 use cortex_schemas::{
-    ErrorClass, EventDetail, LoadReply, LoadRequest, ModelProfile, ModelState, WireError,
+    ErrorClass, EventDetail, LoadReply, LoadRequest, ModelProfile, ModelState, OverWindow,
+    WireError,
 };
 
 use crate::config::EngineKind;
@@ -374,6 +375,7 @@ fn engine_config(shared: &Shared, profile: &ModelProfile) -> EngineConfig {
         max_queue: shared.config.max_queue as usize,
         event_buffer: EVENT_BUFFER,
         prefix_cache_bytes: profile.prefix_cache_mb.map(|mb| mb.saturating_mul(1 << 20)),
+        refuse_over_window: profile.max_tokens_over_window == OverWindow::Refuse,
     }
 }
 

@@ -17,6 +17,7 @@
 //! idle_ttl = "10m"
 //! max_concurrency = 4
 //! default_max_tokens = 512
+//! max_tokens_over_window = "clamp" # or "refuse": a max_tokens past the window
 //! [model.sampling]
 //! temperature = 0.7
 //! ```
@@ -27,7 +28,7 @@ use std::time::Duration;
 
 use cortex_bus::subject::validate_token;
 use cortex_bus::ModelToken;
-use cortex_schemas::{ModelFormat, ModelKind, ModelProfile, Pinned, SamplingParams};
+use cortex_schemas::{ModelFormat, ModelKind, ModelProfile, OverWindow, Pinned, SamplingParams};
 use serde::Deserialize;
 
 /// What is wrong with a catalogue file, with where.
@@ -74,6 +75,8 @@ struct ModelEntry {
     #[serde(default)]
     sampling: SamplingParams,
     default_max_tokens: Option<u32>,
+    #[serde(default)]
+    max_tokens_over_window: OverWindow,
 }
 
 /// Reads and checks `path`.
@@ -205,6 +208,7 @@ fn to_profile(entry: ModelEntry) -> Result<ModelProfile, String> {
         chat_template: entry.chat_template,
         sampling: entry.sampling,
         default_max_tokens: entry.default_max_tokens,
+        max_tokens_over_window: entry.max_tokens_over_window,
     })
 }
 

@@ -76,6 +76,7 @@ fn world() -> impl Strategy<Value = World> {
                     chat_template: None,
                     sampling: Default::default(),
                     default_max_tokens: None,
+                    max_tokens_over_window: Default::default(),
                 };
                 (profile.id.clone(), ModelSpec { profile, need })
             })
