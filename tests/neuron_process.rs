@@ -78,6 +78,7 @@ fn request(id: &str, max_tokens: u32) -> InferRequest {
         response_format: None,
         logprobs: None,
         deadline_ms: None,
+        thinking: None,
     }))
 }
 

@@ -105,13 +105,18 @@ impl ChatModel {
 }
 
 impl ChatModel {
+    /// Whether the model thinks in `<think>` blocks before it answers.
+    pub fn reasons(&self) -> bool {
+        self.template.reasons()
+    }
+
     fn render(&self, req: &GenerateRequest, messages: &[ChatMessage]) -> Result<String> {
         let tools = active_tools(req);
         if !tools.is_empty() && !self.template.handles_tools() {
             let messages = with_tool_instructions(messages, tools, req.tool_choice.as_ref());
-            self.template.render(&messages, &[], true)
+            self.template.render(&messages, &[], true, req.thinking)
         } else {
-            self.template.render(messages, tools, true)
+            self.template.render(messages, tools, true, req.thinking)
         }
     }
 }

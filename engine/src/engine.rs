@@ -16,13 +16,14 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cortex_schemas::frame::{Done, ToolCallDelta};
-use cortex_schemas::infer::GenerateRequest;
+use cortex_schemas::infer::{GenerateInput, GenerateRequest};
 use tokio::sync::mpsc;
 
 use crate::chat_model::{active_tools, ChatModel};
 use crate::error::{EngineError, Result};
 use crate::generate::run::{Job, Progress, Run, STEP_TOKENS};
 use crate::generate::sampler::{Sampler, SamplingConfig};
+use crate::generate::think::ThinkParser;
 use crate::generate::Event;
 use crate::prefix_cache::{CacheStats, PrefixCache};
 
@@ -127,6 +128,7 @@ impl Canceller {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Collected {
     pub text: String,
+    pub reasoning: String,
     pub tool_calls: Vec<ToolCallDelta>,
     pub deltas: usize,
     pub done: Done,
@@ -144,18 +146,21 @@ impl Generation {
     /// Blocks until the terminal event (not from inside an async runtime).
     pub fn collect_blocking(mut self) -> Result<Collected> {
         let mut text = String::new();
+        let mut reasoning = String::new();
         let mut tool_calls = Vec::new();
         let mut deltas = 0;
         while let Some(event) = self.events.blocking_recv() {
             match event {
                 Event::Delta(d) => {
                     text.push_str(&d.text);
+                    reasoning.push_str(&d.reasoning);
                     tool_calls.extend(d.tool_calls);
                     deltas += 1;
                 }
                 Event::Done(done) => {
                     return Ok(Collected {
                         text,
+                        reasoning,
                         tool_calls,
                         deltas,
                         done,
@@ -270,7 +275,7 @@ impl ChatEngine {
                 "max_tokens must be at least 1".into(),
             ));
         }
-        let (_, prompt) = self.model.prompt(req)?;
+        let (text, prompt) = self.model.prompt(req)?;
         if prompt.is_empty() {
             return Err(EngineError::InvalidRequest("the prompt is empty".into()));
         }
@@ -305,6 +310,9 @@ impl ChatEngine {
             prompt,
             stops: req.stop.clone(),
             tools: !active_tools(req).is_empty(),
+            // Completions have nowhere to put reasoning: all is text there.
+            think: (self.model.reasons() && matches!(req.input, GenerateInput::Chat { .. }))
+                .then(|| ThinkParser::opened_by(&text)),
             logprobs: req.logprobs.map(usize::from),
             deadline,
             events,

@@ -51,6 +51,12 @@ impl ChatTemplate {
     }
 
     /// Whether the template renders tool definitions itself.
+    /// Whether this is a reasoning model's template (it writes or expects
+    /// `<think>` blocks).
+    pub fn reasons(&self) -> bool {
+        self.source().contains("<think>")
+    }
+
     pub fn handles_tools(&self) -> bool {
         self.source.contains("tools")
     }
@@ -62,6 +68,7 @@ impl ChatTemplate {
         messages: &[ChatMessage],
         tools: &[ToolDefinition],
         add_generation_prompt: bool,
+        enable_thinking: Option<bool>,
     ) -> Result<String> {
         let template = self
             .env
@@ -74,6 +81,8 @@ impl ChatTemplate {
             messages => Value::from(minijinja::value::Serde(&messages)),
             tools => Value::from(minijinja::value::Serde(&tools)),
             add_generation_prompt => add_generation_prompt,
+            // Qwen3's switch; absent (undefined) leaves the default.
+            enable_thinking => enable_thinking.map_or(Value::UNDEFINED, Value::from),
             bos_token => self.bos.as_str(),
             eos_token => self.eos.as_str(),
         };
@@ -215,7 +224,7 @@ mod tests {
     use super::*;
 
     fn render(source: &str, messages: &[ChatMessage]) -> Result<String> {
-        ChatTemplate::new(source, Some("<s>"), Some("</s>"))?.render(messages, &[], true)
+        ChatTemplate::new(source, Some("<s>"), Some("</s>"))?.render(messages, &[], true, None)
     }
 
     #[test]

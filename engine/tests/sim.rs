@@ -25,6 +25,7 @@ fn request(id: &str, text: &str, max_tokens: Option<u32>) -> GenerateRequest {
         response_format: None,
         logprobs: None,
         deadline_ms: None,
+        thinking: None,
     }
 }
 

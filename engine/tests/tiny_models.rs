@@ -311,3 +311,41 @@ fn system_turns_mid_conversation_are_merged_for_templates_that_refuse_them() {
     let (text, _) = chat_model_with(&path, opts(open)).prompt(&req).unwrap();
     assert_eq!(text, "[system]be brief[user]hi[system]reminder[user]again");
 }
+
+#[test]
+fn a_reasoning_template_sends_thinking_apart_and_can_turn_it_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.gguf");
+    write_gguf(&path, &weights(tokens().len(), false), GgmlDType::F32);
+    // DeepSeek-R1-distill style: the prompt opens the think block; with
+    // Qwen3's `enable_thinking` false it is written closed and empty.
+    let template = "{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}{% if add_generation_prompt %}[assistant]{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% else %}<think>\n{% endif %}{% endif %}";
+    let model = chat_model_with(
+        &path,
+        LoadOptions {
+            chat_template: Some(template.into()),
+            ..LoadOptions::default()
+        },
+    );
+    assert!(model.reasons());
+    let engine = ChatEngine::start(model.clone(), EngineConfig::default());
+    let mut req = request(12);
+    // Sampled (seeded): greedy random weights may repeat one blank token.
+    req.sampling.temperature = Some(1.0);
+    req.sampling.seed = Some(7);
+    let thinking = engine.submit(&req).unwrap().collect_blocking().unwrap();
+    assert_eq!(thinking.done.usage.completion_tokens, 12);
+    // Random weights never close the block: all of it is reasoning.
+    assert!(!thinking.reasoning.is_empty(), "{thinking:?}");
+    assert_eq!(thinking.text, "");
+
+    req.thinking = Some(false);
+    assert!(model.prompt(&req).unwrap().0.ends_with("</think>\n\n"));
+    let answer = engine.submit(&req).unwrap().collect_blocking().unwrap();
+    assert_eq!(answer.reasoning, "");
+    assert!(!answer.text.is_empty(), "{answer:?}");
+
+    // A model without a reasoning template keeps all output as text.
+    let plain = chat_model(&path);
+    assert!(!plain.reasons());
+}

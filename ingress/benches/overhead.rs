@@ -48,6 +48,7 @@ fn request(i: usize) -> GenerateRequest {
         response_format: None,
         logprobs: None,
         deadline_ms: None,
+        thinking: None,
     }
 }
 

@@ -159,3 +159,81 @@ async fn anthropic_events_follow_the_real_tool_use_stream() {
         assert_eq!(data["type"].as_str(), name.as_deref());
     }
 }
+
+/// A reasoning model's stream: thinking in two pieces, then the answer.
+fn thinking_frames() -> Vec<Delta> {
+    ["Paris is", " the capital."]
+        .iter()
+        .map(|piece| Delta {
+            reasoning: (*piece).into(),
+            tokens: 2,
+            ..Delta::default()
+        })
+        .chain([Delta {
+            text: "Paris.".into(),
+            tokens: 2,
+            ..Delta::default()
+        }])
+        .collect()
+}
+
+async fn run_thinking(mut encoder: impl Encoder) -> Vec<(Option<String>, serde_json::Value)> {
+    let mut events = encoder.start(&accepted());
+    for delta in thinking_frames() {
+        events.extend(encoder.delta(&delta));
+    }
+    events.extend(encoder.done(&Done {
+        finish_reason: FinishReason::Stop,
+        ..done()
+    }));
+    parse(&render(events).await)
+}
+
+#[tokio::test]
+async fn reasoning_streams_as_each_api_streams_thinking() {
+    let events = run_thinking(EventEncoder::new("msg_1".into(), "m".into())).await;
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_deref().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "message_start",
+            "content_block_start",
+            "ping",
+            "content_block_delta",
+            "content_block_delta",
+            "content_block_stop",
+            "content_block_start",
+            "content_block_delta",
+            "content_block_stop",
+            "message_delta",
+            "message_stop",
+        ]
+    );
+    assert_eq!(
+        events[1].1["content_block"],
+        json!({"type": "thinking", "thinking": "", "signature": ""})
+    );
+    assert_eq!(
+        events[3].1["delta"],
+        json!({"type": "thinking_delta", "thinking": "Paris is"})
+    );
+    assert_eq!(events[6].1["content_block"]["type"], "text");
+    assert_eq!(events[6].1["index"], 1);
+    assert_eq!(events[7].1["delta"]["text"], "Paris.");
+
+    let events = run_thinking(ChunkEncoder {
+        id: "chatcmpl-1".into(),
+        model: "m".into(),
+        created: 1,
+        include_usage: false,
+        logprobs: false,
+    })
+    .await;
+    let deltas: Vec<serde_json::Value> = events
+        .iter()
+        .filter_map(|(_, data)| data.get("choices")?.get(0).map(|c| c["delta"].clone()))
+        .collect();
+    assert_eq!(deltas[1], json!({"reasoning_content": "Paris is"}));
+    assert_eq!(deltas[2], json!({"reasoning_content": " the capital."}));
+    assert_eq!(deltas[3], json!({"content": "Paris."}));
+}

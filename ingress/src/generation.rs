@@ -18,6 +18,8 @@ use crate::state::AppState;
 #[derive(Debug)]
 pub struct Collected {
     pub text: String,
+    /// A reasoning model's thinking, apart from `text`.
+    pub reasoning: String,
     pub tool_calls: Vec<ToolCall>,
     pub logprobs: Vec<TokenLogprob>,
     pub done: Done,
@@ -60,6 +62,7 @@ pub struct Failed {
 /// Reads `opened` to its terminal frame.
 pub async fn collect(mut opened: Opened, model: &str) -> Result<Collected, Failed> {
     let mut text = String::new();
+    let mut reasoning = String::new();
     let mut logprobs = Vec::new();
     let mut calls = ToolCalls::default();
     let mut tokens = opened.accepted.prompt_tokens.unwrap_or(0);
@@ -84,6 +87,7 @@ pub async fn collect(mut opened: Opened, model: &str) -> Result<Collected, Faile
             Frame::Delta(delta) => {
                 tokens += delta.tokens;
                 text.push_str(&delta.text);
+                reasoning.push_str(&delta.reasoning);
                 for fragment in &delta.tool_calls {
                     calls.push(fragment);
                 }
@@ -93,6 +97,7 @@ pub async fn collect(mut opened: Opened, model: &str) -> Result<Collected, Faile
                 opened.cancel.disarm();
                 return Ok(Collected {
                     text,
+                    reasoning,
                     tool_calls: calls.0,
                     logprobs,
                     done,

@@ -60,6 +60,10 @@ pub struct Delta {
     /// Text to append (always whole UTF-8 characters).
     #[serde(default)]
     pub text: String,
+    /// Reasoning to append: what a reasoning model wrote between `<think>`
+    /// and `</think>`, kept out of `text`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reasoning: String,
     /// How many tokens this delta covers.
     #[serde(default)]
     pub tokens: u32,
@@ -69,6 +73,17 @@ pub struct Delta {
     /// One entry per token, when the request asked for log-probabilities.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub logprobs: Vec<TokenLogprob>,
+}
+
+impl Delta {
+    /// Appends `more`, which came after this one.
+    pub fn append(&mut self, more: Delta) {
+        self.text.push_str(&more.text);
+        self.reasoning.push_str(&more.reasoning);
+        self.tokens += more.tokens;
+        self.tool_calls.extend(more.tool_calls);
+        self.logprobs.extend(more.logprobs);
+    }
 }
 
 /// A fragment of a tool call: the first fragment of a call carries its id and

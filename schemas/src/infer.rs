@@ -68,6 +68,11 @@ pub struct GenerateRequest {
     /// Unix time in ms after which the result is useless; also the `Cortex-Deadline` header.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline_ms: Option<u64>,
+    /// For reasoning models: `false` asks the template to skip the
+    /// thinking phase (`enable_thinking`), `true` asks for it; absent is
+    /// the model's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thinking: Option<bool>,
 }
 
 /// The text a generation starts from.

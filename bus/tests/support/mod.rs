@@ -165,6 +165,7 @@ pub fn generate(id: &str, tokens: u32) -> InferRequest {
         response_format: None,
         logprobs: None,
         deadline_ms: None,
+        thinking: None,
     }))
 }
 

@@ -1,10 +1,12 @@
 //! Turning logits into a response: [`sampler`] picks tokens, [`stop`]
-//! watches for stop strings, [`tools`] recognises tool calls, and [`run`]
+//! watches for stop strings, [`think`] splits a reasoning model's thinking
+//! from its answer, [`tools`] recognises tool calls, and [`run`]
 //! drives one sequence from prompt to its terminal event.
 
 pub mod run;
 pub mod sampler;
 pub mod stop;
+pub mod think;
 pub mod tools;
 
 use cortex_schemas::frame::{Delta, Done};

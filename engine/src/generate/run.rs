@@ -11,6 +11,7 @@ use tokio::sync::mpsc::Sender;
 
 use super::sampler::Sampler;
 use super::stop::{StopMatcher, StopStep};
+use super::think::ThinkParser;
 use super::tools::{ToolParser, ToolStep};
 use super::Event;
 use crate::chat_model::ChatModel;
@@ -32,6 +33,9 @@ pub struct Job {
     pub sampler: Sampler,
     pub stops: Vec<String>,
     pub tools: bool,
+    /// For reasoning models: whether the prompt left a think block open
+    /// (`None`: the model does not reason; output is all content).
+    pub think: Option<bool>,
     pub logprobs: Option<usize>,
     pub deadline: Option<Instant>,
     pub events: Sender<Event>,
@@ -61,6 +65,7 @@ pub struct Run {
     generated: usize,
     decode: DecodeStream,
     stop: StopMatcher,
+    think: Option<ThinkParser>,
     tools: Option<ToolParser>,
     pending: Delta,
     terminal: Option<Event>,
@@ -89,6 +94,7 @@ impl Run {
         Self {
             stop: StopMatcher::new(&job.stops),
             tools: job.tools.then(|| ToolParser::new(&job.request_id)),
+            think: job.think.map(ThinkParser::new),
             fed: job.prompt[..cached].to_vec(),
             job,
             seq,
@@ -246,6 +252,20 @@ impl Run {
     }
 
     fn emit_text(&mut self, text: &str) {
+        match &mut self.think {
+            Some(think) => {
+                let step = think.push(text);
+                self.pending.reasoning.push_str(&step.reasoning);
+                self.emit_content(&step.text);
+            }
+            None => self.emit_content(text),
+        }
+    }
+
+    fn emit_content(&mut self, text: &str) {
+        if text.is_empty() {
+            return;
+        }
         match &mut self.tools {
             Some(parser) => add_tool_step(&mut self.pending, parser.push(text)),
             None => self.pending.text.push_str(text),
@@ -276,6 +296,11 @@ impl Run {
 
     fn finish_with(&mut self, reason: FinishReason, stop: Option<String>) -> Result<()> {
         let mut reason = reason;
+        if let Some(think) = &mut self.think {
+            let step = think.finish();
+            self.pending.reasoning.push_str(&step.reasoning);
+            self.emit_content(&step.text);
+        }
         if let Some(parser) = &mut self.tools {
             add_tool_step(&mut self.pending, parser.finish());
             if parser.calls() > 0 && reason == FinishReason::Stop {
@@ -306,7 +331,10 @@ impl Run {
     pub fn deliver(&mut self, release: &mut dyn FnMut()) -> Progress {
         // A delta goes out when it has something to show; tokens held back
         // (half a character, a possible stop string) ride with the next one.
-        if !self.pending.text.is_empty() || !self.pending.tool_calls.is_empty() {
+        if !self.pending.text.is_empty()
+            || !self.pending.reasoning.is_empty()
+            || !self.pending.tool_calls.is_empty()
+        {
             let delta = std::mem::take(&mut self.pending);
             match self.job.events.try_send(Event::Delta(delta)) {
                 Ok(()) => {}

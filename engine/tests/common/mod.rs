@@ -27,5 +27,6 @@ pub fn chat(id: &str, user: &str, max_tokens: u32) -> GenerateRequest {
         response_format: None,
         logprobs: None,
         deadline_ms: None,
+        thinking: None,
     }
 }

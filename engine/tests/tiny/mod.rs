@@ -255,5 +255,6 @@ pub fn request(max_tokens: u32) -> GenerateRequest {
         response_format: None,
         logprobs: None,
         deadline_ms: None,
+        thinking: None,
     }
 }

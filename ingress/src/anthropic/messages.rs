@@ -80,6 +80,11 @@ async fn serve(
     let collected = collect_whole(state, caller, opened, DIALECT, started).await?;
     let done = &collected.done;
     let mut content = Vec::new();
+    if !collected.reasoning.is_empty() {
+        // No signature: the thinking was not made by Anthropic.
+        content
+            .push(json!({ "type": "thinking", "thinking": collected.reasoning, "signature": "" }));
+    }
     if !collected.text.is_empty() || collected.tool_calls.is_empty() {
         content.push(json!({ "type": "text", "text": collected.text }));
     }
@@ -198,7 +203,7 @@ pub fn translate(
     // answer a system turn left after the user's question instead of the
     // question, and many templates refuse one mid-conversation.
     let messages = merge_system(messages);
-    thinking(request.thinking.as_ref())?;
+    let thinking = thinking(request.thinking.as_ref())?;
     let tools = request
         .tools
         .unwrap_or_default()
@@ -252,25 +257,27 @@ pub fn translate(
         response_format: None,
         logprobs: None,
         deadline_ms: Some(deadline_ms),
+        thinking,
     })
 }
 
-/// Checks `thinking`: `enabled` (with `budget_tokens`), `adaptive` or
-/// `disabled`. The models served today have no thinking mode, so a valid
-/// setting changes nothing.
-fn thinking(thinking: Option<&Value>) -> Result<(), ApiError> {
+/// `thinking`: `enabled` (with `budget_tokens`) or `adaptive` ask a
+/// reasoning model to think, `disabled` asks it not to (where its template
+/// can); absent leaves the model's default.
+fn thinking(thinking: Option<&Value>) -> Result<Option<bool>, ApiError> {
     let Some(thinking) = thinking.filter(|t| !t.is_null()) else {
-        return Ok(());
+        return Ok(None);
     };
     match thinking["type"].as_str() {
         Some("enabled") => match thinking["budget_tokens"].as_i64() {
-            Some(budget) if budget >= 1 => Ok(()),
+            Some(budget) if budget >= 1 => Ok(Some(true)),
             _ => Err(ApiError::invalid(
                 "thinking.budget_tokens",
                 "thinking.budget_tokens: a positive integer is required when thinking is enabled",
             )),
         },
-        Some("adaptive" | "disabled") => Ok(()),
+        Some("adaptive") => Ok(Some(true)),
+        Some("disabled") => Ok(Some(false)),
         _ => Err(ApiError::invalid(
             "thinking.type",
             "thinking.type: enabled, adaptive or disabled",
@@ -371,6 +378,7 @@ fn result_text(content: Option<Value>, param: &str) -> Result<String, ApiError> 
 #[derive(Debug, PartialEq)]
 enum Open {
     None,
+    Thinking(usize),
     Text(usize),
     Tool(usize, u32),
 }
@@ -403,7 +411,7 @@ impl EventEncoder {
     fn close(&mut self, events: &mut Vec<Event>) {
         let index = match self.open {
             Open::None => return,
-            Open::Text(index) | Open::Tool(index, _) => index,
+            Open::Thinking(index) | Open::Text(index) | Open::Tool(index, _) => index,
         };
         events.push(Self::event(
             "content_block_stop",
@@ -450,6 +458,18 @@ impl Encoder for EventEncoder {
 
     fn delta(&mut self, delta: &Delta) -> Vec<Event> {
         let mut events = Vec::new();
+        if !delta.reasoning.is_empty() {
+            if !matches!(self.open, Open::Thinking(_)) {
+                let block = json!({"type": "thinking", "thinking": "", "signature": ""});
+                self.begin(block, Open::Thinking, &mut events);
+            }
+            if let Open::Thinking(index) = self.open {
+                events.push(Self::event(
+                    "content_block_delta",
+                    json!({"type": "content_block_delta", "index": index, "delta": {"type": "thinking_delta", "thinking": delta.reasoning}}),
+                ));
+            }
+        }
         if !delta.text.is_empty() {
             if !matches!(self.open, Open::Text(_)) {
                 self.begin(json!({"type": "text", "text": ""}), Open::Text, &mut events);

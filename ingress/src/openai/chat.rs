@@ -94,6 +94,10 @@ async fn serve(
         "refusal": Value::Null,
     });
     let mut message = message;
+    // A reasoning model's thinking, where DeepSeek's API and vLLM put it.
+    if !collected.reasoning.is_empty() {
+        message["reasoning_content"] = Value::String(collected.reasoning.clone());
+    }
     if message["tool_calls"].is_null() {
         if let Some(object) = message.as_object_mut() {
             object.remove("tool_calls");
@@ -253,6 +257,24 @@ pub fn translate(
         None | Some(Value::Null) => None,
         Some(value) => Some(tool_choice(&value, &tools)?),
     };
+    let thinking = match (
+        request
+            .chat_template_kwargs
+            .as_ref()
+            .map(|k| &k["enable_thinking"]),
+        request.reasoning_effort.as_deref(),
+    ) {
+        (Some(Value::Bool(on)), _) => Some(*on),
+        (Some(v), _) if !v.is_null() => {
+            return Err(ApiError::invalid(
+                "chat_template_kwargs.enable_thinking",
+                "chat_template_kwargs.enable_thinking: true or false",
+            ))
+        }
+        (_, Some("none")) => Some(false),
+        (_, Some(_)) => Some(true),
+        (_, None) => None,
+    };
     Ok(GenerateRequest {
         request_id: id.to_string(),
         model: request.model,
@@ -268,6 +290,7 @@ pub fn translate(
         response_format: response_format(request.response_format)?,
         logprobs: (request.logprobs == Some(true)).then(|| top_logprobs.unwrap_or(0)),
         deadline_ms: Some(deadline_ms),
+        thinking,
     })
 }
 
@@ -430,6 +453,13 @@ impl Encoder for ChunkEncoder {
         } else {
             Value::Null
         };
+        if !delta.reasoning.is_empty() {
+            events.push(self.chunk(
+                json!({"reasoning_content": delta.reasoning}),
+                None,
+                Value::Null,
+            ));
+        }
         // A delta may carry log-probabilities without text (half a character).
         if !delta.text.is_empty() || !logprobs.is_null() {
             events.push(self.chunk(json!({"content": delta.text}), None, logprobs));

@@ -159,6 +159,7 @@ fn translate(
         response_format: None,
         logprobs: None,
         deadline_ms: Some(deadline_ms),
+        thinking: None,
     })
 }
 

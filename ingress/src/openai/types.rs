@@ -42,6 +42,14 @@ pub struct ChatRequest {
     pub logprobs: Option<bool>,
     #[serde(default)]
     pub top_logprobs: Option<i64>,
+    /// `none` asks a reasoning model not to think; any other effort asks
+    /// it to (the effort itself has no local meaning).
+    #[serde(default)]
+    pub reasoning_effort: Option<String>,
+    /// Extra template variables, as vLLM and llama.cpp take them; only
+    /// `enable_thinking` is honoured.
+    #[serde(default)]
+    pub chat_template_kwargs: Option<Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -129,12 +129,7 @@ fn merge_waiting(
 ) -> Option<Event> {
     loop {
         match events.try_recv() {
-            Ok(Event::Delta(more)) => {
-                delta.text.push_str(&more.text);
-                delta.tokens += more.tokens;
-                delta.tool_calls.extend(more.tool_calls);
-                delta.logprobs.extend(more.logprobs);
-            }
+            Ok(Event::Delta(more)) => delta.append(more),
             Ok(other) => return Some(other),
             Err(TryRecvError::Empty | TryRecvError::Disconnected) => return None,
         }

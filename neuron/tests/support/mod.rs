@@ -98,6 +98,7 @@ pub fn chat(id: &str, model: &str, user: &str, max_tokens: u32) -> InferRequest 
         response_format: None,
         logprobs: None,
         deadline_ms: None,
+        thinking: None,
     }))
 }
 
