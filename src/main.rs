@@ -17,7 +17,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let quiet = matches!(args.command, cli::Command::Up(_));
+    let quiet = !args.command.is_daemon();
     cli::init_tracing(args.verbose, quiet);
     let code = match cli::run(args).await {
         Ok(()) => 0,

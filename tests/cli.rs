@@ -29,6 +29,37 @@ fn ping_reports_the_server_and_jetstream() {
     assert!(report["version"].as_str().unwrap().starts_with("2."));
 }
 
+/// Operator tools print their answer; the NATS client's `connected
+/// successfully` and such come out only with `-v`.
+#[test]
+fn operator_tools_are_quiet_unless_asked() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let quiet = cortex()
+        .args(["ping", "--nats-url", &url])
+        .output()
+        .unwrap();
+    assert!(quiet.status.success());
+    let stderr = String::from_utf8_lossy(&quiet.stderr);
+    assert!(stderr.is_empty(), "{stderr}");
+    assert!(String::from_utf8_lossy(&quiet.stdout).contains("JetStream enabled"));
+    let verbose = cortex()
+        .args(["-v", "ping", "--nats-url", &url])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&verbose.stderr);
+    assert!(stderr.contains("connected"), "{stderr}");
+    // An error stays one clear line.
+    let status = cortex()
+        .args(["status", "--nats-url", &url])
+        .output()
+        .unwrap();
+    assert!(!status.status.success());
+    let stderr = String::from_utf8_lossy(&status.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("cortex: "), "{stderr}");
+}
+
 #[test]
 fn ping_fails_clearly_when_nats_is_unreachable() {
     let port = cortex_testkit::free_port();

@@ -21,7 +21,9 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "cortex", version, about)]
 pub struct Cli {
-    /// More log output (-v debug, -vv trace); RUST_LOG overrides.
+    /// More log output; RUST_LOG overrides. Daemons log `info` by
+    /// default (-v debug, -vv trace); `up` and the operator tools only
+    /// warnings and errors (-v info, -vv debug, -vvv trace).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
     #[command(subcommand)]
@@ -58,6 +60,17 @@ pub enum Command {
     Ingress(Box<cortex_ingress::IngressConfig>),
 }
 
+impl Command {
+    /// The long-running daemons, whose logs are their output; the other
+    /// commands print their answer and log only what went wrong.
+    pub fn is_daemon(&self) -> bool {
+        matches!(
+            self,
+            Self::Neuron(_) | Self::Placement(_) | Self::Ingress(_)
+        )
+    }
+}
+
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Up(args) => up::run(*args).await,
@@ -76,15 +89,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Logs to stderr: `info` by default (`warn` for `cortex up`, whose own
-/// progress lines say what happens), `-v` debug, `-vv` trace.
+/// Logs to stderr. Daemons: `info` by default, `-v` debug, `-vv` trace.
+/// `quiet` commands (`up`, whose own progress lines say what happens, and
+/// the operator tools): `warn`, then one level more per `-v`.
 pub fn init_tracing(verbose: u8, quiet: bool) {
-    let default = match verbose {
-        0 if quiet => "warn",
-        0 => "info",
-        1 => "debug",
-        _ => "trace",
-    };
+    const LEVELS: [&str; 4] = ["warn", "info", "debug", "trace"];
+    let step = usize::from(verbose) + usize::from(!quiet);
+    let default = LEVELS[step.min(LEVELS.len() - 1)];
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
