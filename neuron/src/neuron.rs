@@ -5,9 +5,10 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_nats::Client;
-use cortex_bus::serve_cancels;
+use cortex_bus::{serve_cancels, NeuronOp, Subjects};
 use cortex_schemas::{
     EventDetail, LoadReply, LoadRequest, ModelProfile, NeuronState, NeuronStatus, WireError,
 };
@@ -41,6 +42,12 @@ pub enum NeuronError {
     Subscribe(#[from] cortex_bus::StreamError),
     #[error(transparent)]
     Control(#[from] ControlError),
+    /// Another neuron with this id answers on the bus: two neurons with
+    /// one id would take each other's loads and models.
+    #[error(
+        "a neuron with id {0:?} is already running on this NATS server: give this one another --id"
+    )]
+    DuplicateId(String),
 }
 
 impl NeuronError {
@@ -48,8 +55,31 @@ impl NeuronError {
     pub fn is_config(&self) -> bool {
         matches!(
             self,
-            Self::Config(_) | Self::Discovery(_) | Self::Metrics { .. }
+            Self::Config(_) | Self::Discovery(_) | Self::Metrics { .. } | Self::DuplicateId(_)
         )
+    }
+}
+
+/// How long a neuron already holding our id has to answer its status
+/// request. NATS answers at once when nobody listens there.
+const ID_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Refuses an id another running neuron answers to (its directed status
+/// subject has a responder). A slow answer is let through with a warning:
+/// only a neuron that answers is known to hold the id.
+async fn id_is_free(client: &Client, subjects: &Subjects, id: &str) -> Result<(), NeuronError> {
+    let subject = subjects.neuron(id, NeuronOp::Status);
+    match tokio::time::timeout(ID_CHECK_TIMEOUT, client.request(subject, "{}".into())).await {
+        Ok(Ok(_)) => Err(NeuronError::DuplicateId(id.to_string())),
+        Ok(Err(error)) if error.kind() == async_nats::RequestErrorKind::NoResponders => Ok(()),
+        Ok(Err(error)) => {
+            tracing::warn!(neuron = %id, %error, "could not check that the id is free");
+            Ok(())
+        }
+        Err(_) => {
+            tracing::warn!(neuron = %id, "the id check got no answer in time; going on");
+            Ok(())
+        }
     }
 }
 
@@ -137,6 +167,7 @@ impl Neuron {
             listener,
         } = prepared;
         let preload = valid.preload.clone();
+        id_is_free(&client, &valid.subjects, &valid.id).await?;
         let shared = Shared::new(config, valid, client, discovery);
         let stop = CancellationToken::new();
         let mut tasks = Vec::new();

@@ -468,3 +468,26 @@ async fn a_drained_model_resumes_on_load_and_bad_requests_are_refused() {
     );
     neuron.shutdown().await;
 }
+
+/// Two neurons with one id would take each other's loads: the second
+/// refuses to start, with a message naming the flag; once the first is
+/// gone the id is free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_neuron_with_the_same_id_refuses_to_start() {
+    let server = NatsServer::start();
+    let first = start(sim_config(&server, "twin")).await;
+    let config = sim_config(&server, "twin");
+    let client = config.nats.connect("cortex-neuron-test").await.unwrap();
+    let Err(error) = cortex_neuron::Neuron::start(config, client).await else {
+        panic!("a second neuron called twin started");
+    };
+    assert!(
+        matches!(error, cortex_neuron::NeuronError::DuplicateId(ref id) if id == "twin"),
+        "{error}"
+    );
+    assert!(error.is_config());
+    assert!(error.to_string().contains("--id"), "{error}");
+    first.shutdown().await;
+    let again = start(sim_config(&server, "twin")).await;
+    again.shutdown().await;
+}

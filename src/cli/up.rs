@@ -134,12 +134,17 @@ async fn start_mesh(args: &UpArgs, url: &str) -> anyhow::Result<Mesh> {
     let placement = Placement::start(config, client("cortex-placement").await?).await?;
     status_line("placement ready (the catalogue is in KV bucket cortex-catalog)");
 
-    let mut config = NeuronConfig::for_tests(url, "local");
+    // Joining a server that may hold another `cortex up`: an id of its own.
+    let id = match args.nats_url {
+        Some(_) => format!("local-{}", std::process::id()),
+        None => "local".to_string(),
+    };
+    let mut config = NeuronConfig::for_tests(url, &id);
     config.engine = args.engine;
     config.heartbeat_interval = Duration::from_millis(500);
     let neuron = Neuron::start(config, client("cortex-neuron").await?).await?;
     status_line(&format!(
-        "neuron   local ({} engine, {})",
+        "neuron   {id} ({} engine, {})",
         args.engine.as_str(),
         devices(&neuron)
     ));
