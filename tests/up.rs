@@ -243,6 +243,29 @@ fn up_with_the_sim_engine_is_inspected_driven_and_stopped() {
         report["inter_token_ms"]["p50"].as_f64().is_some(),
         "{report}"
     );
+    // The same load against a second endpoint (here the mesh again), one
+    // after the other, with the ratios.
+    let both = cortex(&[
+        "bench",
+        "--url",
+        &up.base,
+        "--compare",
+        &up.base,
+        "--model",
+        "sim-chat",
+        "--duration",
+        "2s",
+        "--concurrency",
+        "2",
+        "--max-tokens",
+        "8",
+        "--json",
+    ]);
+    assert!(both["first"]["requests"].as_u64().unwrap() > 0, "{both}");
+    assert!(both["compared"]["requests"].as_u64().unwrap() > 0, "{both}");
+    let ratio = both["ratio"]["tokens_per_second"].as_f64().unwrap();
+    assert!((0.5..2.0).contains(&ratio), "the same mesh twice: {both}");
+    assert!(both["ratio"]["ttft_p50"].as_f64().is_some(), "{both}");
     interrupt(up);
 }
 

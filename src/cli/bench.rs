@@ -8,6 +8,10 @@
 //! several tokens) and request latency as percentiles, tokens per second
 //! (from `usage`, else content chunks) and errors by kind, with a progress
 //! line while it runs, or JSON with `--json`.
+//!
+//! `--compare URL` runs the same load against a second server right after
+//! the first (one at a time, so they do not share the machine) and prints
+//! both reports and their ratios: Cortex beside the server it replaces.
 
 use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
     /// Base URL of the API; several, comma-separated, spread the clients
     /// over them in turn (one per ingress pod, without a balancer).
@@ -43,6 +47,53 @@ pub struct BenchArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Then the same load against this base URL (comma-separated for
+    /// several), and the ratios of the first to it.
+    #[arg(long, value_delimiter = ',')]
+    pub compare: Vec<String>,
+    /// The model name the compared server knows (default: `--model`).
+    #[arg(long)]
+    pub compare_model: Option<String>,
+}
+
+/// The first run's figures over the compared run's (above 1: the first
+/// has more throughput, or takes longer).
+#[derive(Debug, Serialize)]
+pub struct Ratios {
+    pub tokens_per_second: Option<f64>,
+    pub requests_per_second: Option<f64>,
+    pub ttft_p50: Option<f64>,
+    pub inter_token_p50: Option<f64>,
+    pub latency_p50: Option<f64>,
+}
+
+impl Ratios {
+    fn of(a: &Report, b: &Report) -> Self {
+        let ratio = |x: f64, y: f64| (y > 0.0 && x.is_finite()).then(|| x / y);
+        let p50 = |x: &Option<Spread>, y: &Option<Spread>| match (x, y) {
+            (Some(x), Some(y)) => ratio(x.p50, y.p50),
+            _ => None,
+        };
+        Self {
+            tokens_per_second: ratio(a.tokens_per_second, b.tokens_per_second),
+            requests_per_second: ratio(a.requests_per_second, b.requests_per_second),
+            ttft_p50: p50(&a.ttft_ms, &b.ttft_ms),
+            inter_token_p50: p50(&a.inter_token_ms, &b.inter_token_ms),
+            latency_p50: p50(&a.latency_ms, &b.latency_ms),
+        }
+    }
+
+    fn render(&self) -> String {
+        let x = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}x"));
+        format!(
+            "ratio (first / compared): tok/s {}, req/s {}, TTFT p50 {}, inter-token p50 {}, request p50 {}\n",
+            x(self.tokens_per_second),
+            x(self.requests_per_second),
+            x(self.ttft_p50),
+            x(self.inter_token_p50),
+            x(self.latency_p50)
+        )
+    }
 }
 
 #[derive(Debug, Default)]
@@ -81,19 +132,46 @@ pub struct Report {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let report = tokio::task::spawn_blocking(move || measure(&args)).await??;
-    if report.1 {
-        println!("{}", serde_json::to_string_pretty(&report.0)?);
-    } else {
-        print!("{}", render(&report.0));
+    let json = args.json;
+    let compared = (!args.compare.is_empty()).then(|| BenchArgs {
+        url: args.compare.clone(),
+        model: args
+            .compare_model
+            .clone()
+            .unwrap_or_else(|| args.model.clone()),
+        ..args.clone()
+    });
+    let first = tokio::task::spawn_blocking(move || measure(&args)).await??;
+    let second = match compared {
+        Some(args) => Some(tokio::task::spawn_blocking(move || measure(&args)).await??),
+        None => None,
+    };
+    match (&second, json) {
+        (None, true) => println!("{}", serde_json::to_string_pretty(&first)?),
+        (None, false) => print!("{}", render(&first)),
+        (Some(second), true) => {
+            let both = serde_json::json!({
+                "first": first,
+                "compared": second,
+                "ratio": Ratios::of(&first, second),
+            });
+            println!("{}", serde_json::to_string_pretty(&both)?);
+        }
+        (Some(second), false) => {
+            print!("{}", render(&first));
+            print!("{}", render(second));
+            print!("{}", Ratios::of(&first, second).render());
+        }
     }
-    if report.0.requests == 0 {
-        anyhow::bail!("no request succeeded");
+    for report in std::iter::once(&first).chain(second.as_ref()) {
+        if report.requests == 0 {
+            anyhow::bail!("no request to {} succeeded", report.url);
+        }
     }
     Ok(())
 }
 
-fn measure(args: &BenchArgs) -> anyhow::Result<(Report, bool)> {
+fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
     let urls: Vec<String> = args
         .url
         .iter()
@@ -196,24 +274,21 @@ fn measure(args: &BenchArgs) -> anyhow::Result<(Report, bool)> {
     let mut s = std::mem::take(&mut *samples.lock().unwrap_or_else(|e| e.into_inner()));
     let requests = done.load(Ordering::Relaxed);
     let completion_tokens = tokens.load(Ordering::Relaxed);
-    Ok((
-        Report {
-            url: args.url.join(","),
-            model: args.model.clone(),
-            concurrency: args.concurrency,
-            seconds,
-            requests,
-            errors: failed.load(Ordering::Relaxed),
-            error_kinds: std::mem::take(&mut s.errors),
-            completion_tokens,
-            tokens_per_second: completion_tokens as f64 / seconds,
-            requests_per_second: requests as f64 / seconds,
-            ttft_ms: spread(&mut s.ttft_ms),
-            inter_token_ms: spread(&mut s.itl_ms),
-            latency_ms: spread(&mut s.latency_ms),
-        },
-        args.json,
-    ))
+    Ok(Report {
+        url: args.url.join(","),
+        model: args.model.clone(),
+        concurrency: args.concurrency,
+        seconds,
+        requests,
+        errors: failed.load(Ordering::Relaxed),
+        error_kinds: std::mem::take(&mut s.errors),
+        completion_tokens,
+        tokens_per_second: completion_tokens as f64 / seconds,
+        requests_per_second: requests as f64 / seconds,
+        ttft_ms: spread(&mut s.ttft_ms),
+        inter_token_ms: spread(&mut s.itl_ms),
+        latency_ms: spread(&mut s.latency_ms),
+    })
 }
 
 struct One {
