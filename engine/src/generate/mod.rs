@@ -36,6 +36,17 @@ pub enum Event {
     Error(EngineError),
 }
 
+/// Bytes at the end of `held` that may be the start of `marker` (text to
+/// hold back until the next piece shows whether the marker follows).
+pub(crate) fn partial_suffix(held: &str, marker: &str) -> usize {
+    (1..marker.len().min(held.len() + 1))
+        .rev()
+        .find(|&n| {
+            held.is_char_boundary(held.len() - n) && marker.starts_with(&held[held.len() - n..])
+        })
+        .unwrap_or(0)
+}
+
 impl Event {
     pub fn is_terminal(&self) -> bool {
         matches!(self, Self::Done(_) | Self::Error(_))

@@ -60,16 +60,11 @@ impl StopMatcher {
     /// Length of the longest suffix of the held text that is a proper
     /// prefix of some stop string.
     fn partial_suffix_len(&self) -> usize {
-        let held = self.held.as_str();
-        held.char_indices()
-            .map(|(i, _)| i)
-            .find(|&i| {
-                let tail = &held[i..];
-                self.stops
-                    .iter()
-                    .any(|s| s.len() > tail.len() && s.starts_with(tail))
-            })
-            .map_or(0, |i| held.len() - i)
+        self.stops
+            .iter()
+            .map(|s| super::partial_suffix(&self.held, s))
+            .max()
+            .unwrap_or(0)
     }
 }
 

@@ -98,7 +98,7 @@ impl ThinkParser {
                     }
                     // Keep what may begin `</think>`, and trailing blanks
                     // (dropped if the block ends right after them).
-                    let keep = partial_close(&self.held);
+                    let keep = super::partial_suffix(&self.held, CLOSE);
                     let body = &self.held[..self.held.len() - keep];
                     let cut = body.trim_end().len();
                     step.reasoning.push_str(&self.held[..cut]);
@@ -127,16 +127,6 @@ impl ThinkParser {
             },
         }
     }
-}
-
-/// Bytes at the end of `held` that may begin `</think>`.
-fn partial_close(held: &str) -> usize {
-    (1..CLOSE.len().min(held.len() + 1))
-        .rev()
-        .find(|&n| {
-            held.is_char_boundary(held.len() - n) && CLOSE.starts_with(&held[held.len() - n..])
-        })
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -218,7 +218,7 @@ impl ToolParser {
                         }
                         // The arguments are out; skip to the call's end.
                         let Some(end) = self.held.find(CLOSE) else {
-                            let keep = partial_close_len(&self.held);
+                            let keep = super::partial_suffix(&self.held, CLOSE);
                             self.held.drain(..self.held.len() - keep);
                             return step;
                         };
@@ -316,26 +316,12 @@ impl ToolParser {
     }
 }
 
-/// Bytes at the end of `held` that may begin `</tool_call>`.
-fn partial_close_len(held: &str) -> usize {
-    (1..CLOSE.len().min(held.len() + 1))
-        .rev()
-        .find(|&n| {
-            held.is_char_boundary(held.len() - n) && CLOSE.starts_with(&held[held.len() - n..])
-        })
-        .unwrap_or(0)
-}
-
 fn partial_marker_len(held: &str) -> usize {
-    held.char_indices()
-        .map(|(i, _)| i)
-        .find(|&i| {
-            let tail = &held[i..];
-            [OPEN, MISTRAL]
-                .iter()
-                .any(|m| m.len() > tail.len() && m.starts_with(tail))
-        })
-        .map_or(0, |i| held.len() - i)
+    [OPEN, MISTRAL]
+        .iter()
+        .map(|m| super::partial_suffix(held, m))
+        .max()
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
