@@ -4,7 +4,8 @@
 //! `thinking`, `output_config`, `context_management`, `cache_control`,
 //! `max_tokens: 32000`, `/v1/messages?beta=true`, several `anthropic-beta`
 //! values) is answered, and a prompt past the window is reported as the
-//! CLI expects.
+//! CLI expects. A small copy of its body is also checked field by field
+//! over plain HTTP.
 
 mod support;
 
@@ -152,5 +153,73 @@ async fn claude_code_runs_a_tool_round_trip() {
     // One turn asked for the tool, the next answered its result.
     assert!(result["num_turns"].as_u64().unwrap() >= 2, "{result:#}");
     assert_eq!(result["stop_reason"], "end_turn", "{result:#}");
+    ingress.shutdown().await;
+}
+
+/// The body Claude Code 2.1 sends, in small: system turns inside
+/// `messages`, `thinking`, `output_config`, `context_management`,
+/// `cache_control`, a deferred tool, `metadata.user_id`, a `max_tokens`
+/// far past the window, `?beta=true` and several `anthropic-beta` values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_messages_take_what_claude_code_sends() {
+    let server = NatsServer::start();
+    let _neuron = sim_neuron(&server, "n1", &["sim-chat"], |c| {
+        c.sim_reply_tokens = 5;
+    })
+    .await;
+    let ingress = ingress(&server, &["sim-chat"], |_| {}).await;
+    let url = format!("http://{}/v1/messages?beta=true", ingress.addr);
+    let headers = [
+        ("x-api-key", "anything"),
+        ("anthropic-version", "2023-06-01"),
+        (
+            "anthropic-beta",
+            "claude-code-20250219,interleaved-thinking-2025-05-14,context-management-2025-06-27,some-future-beta-2031-01-01",
+        ),
+    ];
+    let body = json!({
+        "model": "sim-chat",
+        "max_tokens": 32000,
+        "stream": true,
+        "system": [
+            {"type": "text", "text": "You are an agent."},
+            {"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}},
+        ],
+        "messages": [
+            {"role": "user", "content": [
+                {"type": "text", "text": "<system-reminder>remember</system-reminder>"},
+                {"type": "text", "text": "Hello there", "cache_control": {"type": "ephemeral"}},
+            ]},
+            {"role": "system", "content": [{"type": "text", "text": "# Environment\ncwd: /x", "cache_control": {"type": "ephemeral"}}]},
+        ],
+        "tools": [{"name": "DeferredToolPlaceholder", "description": "later", "input_schema": {"type": "object"}, "defer_loading": true}],
+        "metadata": {"user_id": "{\"device_id\":\"abc\"}"},
+        "thinking": {"type": "adaptive", "display": "omitted"},
+        "context_management": {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]},
+        "output_config": {"effort": "high"},
+    });
+    let reply = post(&url, &body.to_string(), &headers).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    // `event:` comes before `data:` in every event, as the real API writes.
+    assert!(
+        reply.body.starts_with("event: message_start\ndata: {"),
+        "{}",
+        reply.body
+    );
+    assert!(!reply.body.contains("}\nevent:"), "{}", reply.body);
+    let events = parse_sse(&reply.body);
+    let delta: Value = serde_json::from_str(&events[events.len() - 2].data).unwrap();
+    // The deferred tool was not offered, so the sim answers in words, and
+    // the 32,000 tokens asked for were bounded by the window.
+    assert_eq!(delta["delta"]["stop_reason"], "end_turn", "{}", reply.body);
+    assert_eq!(delta["usage"]["output_tokens"], 5);
+
+    // What has no local meaning is ignored; what is wrong is still refused.
+    let mut bad = body.clone();
+    bad["thinking"] = json!({"type": "sometimes"});
+    let reply = post(&url, &bad.to_string(), &headers).await;
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    assert_eq!(reply.json()["error"]["type"], "invalid_request_error");
+    assert!(reply.body.contains("thinking.type"), "{}", reply.body);
     ingress.shutdown().await;
 }
