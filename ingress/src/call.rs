@@ -15,24 +15,98 @@ use cortex_bus::{
     send_cancel, stream_request, FrameStream, ModelToken, NeuronOp, StreamError, StreamOptions,
     Subjects,
 };
-use cortex_schemas::{Accepted, ErrorClass, Frame, InferRequest};
+use cortex_schemas::{Accepted, Delta, Done, ErrorClass, Frame, InferRequest};
 use futures::StreamExt;
 
 use crate::error::{ApiError, Kind};
 use crate::state::AppState;
 
-/// A call that has produced its first output.
+/// A call that has produced its first output. Read it with
+/// [`Opened::next`] (generations) or [`Opened::into_first`] (one-frame
+/// answers: embeddings, counts).
 #[derive(Debug)]
 pub struct Opened {
     /// The model id the call named.
     pub model: String,
     pub accepted: Accepted,
-    /// The first `Delta`, `Done` or `Embeddings` frame.
-    pub first: Frame,
-    pub stream: FrameStream,
-    pub cancel: CancelOnDrop,
+    /// The first `Delta`, `Done` or `Embeddings` frame, until read.
+    first: Option<Frame>,
+    stream: FrameStream,
+    cancel: CancelOnDrop,
     /// Unix ms after which the call is over.
     pub deadline_ms: u64,
+    /// Tokens generated so far (from the deltas read).
+    generated: u32,
+    /// A terminal output was returned: [`Opened::next`] gives `None`.
+    ended: bool,
+}
+
+/// One output of a generation, as [`Opened::next`] reads it.
+#[derive(Debug)]
+pub enum Output {
+    Delta(Delta),
+    /// The end: nothing follows.
+    Done(Done),
+    /// The end, failed: an `Error` frame, or the bus lost the stream.
+    Failed(ApiError),
+}
+
+impl Opened {
+    /// The next output, keepalives skipped; `None` once the end was read.
+    /// Cancel-safe: dropping the future loses no frame. A neuron that
+    /// ends the stream (done or error) is not cancelled afterwards; one
+    /// that went silent stays armed for cancel, as it may still generate.
+    pub async fn next(&mut self) -> Option<Output> {
+        if self.ended {
+            return None;
+        }
+        loop {
+            let frame = match self.first.take() {
+                Some(frame) => frame,
+                None => match self.stream.next().await {
+                    Some(Ok(frame)) => frame,
+                    Some(Err(error)) => {
+                        self.ended = true;
+                        return Some(Output::Failed(stream_failure(&error, &self.model)));
+                    }
+                    None => {
+                        self.ended = true;
+                        let error = stream_failure(&StreamError::Closed, &self.model);
+                        return Some(Output::Failed(error));
+                    }
+                },
+            };
+            match frame {
+                Frame::Delta(delta) => {
+                    self.generated += delta.tokens;
+                    return Some(Output::Delta(delta));
+                }
+                Frame::Done(done) => {
+                    self.ended = true;
+                    self.cancel.disarm();
+                    return Some(Output::Done(done));
+                }
+                Frame::Error(error) => {
+                    self.ended = true;
+                    self.cancel.disarm();
+                    return Some(Output::Failed(ApiError::from_wire(&error)));
+                }
+                Frame::Accepted(_) | Frame::Keepalive(_) | Frame::Embeddings(_) => {}
+            }
+        }
+    }
+
+    /// `(prompt, generated)` tokens so far: what a generation that ends
+    /// without its `Done` still cost the caller.
+    pub fn spent(&self) -> (u32, u32) {
+        (self.accepted.prompt_tokens.unwrap_or(0), self.generated)
+    }
+
+    /// The one frame of a single-answer call (embeddings, token counts).
+    pub fn into_first(mut self) -> Option<Frame> {
+        self.cancel.disarm();
+        self.first.take()
+    }
 }
 
 /// Sends a cancel to the accepting neuron when dropped, unless disarmed.
@@ -57,7 +131,7 @@ impl CancelOnDrop {
     }
 
     /// The call ended on the neuron's side: nothing to cancel.
-    pub fn disarm(&mut self) {
+    fn disarm(&mut self) {
         self.armed = false;
     }
 }
@@ -218,10 +292,12 @@ async fn first_output(
                 return Ok(Opened {
                     model: model.to_string(),
                     accepted,
-                    first: frame,
+                    first: Some(frame),
                     stream,
                     cancel,
                     deadline_ms,
+                    generated: 0,
+                    ended: false,
                 });
             }
             Some(Ok(Frame::Error(error))) => {

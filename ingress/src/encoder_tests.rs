@@ -1,4 +1,4 @@
-//! Both dialects' stream encoders against the event sequences the real APIs
+//! The stream encoders (OpenAI chat, Responses, Anthropic) against the event sequences the real APIs
 //! send for a reply with text and then a tool call (the shapes the
 //! official SDKs' stream parsers expect; recorded from the APIs' reference
 //! documentation of streaming with tools).
@@ -8,6 +8,9 @@ use serde_json::json;
 
 use crate::anthropic::messages::EventEncoder;
 use crate::openai::chat::ChunkEncoder;
+use crate::openai::responses::answer::Echo;
+use crate::openai::responses::stream::ResponseEncoder;
+use crate::openai::responses::types::ResponsesRequest;
 use crate::sse::{parse, render, Encoder};
 
 fn accepted() -> Accepted {
@@ -236,4 +239,116 @@ async fn reasoning_streams_as_each_api_streams_thinking() {
     assert_eq!(deltas[1], json!({"reasoning_content": "Paris is"}));
     assert_eq!(deltas[2], json!({"reasoning_content": " the capital."}));
     assert_eq!(deltas[3], json!({"content": "Paris."}));
+}
+
+fn response_encoder() -> ResponseEncoder {
+    let request: ResponsesRequest =
+        serde_json::from_value(json!({"model": "m", "input": "hi", "instructions": "Be brief."}))
+            .unwrap();
+    ResponseEncoder::new("resp_1".into(), Echo::of(&request))
+}
+
+#[tokio::test]
+async fn responses_events_follow_the_real_function_call_stream() {
+    let events = parse(&run(response_encoder()).await);
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_deref().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.content_part.added",
+            "response.output_text.delta",
+            "response.output_text.done",
+            "response.content_part.done",
+            "response.output_item.done",
+            "response.output_item.added",
+            "response.function_call_arguments.delta",
+            "response.function_call_arguments.delta",
+            "response.function_call_arguments.done",
+            "response.output_item.done",
+            "response.completed",
+        ]
+    );
+    for (i, (name, data)) in events.iter().enumerate() {
+        assert_eq!(data["type"].as_str(), name.as_deref());
+        assert_eq!(
+            data["sequence_number"], i,
+            "sequence numbers count up from 0"
+        );
+    }
+    let created = &events[0].1["response"];
+    assert_eq!(created["id"], "resp_1");
+    assert_eq!(created["status"], "in_progress");
+    assert_eq!(created["instructions"], "Be brief.");
+    assert_eq!(created["output"], json!([]));
+    let message = &events[2].1;
+    assert_eq!(message["output_index"], 0);
+    assert_eq!(message["item"]["type"], "message");
+    assert_eq!(message["item"]["status"], "in_progress");
+    let message_id = message["item"]["id"].as_str().unwrap();
+    assert!(message_id.starts_with("msg_"));
+    assert_eq!(events[4].1["item_id"], message_id);
+    assert_eq!(events[4].1["delta"], "Let me check.");
+    assert_eq!(events[5].1["text"], "Let me check.");
+    assert_eq!(events[7].1["item"]["content"][0]["text"], "Let me check.");
+    assert_eq!(events[7].1["item"]["status"], "completed");
+    let call = &events[8].1;
+    assert_eq!(call["output_index"], 1);
+    assert_eq!(call["item"]["type"], "function_call");
+    assert_eq!(call["item"]["call_id"], "call_1");
+    assert_eq!(call["item"]["name"], "get_weather");
+    assert_eq!(call["item"]["arguments"], "");
+    assert_eq!(events[9].1["delta"], "{\"city\": ");
+    assert_eq!(events[11].1["arguments"], "{\"city\": \"Paris\"}");
+    let completed = &events[13].1["response"];
+    assert_eq!(completed["status"], "completed");
+    assert_eq!(completed["output"].as_array().unwrap().len(), 2);
+    assert_eq!(completed["output"][1]["arguments"], "{\"city\": \"Paris\"}");
+    assert_eq!(completed["usage"]["input_tokens"], 21);
+    assert_eq!(completed["usage"]["output_tokens"], 9);
+    assert_eq!(completed["usage"]["total_tokens"], 30);
+}
+
+#[tokio::test]
+async fn responses_stream_reasoning_as_its_own_item_and_stop_incomplete_at_the_limit() {
+    let mut encoder = response_encoder();
+    let mut events = encoder.start(&accepted());
+    for delta in thinking_frames() {
+        events.extend(encoder.delta(&delta));
+    }
+    events.extend(encoder.done(&Done {
+        finish_reason: FinishReason::Length,
+        ..done()
+    }));
+    let events = parse(&render(events).await);
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_deref().unwrap()).collect();
+    assert_eq!(
+        names[2..7],
+        [
+            "response.output_item.added",
+            "response.content_part.added",
+            "response.reasoning_text.delta",
+            "response.reasoning_text.delta",
+            "response.reasoning_text.done",
+        ]
+    );
+    assert_eq!(events[2].1["item"]["type"], "reasoning");
+    assert_eq!(events[6].1["text"], "Paris is the capital.");
+    let last = &events.last().unwrap().1;
+    assert_eq!(last["type"], "response.incomplete");
+    assert_eq!(
+        last["response"]["incomplete_details"]["reason"],
+        "max_output_tokens"
+    );
+    assert_eq!(last["response"]["output"][0]["type"], "reasoning");
+    assert_eq!(
+        last["response"]["output"][1]["content"][0]["text"],
+        "Paris."
+    );
+    assert_eq!(
+        last["response"]["usage"]["output_tokens_details"]["reasoning_tokens"],
+        4
+    );
 }

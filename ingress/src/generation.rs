@@ -1,18 +1,10 @@
-//! Reading a generation to its end (non-streaming answers of both
-//! dialects): text, tool calls assembled from their fragments, usage.
+//! Reading a generation to its end (non-streamed answers of every API):
+//! text, reasoning, tool calls assembled from their fragments, usage.
 
-use cortex_schemas::{Done, Frame, TokenLogprob, ToolCall, ToolCallDelta};
-use futures::StreamExt;
+use cortex_schemas::{Delta, Done, TokenLogprob, ToolCall, ToolCallDelta};
 
-use std::time::Instant;
-
-use axum::response::{IntoResponse, Response};
-use axum::Extension;
-
-use crate::auth::Caller;
-use crate::call::{stream_failure, Opened};
-use crate::error::{ApiError, Dialect, DialectError};
-use crate::state::AppState;
+use crate::call::{Opened, Output};
+use crate::error::{ApiError, Kind};
 
 /// A whole generation.
 #[derive(Debug)]
@@ -20,6 +12,8 @@ pub struct Collected {
     pub text: String,
     /// A reasoning model's thinking, apart from `text`.
     pub reasoning: String,
+    /// Tokens of the deltas that carried only thinking.
+    pub reasoning_tokens: u32,
     pub tool_calls: Vec<ToolCall>,
     pub logprobs: Vec<TokenLogprob>,
     pub done: Done,
@@ -51,41 +45,24 @@ impl ToolCalls {
     }
 }
 
-/// A generation that failed part way, and the tokens it had cost.
-#[derive(Debug)]
-pub struct Failed {
-    pub error: ApiError,
-    /// Prompt plus generated tokens, to charge the caller all the same.
-    pub tokens: u32,
+/// Whether a delta spent its tokens on thinking alone.
+pub fn only_reasoning(delta: &Delta) -> bool {
+    !delta.reasoning.is_empty() && delta.text.is_empty() && delta.tool_calls.is_empty()
 }
 
-/// Reads `opened` to its terminal frame.
-pub async fn collect(mut opened: Opened, model: &str) -> Result<Collected, Failed> {
+/// Reads `opened` to its end.
+pub async fn collect(opened: &mut Opened) -> Result<Collected, ApiError> {
     let mut text = String::new();
     let mut reasoning = String::new();
+    let mut reasoning_tokens = 0;
     let mut logprobs = Vec::new();
     let mut calls = ToolCalls::default();
-    let mut tokens = opened.accepted.prompt_tokens.unwrap_or(0);
-    let first = std::mem::replace(&mut opened.first, Frame::Keepalive(Default::default()));
-    let mut frame = Some(first);
-    loop {
-        let current = match frame.take() {
-            Some(frame) => frame,
-            None => match opened.stream.next().await {
-                Some(Ok(frame)) => frame,
-                Some(Err(error)) => {
-                    let error = stream_failure(&error, model);
-                    return Err(Failed { error, tokens });
+    while let Some(output) = opened.next().await {
+        match output {
+            Output::Delta(delta) => {
+                if only_reasoning(&delta) {
+                    reasoning_tokens += delta.tokens;
                 }
-                None => {
-                    let error = stream_failure(&cortex_bus::StreamError::Closed, model);
-                    return Err(Failed { error, tokens });
-                }
-            },
-        };
-        match current {
-            Frame::Delta(delta) => {
-                tokens += delta.tokens;
                 text.push_str(&delta.text);
                 reasoning.push_str(&delta.reasoning);
                 for fragment in &delta.tool_calls {
@@ -93,68 +70,21 @@ pub async fn collect(mut opened: Opened, model: &str) -> Result<Collected, Faile
                 }
                 logprobs.extend(delta.logprobs);
             }
-            Frame::Done(done) => {
-                opened.cancel.disarm();
+            Output::Done(done) => {
                 return Ok(Collected {
                     text,
                     reasoning,
+                    reasoning_tokens,
                     tool_calls: calls.0,
                     logprobs,
                     done,
-                });
+                })
             }
-            Frame::Error(error) => {
-                opened.cancel.disarm();
-                let error = ApiError::from_wire(&error);
-                return Err(Failed { error, tokens });
-            }
-            Frame::Accepted(_) | Frame::Keepalive(_) | Frame::Embeddings(_) => {}
+            Output::Failed(error) => return Err(error),
         }
     }
-}
-
-/// The caller the auth middleware put in the request (0 without keys).
-pub fn caller(extension: Option<Extension<Caller>>) -> Caller {
-    extension.map_or(Caller(0), |Extension(caller)| caller)
-}
-
-/// A handler's outcome as the response: on failure, counted in metrics
-/// (with the model it named, if any) and written in the dialect.
-pub fn answer(
-    state: &AppState,
-    dialect: Dialect,
-    started: Instant,
-    result: Result<Response, (String, ApiError)>,
-) -> Response {
-    match result {
-        Ok(response) => response,
-        Err((model, error)) => {
-            let status = error.status().as_u16();
-            state
-                .metrics
-                .finished(&model, dialect.as_str(), status, started.elapsed());
-            DialectError(dialect, error).into_response()
-        }
-    }
-}
-
-/// Reads a non-streamed generation whole, with its metrics and token charge.
-pub async fn collect_whole(
-    state: &AppState,
-    caller: Caller,
-    opened: Opened,
-    dialect: Dialect,
-    started: Instant,
-) -> Result<Collected, (String, ApiError)> {
-    let model = opened.model.clone();
-    state.metrics.first_token(&model, started.elapsed());
-    let collected = collect(opened, &model).await.map_err(|failed| {
-        state.record_tokens(caller, &model, 0, failed.tokens);
-        (model.clone(), failed.error)
-    })?;
-    state.record_done(caller, &model, &collected.done);
-    state
-        .metrics
-        .finished(&model, dialect.as_str(), 200, started.elapsed());
-    Ok(collected)
+    Err(ApiError::new(
+        Kind::Internal,
+        "the generation was read twice",
+    ))
 }

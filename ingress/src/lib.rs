@@ -12,10 +12,13 @@
 //!   [`stall`]: writes that make no progress fail after a deadline.
 //! - [`openai`], [`anthropic`]: one module per dialect: request types,
 //!   translation to the wire `GenerateRequest`, answers whole or streamed.
-//! - [`call`]: one bus call with retries before the first output and
-//!   cancel on client disconnect; [`cold`]: placement's `ensure` when no
-//!   neuron holds the model; [`generation`]: reading it whole;
-//!   [`sse`]: streaming it through a dialect's encoder.
+//! - [`pipeline`]: the one path every text-generating API takes (an
+//!   [`pipeline::Api`] per endpoint: request type, translation, answer).
+//! - [`call`]: one bus call with retries before the first output, cancel
+//!   on client disconnect, and [`call::Opened::next`], the one frame loop;
+//!   [`cold`]: placement's `ensure` when no neuron holds the model;
+//!   [`generation`]: reading it whole; [`sse`]: streaming it through an
+//!   API's encoder.
 //! - [`error`]: every failure and its one mapping to status and dialect
 //!   body; [`body`]: JSON bodies with errors that name the field;
 //!   [`validate`]: checks both dialects share.
@@ -43,6 +46,7 @@ pub mod generation;
 pub mod ids;
 pub mod metrics;
 pub mod openai;
+pub mod pipeline;
 pub mod server;
 pub mod sse;
 pub mod stall;

@@ -26,6 +26,10 @@ struct Model {
     model: String,
 }
 
+/// A request's model as its metrics name it (see [`Metrics::label`]).
+#[derive(Debug, Clone)]
+pub struct Label(Model);
+
 type Histograms = Family<Model, Histogram, fn() -> Histogram>;
 
 fn latency() -> Histogram {
@@ -123,66 +127,57 @@ impl Metrics {
         metrics
     }
 
-    fn label(&self, model: &str) -> String {
-        if model.is_empty() || self.fleet.holds(model) || self.catalog.knows(model) {
-            model.to_string()
-        } else {
-            "unknown".to_string()
-        }
+    /// The label of `model` in every series: worked out once per request
+    /// (it looks the model up in the fleet and the catalogue).
+    pub fn label(&self, model: &str) -> Label {
+        let known = model.is_empty() || self.fleet.holds(model) || self.catalog.knows(model);
+        Label(Model {
+            model: if known { model } else { "unknown" }.to_string(),
+        })
     }
 
-    fn model(&self, model: &str) -> Model {
-        Model {
-            model: self.label(model),
-        }
-    }
-
-    pub fn finished(&self, model: &str, dialect: &str, status: u16, duration: Duration) {
+    pub fn finished(&self, label: &Label, dialect: &str, status: u16, duration: Duration) {
         self.requests
             .get_or_create(&Request {
-                model: self.label(model),
+                model: label.0.model.clone(),
                 dialect: dialect.to_string(),
                 status: status.to_string(),
             })
             .inc();
         self.duration
-            .get_or_create(&self.model(model))
+            .get_or_create(&label.0)
             .observe(duration.as_secs_f64());
     }
 
-    pub fn first_token(&self, model: &str, after: Duration) {
+    pub fn first_token(&self, label: &Label, after: Duration) {
         self.ttft
-            .get_or_create(&self.model(model))
+            .get_or_create(&label.0)
             .observe(after.as_secs_f64());
     }
 
-    pub fn between_tokens(&self, model: &str, gap: Duration) {
+    pub fn between_tokens(&self, label: &Label, gap: Duration) {
         self.inter_token
-            .get_or_create(&self.model(model))
+            .get_or_create(&label.0)
             .observe(gap.as_secs_f64());
     }
 
     /// A request that waited for its model to be loaded.
     pub fn cold_start(&self, model: &str) {
-        self.cold_starts
-            .get_or_create(&Model {
-                model: self.label(model),
-            })
-            .inc();
+        self.cold_starts.get_or_create(&self.label(model).0).inc();
     }
 
-    pub fn queued(&self, model: &str, ms: u64) {
+    pub fn queued(&self, label: &Label, ms: u64) {
         self.queue_time
-            .get_or_create(&self.model(model))
+            .get_or_create(&label.0)
             .observe(ms as f64 / 1000.0);
     }
 
-    pub fn tokens(&self, model: &str, prompt: u32, completion: u32) {
+    pub fn tokens(&self, label: &Label, prompt: u32, completion: u32) {
         self.prompt_tokens
-            .get_or_create(&self.model(model))
+            .get_or_create(&label.0)
             .inc_by(u64::from(prompt));
         self.completion_tokens
-            .get_or_create(&self.model(model))
+            .get_or_create(&label.0)
             .inc_by(u64::from(completion));
     }
 

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{ConfigError, IngressConfig};
 use crate::error::{ApiError, Dialect, Kind};
 use crate::fleet::Fleet;
+use crate::pipeline::handle;
 use crate::state::AppState;
 use crate::{anthropic, openai};
 
@@ -49,12 +50,22 @@ pub fn router(state: AppState) -> Router {
     // The API routes sit behind authentication and per-key limits; health
     // and metrics do not.
     let api = Router::new()
-        .route("/v1/chat/completions", post(openai::chat::handle))
-        .route("/v1/completions", post(openai::completions::handle))
+        .route("/v1/chat/completions", post(handle::<openai::chat::Chat>))
+        .route(
+            "/v1/completions",
+            post(handle::<openai::completions::Completions>),
+        )
+        .route(
+            "/v1/responses",
+            post(handle::<openai::responses::Responses>),
+        )
         .route("/v1/embeddings", post(openai::embeddings::handle))
         .route("/v1/models", get(openai::models::list))
         .route("/v1/models/{*id}", get(openai::models::get))
-        .route("/v1/messages", post(anthropic::messages::handle))
+        .route(
+            "/v1/messages",
+            post(handle::<anthropic::messages::Messages>),
+        )
         .route(
             "/v1/messages/count_tokens",
             post(anthropic::count_tokens::handle),

@@ -9,13 +9,14 @@ use std::time::{Duration, Instant};
 
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use cortex_schemas::{Accepted, Delta, Done, Frame};
+use cortex_schemas::{Accepted, Delta, Done};
 use futures::StreamExt;
+use serde::Serialize;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
-use crate::auth::Caller;
-use crate::call::{stream_failure, Opened};
-use crate::error::{ApiError, Dialect};
+use crate::call::{Opened, Output};
+use crate::error::{ApiError, Kind};
+use crate::pipeline::Context;
 use crate::state::AppState;
 
 /// Events buffered toward a client before the pump waits for it.
@@ -35,33 +36,32 @@ pub trait Encoder: Send + 'static {
 /// An SSE event whose data is `value` as JSON, named `name` when given.
 /// The name is written first (`event:` then `data:`), as Anthropic's API
 /// does: hand-written clients read the name before the data.
-pub fn json_event(name: Option<&str>, value: &serde_json::Value) -> Event {
+pub fn json_event(name: Option<&str>, value: &impl Serialize) -> Event {
     let event = match name {
         Some(name) => Event::default().event(name),
         None => Event::default(),
     };
-    event.data(value.to_string())
+    match serde_json::to_string(value) {
+        Ok(data) => event.data(data),
+        Err(error) => event.data(format!("{{\"error\":\"unencodable event: {error}\"}}")),
+    }
 }
 
-/// What a stream carries along besides its frames.
-#[derive(Debug)]
-pub struct Context {
-    /// This pod's in-flight place, held until the stream ends.
-    pub permit: OwnedSemaphorePermit,
-    pub caller: Caller,
-    pub dialect: Dialect,
-    pub started: Instant,
-}
-
-/// Streams `opened` to the client in `encoder`'s shape.
+/// Streams `opened` to the client in `encoder`'s shape; `permit` (this
+/// pod's in-flight place) is held until the stream ends.
 pub fn respond(
     state: &AppState,
     opened: Opened,
     encoder: impl Encoder,
     context: Context,
+    permit: OwnedSemaphorePermit,
 ) -> Response {
     let (tx, mut rx) = mpsc::channel::<Event>(EVENT_BUFFER);
-    tokio::spawn(pump(state.clone(), opened, encoder, tx, context));
+    let state = state.clone();
+    tokio::spawn(async move {
+        pump(&state, opened, encoder, &tx, &context).await;
+        drop(permit);
+    });
     let body = futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).map(Ok::<_, Infallible>);
     Sse::new(body)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
@@ -69,89 +69,71 @@ pub fn respond(
 }
 
 async fn pump(
-    state: AppState,
+    state: &AppState,
     mut opened: Opened,
     mut encoder: impl Encoder,
-    tx: mpsc::Sender<Event>,
-    context: Context,
+    tx: &mpsc::Sender<Event>,
+    context: &Context,
 ) {
-    let Context {
-        permit: _permit,
-        caller,
-        dialect,
-        started,
-    } = context;
-    let model = opened.model.clone();
     let deadline = instant_of(opened.deadline_ms);
-    state.metrics.first_token(&model, started.elapsed());
-    let prompt_tokens = opened.accepted.prompt_tokens.unwrap_or(0);
-    let mut generated = 0u32;
+    let label = &context.label;
     let mut last: Option<Instant> = None;
     let mut status = 200;
     let mut done = None;
     let mut events = encoder.start(&opened.accepted);
-    let first = std::mem::replace(&mut opened.first, Frame::Keepalive(Default::default()));
-    let mut frame = Some(first);
-    'stream: loop {
-        if !send_all(&tx, events.drain(..), deadline).await {
+    loop {
+        if !send_all(tx, events.drain(..), deadline).await {
             // The client went away (or stopped reading): dropping `opened`
             // cancels the generation on the neuron.
-            status = 499;
-            break 'stream;
+            status = cancelled();
+            break;
         }
-        let current = match frame.take() {
-            Some(frame) => frame,
-            None => tokio::select! {
-                next = opened.stream.next() => match next {
-                    Some(Ok(frame)) => frame,
-                    Some(Err(error)) => {
-                        // The neuron may still be generating: the cancel stays armed.
-                        let error = stream_failure(&error, &model);
-                        status = error.status().as_u16();
-                        send_all(&tx, encoder.error(&error).into_iter(), deadline).await;
-                        break;
-                    }
-                    None => break,
-                },
-                _ = tx.closed() => {
-                    status = 499;
-                    break;
-                }
-            },
+        let output = tokio::select! {
+            output = opened.next() => output,
+            _ = tx.closed() => {
+                status = cancelled();
+                break;
+            }
         };
-        match current {
-            Frame::Delta(delta) => {
+        match output {
+            Some(Output::Delta(delta)) => {
                 if let Some(last) = last {
-                    state.metrics.between_tokens(&model, last.elapsed());
+                    state.metrics.between_tokens(label, last.elapsed());
                 }
                 last = Some(Instant::now());
-                generated += delta.tokens;
                 events = encoder.delta(&delta);
             }
-            Frame::Done(finished) => {
-                opened.cancel.disarm();
-                send_all(&tx, encoder.done(&finished).into_iter(), deadline).await;
+            Some(Output::Done(finished)) => {
+                send_all(tx, encoder.done(&finished).into_iter(), deadline).await;
                 done = Some(finished);
                 break;
             }
-            Frame::Error(error) => {
-                opened.cancel.disarm();
-                let error = ApiError::from_wire(&error);
+            Some(Output::Failed(error)) => {
                 status = error.status().as_u16();
-                send_all(&tx, encoder.error(&error).into_iter(), deadline).await;
+                send_all(tx, encoder.error(&error).into_iter(), deadline).await;
                 break;
             }
-            Frame::Accepted(_) | Frame::Keepalive(_) | Frame::Embeddings(_) => {}
+            None => break,
         }
     }
     // Whatever the ending, the tokens the neuron spent count against the caller.
     match done {
-        Some(done) => state.record_done(caller, &model, &done),
-        None => state.record_tokens(caller, &model, prompt_tokens, generated),
+        Some(done) => state.record_done(context.caller, label, &done),
+        None => {
+            let (prompt, generated) = opened.spent();
+            state.record_tokens(context.caller, label, prompt, generated);
+        }
     }
-    state
-        .metrics
-        .finished(&model, dialect.as_str(), status, started.elapsed());
+    let elapsed = context.started.elapsed();
+    let dialect = context.dialect.as_str();
+    state.metrics.finished(label, dialect, status, elapsed);
+}
+
+/// The status a stream the client left is counted under (499).
+fn cancelled() -> u16 {
+    ApiError::new(Kind::Cancelled, "the client went away")
+        .status()
+        .as_u16()
 }
 
 /// Sends `events` in order; false when the client is gone or has not read

@@ -13,7 +13,7 @@ use crate::catalog::Catalog;
 use crate::config::IngressConfig;
 use crate::error::{ApiError, Kind};
 use crate::fleet::Fleet;
-use crate::metrics::Metrics;
+use crate::metrics::{Label, Metrics};
 
 /// Shared by all handlers (cheap to clone).
 #[derive(Debug, Clone)]
@@ -77,19 +77,19 @@ impl AppState {
 
     /// Records a finished generation: queue time and tokens in metrics,
     /// tokens against the caller's budget.
-    pub fn record_done(&self, caller: Caller, model: &str, done: &cortex_schemas::Done) {
-        self.metrics.queued(model, done.timings.queue_ms);
+    pub fn record_done(&self, caller: Caller, label: &Label, done: &cortex_schemas::Done) {
+        self.metrics.queued(label, done.timings.queue_ms);
         self.record_tokens(
             caller,
-            model,
+            label,
             done.usage.prompt_tokens,
             done.usage.completion_tokens,
         );
     }
 
     /// Counts a finished request's tokens in metrics and against its caller's budget.
-    pub fn record_tokens(&self, caller: Caller, model: &str, prompt: u32, completion: u32) {
-        self.metrics.tokens(model, prompt, completion);
+    pub fn record_tokens(&self, caller: Caller, label: &Label, prompt: u32, completion: u32) {
+        self.metrics.tokens(label, prompt, completion);
         self.limits.spend(caller, prompt + completion);
     }
 

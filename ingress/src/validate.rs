@@ -1,4 +1,7 @@
-//! Checks both dialects share: each failure names its field.
+//! Checks the APIs share: each failure names its field.
+
+use cortex_schemas::{ResponseFormat, ToolChoice, ToolDefinition};
+use serde_json::Value;
 
 use crate::error::ApiError;
 
@@ -64,4 +67,51 @@ pub fn stops(param: &str, stops: Vec<String>) -> Result<Vec<String>, ApiError> {
         ));
     }
     Ok(stops)
+}
+
+/// A `tool_choice` that names one tool (`param` is where the name is):
+/// it must be one of `tools`. `required` / `any` needs tools at all.
+pub fn tool_choice(
+    param: &str,
+    choice: ToolChoice,
+    tools: &[ToolDefinition],
+) -> Result<ToolChoice, ApiError> {
+    match &choice {
+        ToolChoice::Function { name } if !tools.iter().any(|t| &t.name == name) => Err(
+            ApiError::invalid(param, format!("{param}: no tool named {name:?}")),
+        ),
+        ToolChoice::Required if tools.is_empty() => Err(ApiError::invalid(
+            "tool_choice",
+            "tool_choice: asking for a tool call needs tools",
+        )),
+        _ => Ok(choice),
+    }
+}
+
+/// A response format by its `type` (`param`); `json_schema` reads its
+/// `(name, schema, strict)` from `schema`, or names `schema_param` missing.
+pub fn response_format(
+    param: &str,
+    kind: &str,
+    schema_param: &str,
+    schema: impl FnOnce() -> Option<(String, Value, bool)>,
+) -> Result<ResponseFormat, ApiError> {
+    match kind {
+        "text" => Ok(ResponseFormat::Text),
+        "json_object" => Ok(ResponseFormat::JsonObject),
+        "json_schema" => {
+            let (name, schema, strict) = schema().ok_or_else(|| {
+                ApiError::invalid(schema_param, format!("{schema_param}: missing"))
+            })?;
+            Ok(ResponseFormat::JsonSchema {
+                name,
+                schema,
+                strict,
+            })
+        }
+        other => Err(ApiError::invalid(
+            param,
+            format!("{param}: unknown {other:?} (text, json_object, json_schema)"),
+        )),
+    }
 }

@@ -1,13 +1,14 @@
-//! Fuzzing both dialects' request parsers below HTTP: any body bytes go
+//! Fuzzing the APIs' request parsers below HTTP: any body bytes go
 //! through the same decode (`body::parse`) and translation to the wire
 //! request (`translate`) as a real request. Nothing may panic, and every
 //! refusal is a 4xx, the client's fault, never a 5xx. Seeds in
-//! `fuzz/corpus/openai-chat/` and `fuzz/corpus/anthropic-messages/`;
+//! `fuzz/corpus/openai-chat/`, `openai-responses/` and `anthropic-messages/`;
 //! `ingress/tests/fuzz.rs` drives well-formed JSON through the HTTP server.
 
 use cortex_ingress::anthropic::{messages, types::MessagesRequest};
 use cortex_ingress::body;
 use cortex_ingress::error::ApiError;
+use cortex_ingress::openai::responses::{self, types::ResponsesRequest};
 use cortex_ingress::openai::{chat, types::ChatRequest};
 use cortex_testkit::fuzz;
 use proptest::test_runner::{TestCaseError, TestRunner};
@@ -44,6 +45,16 @@ fn anthropic(bytes: &[u8]) -> Result<(), TestCaseError> {
     }
 }
 
+fn responses(bytes: &[u8]) -> Result<(), TestCaseError> {
+    match body::parse::<ResponsesRequest>(bytes) {
+        Ok(request) => match responses::translate(request, "req-1", 60_000) {
+            Ok(_) => Ok(()),
+            Err(error) => client_fault("translate", &error),
+        },
+        Err(error) => client_fault("parse", &error),
+    }
+}
+
 fn campaign(target: &str, check: fn(&[u8]) -> Result<(), TestCaseError>) {
     let seeds = fuzz::corpus(target);
     assert!(!seeds.is_empty(), "fuzz/corpus/{target} is empty");
@@ -66,7 +77,16 @@ fn anthropic_messages_bodies_never_panic_or_5xx() {
 }
 
 #[test]
+fn openai_responses_bodies_never_panic_or_5xx() {
+    campaign("openai-responses", responses);
+}
+
+#[test]
 fn the_seeds_are_valid_requests() {
+    for seed in fuzz::corpus("openai-responses") {
+        let request: ResponsesRequest = body::parse(&seed).unwrap();
+        responses::translate(request, "r", 60_000).unwrap();
+    }
     for seed in fuzz::corpus("openai-chat") {
         let request: ChatRequest = body::parse(&seed).unwrap();
         chat::translate(request, "r", 60_000).unwrap();

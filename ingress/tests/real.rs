@@ -1,4 +1,5 @@
-//! The HTTP API in front of neurons running the real SmolLM2 and MiniLM.
+//! The HTTP API (OpenAI chat and Responses, Anthropic Messages, embeddings)
+//! in front of neurons running the real SmolLM2 and MiniLM.
 
 mod support;
 
@@ -58,6 +59,35 @@ async fn smollm_answers_both_dialects_and_minilm_embeds() {
         })
         .collect();
     assert!(streamed.contains("Paris"), "{streamed}");
+
+    // The Responses API, streamed: the same greedy answer, the same tokens.
+    let responses = post(
+        &format!("{base}/v1/responses"),
+        &json!({"model": "smollm2", "temperature": 0, "max_output_tokens": 24, "stream": true,
+                "input": [{"role": "user", "content": [{"type": "input_text", "text": question}]}]})
+        .to_string(),
+        &[],
+    )
+    .await;
+    assert_eq!(responses.status, 200, "{}", responses.body);
+    let events = parse_sse(&responses.body);
+    let answer: String = events
+        .iter()
+        .filter(|e| e.event.as_deref() == Some("response.output_text.delta"))
+        .map(|e| {
+            serde_json::from_str::<serde_json::Value>(&e.data).unwrap()["delta"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(answer, streamed, "both APIs answer greedily alike");
+    let last: serde_json::Value = serde_json::from_str(&events.last().unwrap().data).unwrap();
+    assert_eq!(last["type"], "response.completed", "{last:#}");
+    assert_eq!(
+        last["response"]["output"][0]["content"][0]["text"],
+        answer.as_str()
+    );
 
     let floats = post(
         &format!("{base}/v1/embeddings"),

@@ -31,15 +31,14 @@ async fn count(state: &AppState, headers: &HeaderMap, body: Body) -> Result<u32,
     request.model = state.catalog.resolve(&request.model);
     let deadline = state.deadline_ms(headers);
     let generate = translate(request, &format!("count_{}", new_id()), deadline)?;
-    let mut opened = crate::call::open(
+    let opened = crate::call::open(
         state,
         &InferRequest::CountTokens(Box::new(generate)),
         deadline,
     )
     .await?;
-    opened.cancel.disarm();
-    match opened.first {
-        Frame::Done(done) => Ok(done.usage.prompt_tokens),
+    match opened.into_first() {
+        Some(Frame::Done(done)) => Ok(done.usage.prompt_tokens),
         _ => Err(ApiError::new(
             Kind::Internal,
             "the neuron did not answer with a count",

@@ -4,132 +4,57 @@
 //! `content_block_delta`s / `content_block_stop`, then `message_delta`
 //! (stop reason, output tokens) and `message_stop`.
 
-use std::time::Instant;
-
-use axum::body::Body;
-use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
-use axum::Extension;
 use axum::Json;
 use cortex_schemas::{
-    merge_system, Accepted, ChatMessage, ContentPart, Delta, Done, FinishReason, GenerateInput,
-    GenerateRequest, InferRequest, Role, SamplingParams, ToolCall, ToolChoice, ToolDefinition,
+    merge_system, Accepted, ChatMessage, ContentPart, Delta, Done, GenerateInput, GenerateRequest,
+    Role, SamplingParams, ToolCall, ToolChoice, ToolDefinition,
 };
 use serde_json::{json, Value};
 
+use super::answer::{stop_reason, Block, BlockDelta, Message, StopDelta, StreamEvent, Usage};
 use super::types::{MessageContent, MessagesRequest, System};
-use crate::auth::Caller;
 use crate::error::{ApiError, Dialect};
-use crate::generation::{answer, caller, collect_whole};
+use crate::generation::Collected;
 use crate::ids::new_id;
+use crate::pipeline::{Answer, Api, Translated};
 use crate::sse::{json_event, Encoder};
-use crate::state::AppState;
 use crate::validate;
 
 const DIALECT: Dialect = Dialect::Anthropic;
 
-pub async fn handle(
-    State(state): State<AppState>,
-    caller_ext: Option<Extension<Caller>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let started = Instant::now();
-    let result = serve(&state, caller(caller_ext), &headers, body, started).await;
-    answer(&state, DIALECT, started, result)
-}
+/// `POST /v1/messages`.
+#[derive(Debug)]
+pub struct Messages;
 
-async fn serve(
-    state: &AppState,
-    caller: Caller,
-    headers: &HeaderMap,
-    body: Body,
-    started: Instant,
-) -> Result<Response, (String, ApiError)> {
-    let permit = state.admit().map_err(|e| (String::new(), e))?;
-    let mut request: MessagesRequest =
-        crate::body::read_json(body, state.config.body_limit, state.config.body_timeout)
-            .await
-            .map_err(|e| (String::new(), e))?;
-    // Aliases become catalogue ids before anything is sent.
-    request.model = state.catalog.resolve(&request.model);
-    let model = request.model.clone();
-    let stream = request.stream;
-    let id = format!("msg_{}", new_id());
-    let deadline = state.deadline_ms(headers);
-    let generate = translate(request, &id, deadline).map_err(|e| (model.clone(), e))?;
-    let opened = crate::call::open(state, &InferRequest::Generate(Box::new(generate)), deadline)
-        .await
-        .map_err(|e| (model.clone(), e))?;
-    if stream {
-        let encoder = EventEncoder::new(id, model);
-        return Ok(crate::sse::respond(
-            state,
-            opened,
-            encoder,
-            crate::sse::Context {
-                permit,
-                caller,
-                dialect: DIALECT,
-                started,
-            },
-        ));
+impl Api for Messages {
+    type Request = MessagesRequest;
+    type Answer = EventEncoder;
+    const DIALECT: Dialect = DIALECT;
+
+    fn model(request: &mut MessagesRequest) -> &mut String {
+        &mut request.model
     }
-    let collected = collect_whole(state, caller, opened, DIALECT, started).await?;
-    let done = &collected.done;
-    let mut content = Vec::new();
-    if !collected.reasoning.is_empty() {
-        // No signature: the thinking was not made by Anthropic.
-        content
-            .push(json!({ "type": "thinking", "thinking": collected.reasoning, "signature": "" }));
+
+    fn translate(
+        request: MessagesRequest,
+        deadline_ms: u64,
+    ) -> Result<Translated<EventEncoder>, ApiError> {
+        let stream = request.stream;
+        let id = format!("msg_{}", new_id());
+        let model = request.model.clone();
+        Ok(Translated {
+            generate: translate(request, &id, deadline_ms)?,
+            stream,
+            answer: EventEncoder::new(id, model),
+        })
     }
-    if !collected.text.is_empty() || collected.tool_calls.is_empty() {
-        content.push(json!({ "type": "text", "text": collected.text }));
-    }
-    for call in &collected.tool_calls {
-        content.push(json!({ "type": "tool_use", "id": call.id, "name": call.name, "input": arguments(call) }));
-    }
-    Ok(Json(json!({
-        "id": id,
-        "type": "message",
-        "role": "assistant",
-        "model": model,
-        "content": content,
-        "stop_reason": stop_reason(done),
-        "stop_sequence": done.stop_sequence,
-        "usage": usage(&done.usage),
-    }))
-    .into_response())
 }
 
 /// A tool call's arguments as the JSON object Anthropic's `input` is.
 fn arguments(call: &ToolCall) -> Value {
     serde_json::from_str(&call.arguments).unwrap_or_else(|_| json!({}))
-}
-
-/// Anthropic's `stop_reason`.
-/// Anthropic's usage: `input_tokens` counts the prompt tokens not read
-/// from the cache, `cache_read_input_tokens` those that were (the engine's
-/// prefix cache); the prompt is their sum.
-fn usage(usage: &cortex_schemas::Usage) -> serde_json::Value {
-    let cached = usage.cached_tokens.min(usage.prompt_tokens);
-    json!({
-        "input_tokens": usage.prompt_tokens - cached,
-        "cache_creation_input_tokens": 0,
-        "cache_read_input_tokens": cached,
-        "output_tokens": usage.completion_tokens,
-    })
-}
-
-fn stop_reason(done: &Done) -> &'static str {
-    match done.finish_reason {
-        FinishReason::Length => "max_tokens",
-        FinishReason::ToolCalls => "tool_use",
-        FinishReason::Stop if done.stop_sequence.is_some() => "stop_sequence",
-        FinishReason::Stop => "end_turn",
-    }
 }
 
 /// The wire request for an Anthropic Messages request, or the field at fault.
@@ -226,16 +151,8 @@ pub fn translate(
             Some("auto") => ToolChoice::Auto,
             Some("any") => ToolChoice::Required,
             Some("none") => ToolChoice::None,
-            Some("tool") => match choice["name"].as_str() {
-                Some(name) if tools.iter().any(|t| t.name == name) => ToolChoice::Function {
-                    name: name.to_string(),
-                },
-                _ => {
-                    return Err(ApiError::invalid(
-                        "tool_choice.name",
-                        "tool_choice: name one of the tools",
-                    ))
-                }
+            Some("tool") => ToolChoice::Function {
+                name: choice["name"].as_str().unwrap_or_default().to_string(),
             },
             _ => {
                 return Err(ApiError::invalid(
@@ -245,6 +162,9 @@ pub fn translate(
             }
         }),
     };
+    let tool_choice = tool_choice
+        .map(|choice| validate::tool_choice("tool_choice.name", choice, &tools))
+        .transpose()?;
     Ok(GenerateRequest {
         request_id: id.to_string(),
         model: request.model,
@@ -383,7 +303,7 @@ enum Open {
     Tool(usize, u32),
 }
 
-/// Anthropic's streaming events.
+/// Anthropic's streaming events, or the whole message.
 #[derive(Debug)]
 pub struct EventEncoder {
     id: String,
@@ -391,6 +311,10 @@ pub struct EventEncoder {
     next_index: usize,
     open: Open,
     pinged: bool,
+}
+
+fn event(event: &StreamEvent<'_>) -> Event {
+    json_event(Some(event.name()), event)
 }
 
 impl EventEncoder {
@@ -404,92 +328,95 @@ impl EventEncoder {
         }
     }
 
-    fn event(name: &str, value: Value) -> Event {
-        json_event(Some(name), &value)
-    }
-
     fn close(&mut self, events: &mut Vec<Event>) {
         let index = match self.open {
             Open::None => return,
             Open::Thinking(index) | Open::Text(index) | Open::Tool(index, _) => index,
         };
-        events.push(Self::event(
-            "content_block_stop",
-            json!({"type": "content_block_stop", "index": index}),
-        ));
+        events.push(event(&StreamEvent::ContentBlockStop { index }));
         self.open = Open::None;
     }
 
-    fn begin(&mut self, block: Value, open: impl FnOnce(usize) -> Open, events: &mut Vec<Event>) {
+    fn begin(
+        &mut self,
+        block: Block<'_>,
+        open: impl FnOnce(usize) -> Open,
+        events: &mut Vec<Event>,
+    ) {
         self.close(events);
         let index = self.next_index;
         self.next_index += 1;
-        events.push(Self::event(
-            "content_block_start",
-            json!({"type": "content_block_start", "index": index, "content_block": block}),
-        ));
+        events.push(event(&StreamEvent::ContentBlockStart {
+            index,
+            content_block: block,
+        }));
         if !self.pinged {
             self.pinged = true;
-            events.push(Self::event("ping", json!({"type": "ping"})));
+            events.push(event(&StreamEvent::Ping));
         }
         self.open = open(index);
+    }
+
+    fn message<'a>(
+        &'a self,
+        content: Vec<Block<'a>>,
+        done: Option<&'a Done>,
+        usage: Usage,
+    ) -> Message<'a> {
+        Message {
+            id: &self.id,
+            kind: "message",
+            role: "assistant",
+            model: &self.model,
+            content,
+            stop_reason: done.map(stop_reason),
+            stop_sequence: done.and_then(|d| d.stop_sequence.as_deref()),
+            usage,
+        }
     }
 }
 
 impl Encoder for EventEncoder {
     fn start(&mut self, accepted: &Accepted) -> Vec<Event> {
-        vec![Self::event(
-            "message_start",
-            json!({
-                "type": "message_start",
-                "message": {
-                    "id": self.id,
-                    "type": "message",
-                    "role": "assistant",
-                    "model": self.model,
-                    "content": [],
-                    "stop_reason": null,
-                    "stop_sequence": null,
-                    "usage": { "input_tokens": accepted.prompt_tokens.unwrap_or(0), "output_tokens": 1 },
-                },
-            }),
-        )]
+        let usage = Usage::start(accepted.prompt_tokens.unwrap_or(0));
+        let message = self.message(Vec::new(), None, usage);
+        vec![event(&StreamEvent::MessageStart { message })]
     }
 
     fn delta(&mut self, delta: &Delta) -> Vec<Event> {
         let mut events = Vec::new();
         if !delta.reasoning.is_empty() {
             if !matches!(self.open, Open::Thinking(_)) {
-                let block = json!({"type": "thinking", "thinking": "", "signature": ""});
+                let block = Block::Thinking {
+                    thinking: "",
+                    signature: "",
+                };
                 self.begin(block, Open::Thinking, &mut events);
             }
             if let Open::Thinking(index) = self.open {
-                events.push(Self::event(
-                    "content_block_delta",
-                    json!({"type": "content_block_delta", "index": index, "delta": {"type": "thinking_delta", "thinking": delta.reasoning}}),
-                ));
+                let delta = BlockDelta::ThinkingDelta {
+                    thinking: &delta.reasoning,
+                };
+                events.push(event(&StreamEvent::ContentBlockDelta { index, delta }));
             }
         }
         if !delta.text.is_empty() {
             if !matches!(self.open, Open::Text(_)) {
-                self.begin(json!({"type": "text", "text": ""}), Open::Text, &mut events);
+                self.begin(Block::Text { text: "" }, Open::Text, &mut events);
             }
             if let Open::Text(index) = self.open {
-                events.push(Self::event(
-                    "content_block_delta",
-                    json!({"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": delta.text}}),
-                ));
+                let delta = BlockDelta::TextDelta { text: &delta.text };
+                events.push(event(&StreamEvent::ContentBlockDelta { index, delta }));
             }
         }
         for fragment in &delta.tool_calls {
             let same = matches!(self.open, Open::Tool(_, call) if call == fragment.index);
             if !same {
-                let block = json!({
-                    "type": "tool_use",
-                    "id": fragment.id.clone().unwrap_or_default(),
-                    "name": fragment.name.clone().unwrap_or_default(),
-                    "input": {},
-                });
+                let block = Block::ToolUse {
+                    id: fragment.id.as_deref().unwrap_or_default(),
+                    name: fragment.name.as_deref().unwrap_or_default(),
+                    input: json!({}),
+                };
                 self.begin(
                     block,
                     |index| Open::Tool(index, fragment.index),
@@ -497,10 +424,11 @@ impl Encoder for EventEncoder {
                 );
             }
             if let (Open::Tool(index, _), false) = (&self.open, fragment.arguments.is_empty()) {
-                events.push(Self::event(
-                    "content_block_delta",
-                    json!({"type": "content_block_delta", "index": index, "delta": {"type": "input_json_delta", "partial_json": fragment.arguments}}),
-                ));
+                let delta = BlockDelta::InputJsonDelta {
+                    partial_json: &fragment.arguments,
+                };
+                let index = *index;
+                events.push(event(&StreamEvent::ContentBlockDelta { index, delta }));
             }
         }
         events
@@ -510,22 +438,48 @@ impl Encoder for EventEncoder {
         let mut events = Vec::new();
         if self.next_index == 0 {
             // Every message has at least one block, even an empty reply.
-            self.begin(json!({"type": "text", "text": ""}), Open::Text, &mut events);
+            self.begin(Block::Text { text: "" }, Open::Text, &mut events);
         }
         self.close(&mut events);
-        events.push(Self::event(
-            "message_delta",
-            json!({
-                "type": "message_delta",
-                "delta": { "stop_reason": stop_reason(done), "stop_sequence": done.stop_sequence },
-                "usage": usage(&done.usage),
-            }),
-        ));
-        events.push(Self::event("message_stop", json!({"type": "message_stop"})));
+        events.push(event(&StreamEvent::MessageDelta {
+            delta: StopDelta {
+                stop_reason: stop_reason(done),
+                stop_sequence: done.stop_sequence.as_deref(),
+            },
+            usage: Usage::of(&done.usage),
+        }));
+        events.push(event(&StreamEvent::MessageStop));
         events
     }
 
     fn error(&mut self, error: &ApiError) -> Vec<Event> {
-        vec![Self::event("error", error.body(DIALECT))]
+        vec![json_event(Some("error"), &error.body(DIALECT))]
+    }
+}
+
+impl Answer for EventEncoder {
+    fn whole(self, collected: Collected) -> Response {
+        let mut content = Vec::new();
+        if !collected.reasoning.is_empty() {
+            content.push(Block::Thinking {
+                thinking: &collected.reasoning,
+                signature: "",
+            });
+        }
+        if !collected.text.is_empty() || collected.tool_calls.is_empty() {
+            content.push(Block::Text {
+                text: &collected.text,
+            });
+        }
+        for call in &collected.tool_calls {
+            content.push(Block::ToolUse {
+                id: &call.id,
+                name: &call.name,
+                input: arguments(call),
+            });
+        }
+        let usage = Usage::of(&collected.done.usage);
+        let message = self.message(content, Some(&collected.done), usage);
+        Json(message).into_response()
     }
 }

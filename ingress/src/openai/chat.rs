@@ -1,170 +1,67 @@
 //! `POST /v1/chat/completions`: OpenAI chat to the wire `GenerateRequest`,
 //! and the answer back, whole or as `chat.completion.chunk` events.
 
-use std::time::Instant;
-
-use axum::body::Body;
-use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
-use axum::Extension;
 use axum::Json;
 use cortex_schemas::{
-    Accepted, ChatMessage, ContentPart, Delta, Done, FinishReason, GenerateInput, GenerateRequest,
-    InferRequest, ResponseFormat, Role, SamplingParams, ToolCall, ToolChoice, ToolDefinition,
+    Accepted, ChatMessage, ContentPart, Delta, Done, GenerateInput, GenerateRequest,
+    ResponseFormat, Role, SamplingParams, ToolCall, ToolChoice, ToolDefinition,
 };
 use serde_json::{json, Value};
 
-use super::types::{ChatRequest, Content, Message, ResponseFormat as FormatIn};
-use crate::auth::Caller;
+use super::answer::{
+    finish_reason, ChatCompletion, Choice, Chunk, ChunkChoice, ChunkDelta, Logprobs, Message,
+    ToolCallOut, Usage,
+};
+use super::types::{ChatRequest, Content, Message as MessageIn, ResponseFormat as FormatIn};
 use crate::error::{ApiError, Dialect};
-use crate::generation::{answer, caller, collect_whole};
+use crate::generation::Collected;
 use crate::ids::{new_id, unix_seconds};
+use crate::pipeline::{Answer, Api, Translated};
 use crate::sse::{json_event, Encoder};
-use crate::state::AppState;
 use crate::validate;
 
 const DIALECT: Dialect = Dialect::OpenAi;
 
-pub async fn handle(
-    State(state): State<AppState>,
-    caller_ext: Option<Extension<Caller>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let started = Instant::now();
-    let result = serve(&state, caller(caller_ext), &headers, body, started).await;
-    answer(&state, DIALECT, started, result)
-}
+/// `POST /v1/chat/completions`.
+#[derive(Debug)]
+pub struct Chat;
 
-async fn serve(
-    state: &AppState,
-    caller: Caller,
-    headers: &HeaderMap,
-    body: Body,
-    started: Instant,
-) -> Result<Response, (String, ApiError)> {
-    let permit = state.admit().map_err(|e| (String::new(), e))?;
-    let mut request: ChatRequest =
-        crate::body::read_json(body, state.config.body_limit, state.config.body_timeout)
-            .await
-            .map_err(|e| (String::new(), e))?;
-    // Aliases become catalogue ids before anything is sent.
-    request.model = state.catalog.resolve(&request.model);
-    let model = request.model.clone();
-    let stream = request.stream;
-    let include_usage = request
-        .stream_options
-        .as_ref()
-        .is_some_and(|o| o.include_usage);
-    let id = format!("chatcmpl-{}", new_id());
-    let deadline = state.deadline_ms(headers);
-    let generate = translate(request, &id, deadline).map_err(|e| (model.clone(), e))?;
-    let logprobs = generate.logprobs.is_some();
-    let opened = crate::call::open(state, &InferRequest::Generate(Box::new(generate)), deadline)
-        .await
-        .map_err(|e| (model.clone(), e))?;
-    if stream {
-        let encoder = ChunkEncoder {
-            id,
-            model,
-            created: unix_seconds(),
-            include_usage,
-            logprobs,
-        };
-        return Ok(crate::sse::respond(
-            state,
-            opened,
-            encoder,
-            crate::sse::Context {
-                permit,
-                caller,
-                dialect: DIALECT,
-                started,
+impl Api for Chat {
+    type Request = ChatRequest;
+    type Answer = ChunkEncoder;
+    const DIALECT: Dialect = DIALECT;
+
+    fn model(request: &mut ChatRequest) -> &mut String {
+        &mut request.model
+    }
+
+    fn translate(
+        request: ChatRequest,
+        deadline_ms: u64,
+    ) -> Result<Translated<ChunkEncoder>, ApiError> {
+        let stream = request.stream;
+        let include_usage = request
+            .stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_usage);
+        let id = format!("chatcmpl-{}", new_id());
+        let model = request.model.clone();
+        let generate = translate(request, &id, deadline_ms)?;
+        let logprobs = generate.logprobs.is_some();
+        Ok(Translated {
+            generate,
+            stream,
+            answer: ChunkEncoder {
+                id,
+                model,
+                created: unix_seconds(),
+                include_usage,
+                logprobs,
             },
-        ));
-    }
-    let collected = collect_whole(state, caller, opened, DIALECT, started).await?;
-    let done = &collected.done;
-    let message = json!({
-        "role": "assistant",
-        "content": if collected.text.is_empty() && !collected.tool_calls.is_empty() { Value::Null } else { Value::String(collected.text) },
-        "tool_calls": if collected.tool_calls.is_empty() { Value::Null } else { tool_calls_json(&collected.tool_calls) },
-        "refusal": Value::Null,
-    });
-    let mut message = message;
-    // A reasoning model's thinking, where DeepSeek's API and vLLM put it.
-    if !collected.reasoning.is_empty() {
-        message["reasoning_content"] = Value::String(collected.reasoning.clone());
-    }
-    if message["tool_calls"].is_null() {
-        if let Some(object) = message.as_object_mut() {
-            object.remove("tool_calls");
-        }
-    }
-    let logprobs_json = if logprobs {
-        json!({ "content": collected.logprobs.iter().map(logprob_json).collect::<Vec<_>>(), "refusal": null })
-    } else {
-        Value::Null
-    };
-    Ok(Json(json!({
-        "id": id,
-        "object": "chat.completion",
-        "created": unix_seconds(),
-        "model": model,
-        "choices": [{
-            "index": 0,
-            "message": message,
-            "logprobs": logprobs_json,
-            "finish_reason": finish_reason(done.finish_reason),
-        }],
-        "usage": usage_json(done),
-        "system_fingerprint": Value::Null,
-    }))
-    .into_response())
-}
-
-/// OpenAI's `finish_reason`.
-pub fn finish_reason(reason: FinishReason) -> &'static str {
-    match reason {
-        FinishReason::Stop => "stop",
-        FinishReason::Length => "length",
-        FinishReason::ToolCalls => "tool_calls",
-    }
-}
-
-pub fn usage_json(done: &Done) -> Value {
-    json!({
-        "prompt_tokens": done.usage.prompt_tokens,
-        "completion_tokens": done.usage.completion_tokens,
-        "total_tokens": done.usage.prompt_tokens + done.usage.completion_tokens,
-        "prompt_tokens_details": { "cached_tokens": done.usage.cached_tokens },
-    })
-}
-
-fn tool_calls_json(calls: &[ToolCall]) -> Value {
-    calls
-        .iter()
-        .map(|call| {
-            json!({
-                "id": call.id,
-                "type": "function",
-                "function": { "name": call.name, "arguments": call.arguments },
-            })
         })
-        .collect()
-}
-
-fn logprob_json(logprob: &cortex_schemas::TokenLogprob) -> Value {
-    json!({
-        "token": logprob.token,
-        "logprob": logprob.logprob,
-        "bytes": logprob.token.as_bytes(),
-        "top_logprobs": logprob.top.iter().map(|t| json!({
-            "token": t.token, "logprob": t.logprob, "bytes": t.token.as_bytes(),
-        })).collect::<Vec<_>>(),
-    })
+    }
 }
 
 /// The wire request for an OpenAI chat request, or the field at fault.
@@ -294,7 +191,7 @@ pub fn translate(
     })
 }
 
-fn message_in(i: usize, message: Message) -> Result<ChatMessage, ApiError> {
+fn message_in(i: usize, message: MessageIn) -> Result<ChatMessage, ApiError> {
     let role = match message.role.as_str() {
         "system" | "developer" => Role::System,
         "user" => Role::User,
@@ -363,54 +260,43 @@ fn tool_choice(value: &Value, tools: &[ToolDefinition]) -> Result<ToolChoice, Ap
         Value::String(s) if s == "none" => ToolChoice::None,
         Value::String(s) if s == "required" => ToolChoice::Required,
         Value::Object(_) => match value["function"]["name"].as_str() {
-            Some(name) => ToolChoice::Function { name: name.to_string() },
-            None => return Err(ApiError::invalid("tool_choice", "tool_choice: an object needs function.name")),
+            Some(name) => ToolChoice::Function {
+                name: name.to_string(),
+            },
+            None => {
+                return Err(ApiError::invalid(
+                    "tool_choice",
+                    "tool_choice: an object needs function.name",
+                ))
+            }
         },
-        _ => return Err(ApiError::invalid("tool_choice", "tool_choice: auto, none, required, or {\"type\":\"function\",\"function\":{\"name\":...}}")),
-    };
-    if let ToolChoice::Function { name } = &choice {
-        if !tools.iter().any(|t| &t.name == name) {
+        _ => {
             return Err(ApiError::invalid(
                 "tool_choice",
-                format!("tool_choice: no tool named {name:?}"),
-            ));
+                "tool_choice: auto, none, required, or {\"type\":\"function\",\"function\":{\"name\":...}}",
+            ))
         }
-    }
-    if tools.is_empty() && matches!(choice, ToolChoice::Required) {
-        return Err(ApiError::invalid(
-            "tool_choice",
-            "tool_choice: required needs tools",
-        ));
-    }
-    Ok(choice)
+    };
+    validate::tool_choice("tool_choice", choice, tools)
 }
 
 fn response_format(format: Option<FormatIn>) -> Result<Option<ResponseFormat>, ApiError> {
     let Some(format) = format else {
         return Ok(None);
     };
-    match format.kind.as_str() {
-        "text" => Ok(Some(ResponseFormat::Text)),
-        "json_object" => Ok(Some(ResponseFormat::JsonObject)),
-        "json_schema" => {
-            let schema = format.json_schema.ok_or_else(|| {
-                ApiError::invalid("response_format.json_schema", "json_schema: missing")
-            })?;
-            Ok(Some(ResponseFormat::JsonSchema {
-                name: schema.name,
-                schema: schema.schema,
-                strict: schema.strict.unwrap_or(false),
-            }))
-        }
-        other => Err(ApiError::invalid(
-            "response_format.type",
-            format!("response_format.type: unknown {other:?} (text, json_object, json_schema)"),
-        )),
-    }
+    let schema = format.json_schema;
+    validate::response_format(
+        "response_format.type",
+        &format.kind,
+        "response_format.json_schema",
+        || schema.map(|s| (s.name, s.schema, s.strict.unwrap_or(false))),
+    )
+    .map(Some)
 }
 
 /// `chat.completion.chunk` events: role first, content and tool-call
-/// deltas, the finish reason, an optional usage chunk, then `[DONE]`.
+/// deltas, the finish reason, an optional usage chunk, then `[DONE]`; or
+/// the whole `chat.completion`.
 #[derive(Debug)]
 pub struct ChunkEncoder {
     pub id: String,
@@ -421,83 +307,80 @@ pub struct ChunkEncoder {
 }
 
 impl ChunkEncoder {
-    fn chunk(&self, delta: Value, finish: Option<&str>, logprobs: Value) -> Event {
-        let mut chunk = json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "system_fingerprint": Value::Null,
-            "choices": [{ "index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish }],
-        });
-        if self.include_usage {
-            chunk["usage"] = Value::Null;
-        }
+    fn chunk<'a>(
+        &'a self,
+        delta: ChunkDelta<'a>,
+        finish: Option<&'static str>,
+        logprobs: Option<Logprobs<'a>>,
+    ) -> Event {
+        let choice = ChunkChoice {
+            index: 0,
+            delta,
+            logprobs,
+            finish_reason: finish,
+        };
+        self.event(vec![choice], self.include_usage.then_some(None))
+    }
+
+    fn event<'a>(&'a self, choices: Vec<ChunkChoice<'a>>, usage: Option<Option<Usage>>) -> Event {
+        let chunk = Chunk {
+            id: &self.id,
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: &self.model,
+            system_fingerprint: None,
+            choices,
+            usage,
+        };
         json_event(None, &chunk)
     }
 }
 
 impl Encoder for ChunkEncoder {
     fn start(&mut self, _accepted: &Accepted) -> Vec<Event> {
-        vec![self.chunk(
-            json!({"role": "assistant", "content": "", "refusal": null}),
-            None,
-            Value::Null,
-        )]
+        let delta = ChunkDelta {
+            role: Some("assistant"),
+            content: Some(""),
+            refusal: Some(None),
+            ..ChunkDelta::default()
+        };
+        vec![self.chunk(delta, None, None)]
     }
 
     fn delta(&mut self, delta: &Delta) -> Vec<Event> {
         let mut events = Vec::new();
-        let logprobs = if self.logprobs && !delta.logprobs.is_empty() {
-            json!({ "content": delta.logprobs.iter().map(logprob_json).collect::<Vec<_>>() })
-        } else {
-            Value::Null
-        };
         if !delta.reasoning.is_empty() {
-            events.push(self.chunk(
-                json!({"reasoning_content": delta.reasoning}),
-                None,
-                Value::Null,
-            ));
+            let reasoning = ChunkDelta {
+                reasoning_content: Some(&delta.reasoning),
+                ..ChunkDelta::default()
+            };
+            events.push(self.chunk(reasoning, None, None));
         }
+        let logprobs =
+            (self.logprobs && !delta.logprobs.is_empty()).then(|| Logprobs::of(&delta.logprobs));
         // A delta may carry log-probabilities without text (half a character).
-        if !delta.text.is_empty() || !logprobs.is_null() {
-            events.push(self.chunk(json!({"content": delta.text}), None, logprobs));
+        if !delta.text.is_empty() || logprobs.is_some() {
+            let text = ChunkDelta {
+                content: Some(&delta.text),
+                ..ChunkDelta::default()
+            };
+            events.push(self.chunk(text, None, logprobs));
         }
         for fragment in &delta.tool_calls {
-            let mut call =
-                json!({ "index": fragment.index, "function": { "arguments": fragment.arguments } });
-            if let Some(id) = &fragment.id {
-                call["id"] = json!(id);
-                call["type"] = json!("function");
-            }
-            if let Some(name) = &fragment.name {
-                call["function"]["name"] = json!(name);
-            }
-            events.push(self.chunk(json!({ "tool_calls": [call] }), None, Value::Null));
+            let call = ChunkDelta {
+                tool_calls: vec![ToolCallOut::fragment(fragment)],
+                ..ChunkDelta::default()
+            };
+            events.push(self.chunk(call, None, None));
         }
         events
     }
 
     fn done(&mut self, done: &Done) -> Vec<Event> {
-        let mut events = vec![self.chunk(
-            json!({}),
-            Some(finish_reason(done.finish_reason)),
-            Value::Null,
-        )];
+        let finish = Some(finish_reason(done.finish_reason));
+        let mut events = vec![self.chunk(ChunkDelta::default(), finish, None)];
         if self.include_usage {
-            events.push(json_event(
-                None,
-                &json!({
-                    "id": self.id,
-                    "object": "chat.completion.chunk",
-                    "created": self.created,
-                    "model": self.model,
-                    "system_fingerprint": Value::Null,
-                    "choices": [],
-                    "usage": usage_json(done),
-                }),
-            ));
+            events.push(self.event(Vec::new(), Some(Some(Usage::of(done)))));
         }
         events.push(Event::default().data("[DONE]"));
         events
@@ -505,5 +388,38 @@ impl Encoder for ChunkEncoder {
 
     fn error(&mut self, error: &ApiError) -> Vec<Event> {
         vec![json_event(None, &error.body(DIALECT))]
+    }
+}
+
+impl Answer for ChunkEncoder {
+    fn whole(self, collected: Collected) -> Response {
+        let only_calls = collected.text.is_empty() && !collected.tool_calls.is_empty();
+        let message = Message {
+            role: "assistant",
+            content: (!only_calls).then_some(collected.text.as_str()),
+            reasoning_content: (!collected.reasoning.is_empty())
+                .then_some(collected.reasoning.as_str()),
+            tool_calls: collected
+                .tool_calls
+                .iter()
+                .map(ToolCallOut::whole)
+                .collect(),
+            refusal: None,
+        };
+        let completion = ChatCompletion {
+            id: &self.id,
+            object: "chat.completion",
+            created: unix_seconds(),
+            model: &self.model,
+            choices: [Choice {
+                index: 0,
+                message,
+                logprobs: self.logprobs.then(|| Logprobs::of(&collected.logprobs)),
+                finish_reason: finish_reason(collected.done.finish_reason),
+            }],
+            usage: Usage::of(&collected.done),
+            system_fingerprint: None,
+        };
+        Json(completion).into_response()
     }
 }

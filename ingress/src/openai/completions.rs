@@ -1,104 +1,57 @@
 //! `POST /v1/completions` (legacy): a raw prompt, used verbatim; answered
 //! as `text_completion` objects, whole or streamed.
 
-use std::time::Instant;
-
-use axum::body::Body;
-use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
-use axum::Extension;
 use axum::Json;
-use cortex_schemas::{
-    Accepted, Delta, Done, GenerateInput, GenerateRequest, InferRequest, SamplingParams,
-};
-use serde_json::{json, Value};
+use cortex_schemas::{Accepted, Delta, Done, GenerateInput, GenerateRequest, SamplingParams};
 
-use super::chat::{finish_reason, usage_json};
+use super::answer::{finish_reason, TextChoice, TextCompletion, Usage};
 use super::types::{CompletionRequest, Prompt};
-use crate::auth::Caller;
 use crate::error::{ApiError, Dialect};
-use crate::generation::{answer, caller, collect_whole};
+use crate::generation::Collected;
 use crate::ids::{new_id, unix_seconds};
+use crate::pipeline::{Answer, Api, Translated};
 use crate::sse::{json_event, Encoder};
-use crate::state::AppState;
 use crate::validate;
 
 const DIALECT: Dialect = Dialect::OpenAi;
 
-pub async fn handle(
-    State(state): State<AppState>,
-    caller_ext: Option<Extension<Caller>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let started = Instant::now();
-    let result = serve(&state, caller(caller_ext), &headers, body, started).await;
-    answer(&state, DIALECT, started, result)
-}
+/// `POST /v1/completions`.
+#[derive(Debug)]
+pub struct Completions;
 
-async fn serve(
-    state: &AppState,
-    caller: Caller,
-    headers: &HeaderMap,
-    body: Body,
-    started: Instant,
-) -> Result<Response, (String, ApiError)> {
-    let permit = state.admit().map_err(|e| (String::new(), e))?;
-    let mut request: CompletionRequest =
-        crate::body::read_json(body, state.config.body_limit, state.config.body_timeout)
-            .await
-            .map_err(|e| (String::new(), e))?;
-    // Aliases become catalogue ids before anything is sent.
-    request.model = state.catalog.resolve(&request.model);
-    let model = request.model.clone();
-    let stream = request.stream;
-    let include_usage = request
-        .stream_options
-        .as_ref()
-        .is_some_and(|o| o.include_usage);
-    let id = format!("cmpl-{}", new_id());
-    let deadline = state.deadline_ms(headers);
-    let generate = translate(request, &id, deadline).map_err(|e| (model.clone(), e))?;
-    let opened = crate::call::open(state, &InferRequest::Generate(Box::new(generate)), deadline)
-        .await
-        .map_err(|e| (model.clone(), e))?;
-    if stream {
-        let encoder = TextEncoder {
-            id,
-            model,
-            created: unix_seconds(),
-            include_usage,
-        };
-        return Ok(crate::sse::respond(
-            state,
-            opened,
-            encoder,
-            crate::sse::Context {
-                permit,
-                caller,
-                dialect: DIALECT,
-                started,
-            },
-        ));
+impl Api for Completions {
+    type Request = CompletionRequest;
+    type Answer = TextEncoder;
+    const DIALECT: Dialect = DIALECT;
+
+    fn model(request: &mut CompletionRequest) -> &mut String {
+        &mut request.model
     }
-    let collected = collect_whole(state, caller, opened, DIALECT, started).await?;
-    let done = &collected.done;
-    Ok(Json(json!({
-        "id": id,
-        "object": "text_completion",
-        "created": unix_seconds(),
-        "model": model,
-        "choices": [{
-            "text": collected.text,
-            "index": 0,
-            "logprobs": Value::Null,
-            "finish_reason": finish_reason(done.finish_reason),
-        }],
-        "usage": usage_json(done),
-    }))
-    .into_response())
+
+    fn translate(
+        request: CompletionRequest,
+        deadline_ms: u64,
+    ) -> Result<Translated<TextEncoder>, ApiError> {
+        let stream = request.stream;
+        let include_usage = request
+            .stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_usage);
+        let id = format!("cmpl-{}", new_id());
+        let model = request.model.clone();
+        Ok(Translated {
+            generate: translate(request, &id, deadline_ms)?,
+            stream,
+            answer: TextEncoder {
+                id,
+                model,
+                created: unix_seconds(),
+                include_usage,
+            },
+        })
+    }
 }
 
 fn translate(
@@ -163,9 +116,9 @@ fn translate(
     })
 }
 
-/// Streamed `text_completion` chunks, then `[DONE]`.
+/// Streamed `text_completion` chunks, then `[DONE]`; or the whole one.
 #[derive(Debug)]
-struct TextEncoder {
+pub struct TextEncoder {
     id: String,
     model: String,
     created: u64,
@@ -173,17 +126,28 @@ struct TextEncoder {
 }
 
 impl TextEncoder {
-    fn chunk(&self, text: &str, finish: Option<&str>) -> Event {
-        json_event(
-            None,
-            &json!({
-                "id": self.id,
-                "object": "text_completion",
-                "created": self.created,
-                "model": self.model,
-                "choices": [{ "text": text, "index": 0, "logprobs": Value::Null, "finish_reason": finish }],
-            }),
-        )
+    fn body<'a>(
+        &'a self,
+        choices: Vec<TextChoice<'a>>,
+        usage: Option<Usage>,
+    ) -> TextCompletion<'a> {
+        TextCompletion {
+            id: &self.id,
+            object: "text_completion",
+            created: self.created,
+            model: &self.model,
+            choices,
+            usage,
+        }
+    }
+
+    fn choice<'a>(text: &'a str, finish: Option<&'static str>) -> TextChoice<'a> {
+        TextChoice {
+            text,
+            index: 0,
+            logprobs: None,
+            finish_reason: finish,
+        }
     }
 }
 
@@ -193,19 +157,17 @@ impl Encoder for TextEncoder {
     }
 
     fn delta(&mut self, delta: &Delta) -> Vec<Event> {
-        vec![self.chunk(&delta.text, None)]
+        let chunk = self.body(vec![Self::choice(&delta.text, None)], None);
+        vec![json_event(None, &chunk)]
     }
 
     fn done(&mut self, done: &Done) -> Vec<Event> {
-        let mut events = vec![self.chunk("", Some(finish_reason(done.finish_reason)))];
+        let finish = Some(finish_reason(done.finish_reason));
+        let last = self.body(vec![Self::choice("", finish)], None);
+        let mut events = vec![json_event(None, &last)];
         if self.include_usage {
-            events.push(json_event(
-                None,
-                &json!({
-                    "id": self.id, "object": "text_completion", "created": self.created,
-                    "model": self.model, "choices": [], "usage": usage_json(done),
-                }),
-            ));
+            let usage = self.body(Vec::new(), Some(Usage::of(done)));
+            events.push(json_event(None, &usage));
         }
         events.push(Event::default().data("[DONE]"));
         events
@@ -213,5 +175,14 @@ impl Encoder for TextEncoder {
 
     fn error(&mut self, error: &ApiError) -> Vec<Event> {
         vec![json_event(None, &error.body(DIALECT))]
+    }
+}
+
+impl Answer for TextEncoder {
+    fn whole(mut self, collected: Collected) -> Response {
+        self.created = unix_seconds();
+        let finish = Some(finish_reason(collected.done.finish_reason));
+        let choices = vec![Self::choice(&collected.text, finish)];
+        Json(self.body(choices, Some(Usage::of(&collected.done)))).into_response()
     }
 }

@@ -16,8 +16,8 @@ use serde_json::{json, Value};
 use super::types::{EmbeddingInput, EmbeddingsRequest};
 use crate::auth::Caller;
 use crate::error::{ApiError, Dialect, Kind};
-use crate::generation::{answer, caller};
 use crate::ids::new_id;
+use crate::pipeline::{caller, fail};
 use crate::state::AppState;
 use crate::validate;
 
@@ -29,17 +29,17 @@ pub async fn handle(
 ) -> Response {
     let started = Instant::now();
     let (model, result) = serve(&state, caller(caller_ext), &headers, body).await;
-    if result.is_ok() {
-        state
-            .metrics
-            .finished(&model, Dialect::OpenAi.as_str(), 200, started.elapsed());
+    match result {
+        Ok(response) => {
+            let label = state.metrics.label(&model);
+            let dialect = Dialect::OpenAi.as_str();
+            state
+                .metrics
+                .finished(&label, dialect, 200, started.elapsed());
+            response
+        }
+        Err(error) => fail(&state, Dialect::OpenAi, &model, started, error),
     }
-    answer(
-        &state,
-        Dialect::OpenAi,
-        started,
-        result.map_err(|e| (model, e)),
-    )
 }
 
 async fn serve(
@@ -115,9 +115,8 @@ async fn embed(
         truncate: false,
         deadline_ms: Some(deadline),
     });
-    let mut opened = crate::call::open(state, &wire, deadline).await?;
-    opened.cancel.disarm();
-    let Frame::Embeddings(response) = opened.first else {
+    let opened = crate::call::open(state, &wire, deadline).await?;
+    let Some(Frame::Embeddings(response)) = opened.into_first() else {
         return Err(ApiError::new(
             Kind::Internal,
             "the neuron answered an embedding request with text",
@@ -137,7 +136,8 @@ async fn embed(
             json!({ "object": "embedding", "index": index, "embedding": embedding })
         })
         .collect();
-    state.record_tokens(caller, &request.model, response.usage.prompt_tokens, 0);
+    let label = state.metrics.label(&request.model);
+    state.record_tokens(caller, &label, response.usage.prompt_tokens, 0);
     Ok(Json(json!({
         "object": "list",
         "data": data,

@@ -72,6 +72,50 @@ r = oa.chat.completions.create(
 )
 check("openai tool round trip", r.choices[0].message.content and r.choices[0].finish_reason == "length", r)
 
+r = oa.responses.create(model=chat, input="Hello there", max_output_tokens=6)
+check("responses text", r.output_text and r.usage.output_tokens == 6, r)
+check("responses incomplete at the limit", r.status == "incomplete" and r.incomplete_details.reason == "max_output_tokens", r)
+
+r = oa.responses.create(
+    model=chat, instructions="Be brief.", max_output_tokens=6,
+    input=[{"role": "user", "content": [{"type": "input_text", "text": "Hello there"}]}],
+)
+check("responses items and instructions", r.output_text and r.instructions == "Be brief.", r)
+
+with oa.responses.stream(model=chat, input="Hello there", max_output_tokens=6) as stream:
+    events = list(stream)
+deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+last = events[-1]
+check("responses stream order", events[0].type == "response.created" and last.type == "response.incomplete", [e.type for e in events])
+check("responses stream text", deltas and last.response.output[0].content[0].text == deltas, (deltas, last))
+check("responses stream sequence", [e.sequence_number for e in events] == list(range(len(events))), events)
+
+resp_tools = [{"type": "function", "name": "get_weather", "parameters": WEATHER}]
+r = oa.responses.create(model=chat, input="Weather in Paris?", tools=resp_tools, max_output_tokens=128)
+fc = [o for o in r.output if o.type == "function_call"]
+check("responses function call", r.status == "completed" and fc and fc[0].name == "get_weather", r)
+
+with oa.responses.stream(model=chat, input="Weather in Paris?", tools=resp_tools, max_output_tokens=128) as stream:
+    final = stream.get_final_response()
+streamed_fc = [o for o in final.output if o.type == "function_call"]
+check("responses streamed function call", streamed_fc and streamed_fc[0].name == "get_weather" and streamed_fc[0].call_id, final)
+
+r = oa.responses.create(
+    model=chat, tools=resp_tools, tool_choice="none", max_output_tokens=4,
+    input=[
+        {"role": "user", "content": "Weather in Paris?"},
+        {"type": "function_call", "call_id": fc[0].call_id, "name": fc[0].name, "arguments": fc[0].arguments},
+        {"type": "function_call_output", "call_id": fc[0].call_id, "output": "18 C and sunny"},
+    ],
+)
+check("responses function round trip", r.output_text and r.status == "incomplete", r)
+
+try:
+    oa.responses.create(model=chat, input="Hello", previous_response_id=r.id)
+    check("responses previous_response_id refused", False)
+except openai.BadRequestError as err:
+    check("responses previous_response_id refused", "not stored" in str(err), err)
+
 r = oa.completions.create(model=chat, prompt="Once upon a time", max_tokens=4)
 check("openai legacy completion", r.choices[0].text is not None and r.usage.completion_tokens == 4, r)
 

@@ -51,7 +51,17 @@ pub async fn real_neuron(server: &NatsServer, id: &str, specs: &[String]) -> Neu
 /// A neuron with the candle engine preloading `profiles` (catalogue
 /// entries as JSON: context window, sampling defaults, ...).
 pub async fn profiled_neuron(server: &NatsServer, id: &str, profiles: &[Value]) -> Neuron {
+    profiled(server, id, EngineKind::Candle, profiles).await
+}
+
+/// A sim neuron preloading `profiles` (a context window of its own, ...).
+pub async fn profiled_sim_neuron(server: &NatsServer, id: &str, profiles: &[Value]) -> Neuron {
+    profiled(server, id, EngineKind::Sim, profiles).await
+}
+
+async fn profiled(server: &NatsServer, id: &str, engine: EngineKind, profiles: &[Value]) -> Neuron {
     let mut config = NeuronConfig::for_tests(&server.url(), id);
+    config.engine = engine;
     config.heartbeat_interval = Duration::from_millis(200);
     config.profiles = profiles
         .iter()
