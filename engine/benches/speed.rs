@@ -11,7 +11,9 @@
 //! candle server runs), and llama.cpp when `LLAMA_BENCH` names its
 //! `llama-bench`. Settings: `BENCH_MODEL` (default: the setup script's
 //! SmolLM2 Q4_1), `BENCH_PROMPT` tokens (64), `BENCH_GEN` tokens (128),
-//! `BENCH_REPS` (3, the median is reported), `BENCH_THREADS` (2).
+//! `BENCH_REPS` (3, the median is reported), `BENCH_THREADS` (2). It also
+//! prints what structured output (the llguidance constraint) costs per
+//! token beside one decode step.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -199,6 +201,84 @@ fn time_llama_cpp(
     Some(speed)
 }
 
+/// Structured output's price per token: the llguidance mask and commit of
+/// each token of a schema-constrained answer (replayed, so only the
+/// constraint is timed), beside the time one decode step takes.
+fn time_constraint(path: &Path, decode_tok_s: f64) {
+    use cortex_schemas::chat::{ChatMessage, Role};
+    use cortex_schemas::infer::{GenerateInput, GenerateRequest};
+    use cortex_schemas::sampling::{ResponseFormat, SamplingParams};
+    let LoadedModel::Chat(model) = load(path, &LoadOptions::default()).expect("load") else {
+        panic!("not a chat model")
+    };
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": {
+            "city": {"type": "string"}, "country": {"type": "string"},
+            "population": {"type": "integer"}, "is_capital": {"type": "boolean"},
+            "districts": {"type": "array", "items": {"type": "string"}},
+        },
+        "required": ["city", "country", "population", "is_capital", "districts"],
+        "additionalProperties": false,
+    });
+    let request = GenerateRequest {
+        request_id: "bench".into(),
+        model: "bench".into(),
+        input: GenerateInput::Chat {
+            messages: vec![ChatMessage::text(Role::User, "Describe Paris.")],
+        },
+        tools: Vec::new(),
+        tool_choice: None,
+        sampling: SamplingParams::default(),
+        max_tokens: Some(64),
+        stop: Vec::new(),
+        response_format: Some(ResponseFormat::JsonSchema {
+            name: "city".into(),
+            schema,
+            strict: true,
+        }),
+        logprobs: None,
+        deadline_ms: None,
+        thinking: None,
+    };
+    let answer = r#"{"city": "Paris", "country": "France", "population": 2102650, "is_capital": true, "districts": ["Le Marais", "Montmartre", "Saint-Germain-des-Pres", "La Defense"]}"#;
+    let tokens = model.tokenizer.encode(answer).expect("tokenize");
+    let vocab = model.tokenizer.vocab_size();
+    let started = Instant::now();
+    let _warm = model.constraint(&request).expect("constraint");
+    let first_build = started.elapsed().as_secs_f64() * 1e3;
+    let mut per_token = Vec::new();
+    let mut compile = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        let mut constraint = model
+            .constraint(&request)
+            .expect("constraint")
+            .expect("wanted");
+        compile.push(started.elapsed().as_secs_f64() * 1e3);
+        let mut logits = vec![0.0f32; vocab];
+        let started = Instant::now();
+        for &token in &tokens {
+            constraint.mask(&mut logits).expect("mask");
+            assert!(
+                logits[token as usize].is_finite(),
+                "the answer fits the schema"
+            );
+            constraint.commit(token).expect("commit");
+        }
+        per_token.push(started.elapsed().as_secs_f64() * 1e6 / tokens.len() as f64);
+    }
+    let per_token = median(per_token);
+    let step_us = 1e6 / decode_tok_s;
+    println!(
+        "structured output: {per_token:.0} us per token (mask + commit, median of 5 over {} tokens) \
+         = {:.2}x of a {step_us:.0} us decode step; schema compiled in {:.1} ms; token trie built once in {first_build:.0} ms",
+        tokens.len(),
+        per_token / step_us,
+        median(compile),
+    );
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; a plain `cargo test` run does nothing.
     if !std::env::args().any(|a| a == "--bench") {
@@ -227,6 +307,7 @@ fn main() {
     );
 
     let ours = time_ours(&path, prompt, gen, reps, false);
+    time_constraint(&path, ours.decode);
     if let Ok(batches) = std::env::var("BENCH_BATCHES") {
         for batch in batches.split(',').filter_map(|b| b.parse::<usize>().ok()) {
             let rate = time_batched(&path, batch, gen.min(64));

@@ -1,12 +1,13 @@
 //! A loaded chat model: the decoder, its tokenizer, its chat template and
 //! the tokens that end a turn; and how a request becomes prompt tokens.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use cortex_schemas::chat::{merge_system, ChatMessage, Role, ToolChoice, ToolDefinition};
 use cortex_schemas::infer::{GenerateInput, GenerateRequest};
 
 use crate::error::{EngineError, Result};
+use crate::generate::constraint::{self, Constraint, Grammars};
 use crate::models::CausalLm;
 use crate::template::ChatTemplate;
 use crate::tokenizer::Tokenizer;
@@ -39,6 +40,8 @@ pub struct ChatModel {
     pub weight_bytes: u64,
     /// The model's architecture as its files name it.
     pub architecture: String,
+    /// The token trie for structured output, built on first use.
+    grammars: OnceLock<std::result::Result<Grammars, String>>,
 }
 
 impl ChatModel {
@@ -69,7 +72,23 @@ impl ChatModel {
             stop_ids,
             weight_bytes,
             architecture,
+            grammars: OnceLock::new(),
         })
+    }
+
+    /// The output constraint `req` asks for (JSON mode, a schema, a forced
+    /// tool call), or `None`.
+    pub fn constraint(&self, req: &GenerateRequest) -> Result<Option<Constraint>> {
+        if !constraint::wanted(req) {
+            return Ok(None);
+        }
+        let grammars = self
+            .grammars
+            .get_or_init(|| Grammars::new(&self.tokenizer, &self.stop_ids));
+        match grammars {
+            Ok(grammars) => grammars.constraint(req),
+            Err(why) => Err(constraint::unsupported(why)),
+        }
     }
 
     pub fn context_length(&self) -> usize {

@@ -314,6 +314,7 @@ impl ChatEngine {
             think: (self.model.reasons() && matches!(req.input, GenerateInput::Chat { .. }))
                 .then(|| ThinkParser::opened_by(&text)),
             logprobs: req.logprobs.map(usize::from),
+            constraint: self.model.constraint(req)?,
             deadline,
             events,
             cancel,

@@ -17,7 +17,7 @@ use serde_json::json;
 
 use crate::chat_model::{ChatModel, CHATML};
 use crate::error::Result;
-use crate::models::{CausalLm, Sequence};
+use crate::models::{CausalLm, Sequence, Step};
 use crate::tokenizer::Tokenizer;
 
 /// What the simulated model pretends to be.
@@ -160,6 +160,23 @@ impl CausalLm for SimLm {
     fn device(&self) -> &Device {
         &self.device
     }
+
+    /// As the default, but each sequence is told whether it got a prompt
+    /// chunk or a decode step: the token fed back may not be the one it
+    /// chose (a grammar masked that one out).
+    fn forward_batch(&self, steps: &mut [Step<'_>]) -> Result<Vec<Option<Vec<f32>>>> {
+        steps
+            .iter_mut()
+            .map(|step| {
+                let decoding = !step.prompt;
+                let logits = match step.seq.as_any_mut().downcast_mut::<SimSequence>() {
+                    Some(seq) => seq.step(step.tokens, decoding)?,
+                    None => step.seq.forward(step.tokens)?,
+                };
+                Ok(step.logits.then_some(logits))
+            })
+            .collect()
+    }
 }
 
 struct SimSequence {
@@ -239,9 +256,23 @@ fn answers_a_tool_result(tokens: &[u32]) -> bool {
 
 impl Sequence for SimSequence {
     fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
-        // Decode steps feed back the token chosen last; anything else is
-        // (a chunk of) the prompt.
+        // Called alone, a decode step is the token chosen last fed back;
+        // anything else is (a chunk of) the prompt.
         let decoding = tokens.len() == 1 && self.last == Some(tokens[0]);
+        self.step(tokens, decoding)
+    }
+
+    fn position(&self) -> usize {
+        self.position
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+}
+
+impl SimSequence {
+    fn step(&mut self, tokens: &[u32], decoding: bool) -> Result<Vec<f32>> {
         if decoding {
             self.generated += 1;
         } else {
@@ -273,14 +304,6 @@ impl Sequence for SimSequence {
         let mut logits = vec![0f32; self.vocab];
         logits[next as usize] = 30.0;
         Ok(logits)
-    }
-
-    fn position(&self) -> usize {
-        self.position
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
-        self
     }
 }
 

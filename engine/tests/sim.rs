@@ -326,3 +326,38 @@ fn max_tokens_past_the_window_is_bounded_by_it_unless_the_catalogue_refuses() {
     assert!(wire.prompt_tokens > 96, "{wire:?}");
     assert_eq!(wire.generate_tokens, 1);
 }
+
+#[test]
+fn a_grammar_binds_the_sim_too_and_its_forced_call_fits() {
+    let engine = engine(
+        SimConfig {
+            tokens_per_second: 5000.0,
+            ..SimConfig::default()
+        },
+        2,
+    );
+    // JSON mode: the sim's words are masked out; what it writes is JSON,
+    // whole when it ends on its own, else JSON's start cut at max_tokens.
+    let mut json = request("json", "hi", Some(12));
+    json.response_format = Some(cortex_schemas::sampling::ResponseFormat::JsonObject);
+    let out = engine.submit(&json).unwrap().collect_blocking().unwrap();
+    match out.done.finish_reason {
+        FinishReason::Stop => {
+            let value: serde_json::Value = serde_json::from_str(&out.text).unwrap();
+            assert!(value.is_object(), "{:?}", out.text);
+        }
+        _ => assert!(out.text.starts_with('{'), "{:?}", out.text),
+    }
+    // A forced call to a tool without required arguments: the sim's own
+    // `{"name": …, "arguments": {}}` fits the grammar, word for word.
+    let mut forced = request("forced", "hi", Some(64));
+    forced.tools = vec![cortex_schemas::chat::ToolDefinition {
+        name: "f".into(),
+        description: None,
+        parameters: serde_json::json!({"type": "object", "properties": {}}),
+    }];
+    forced.tool_choice = Some(cortex_schemas::chat::ToolChoice::Function { name: "f".into() });
+    let out = engine.submit(&forced).unwrap().collect_blocking().unwrap();
+    assert_eq!(out.done.finish_reason, FinishReason::ToolCalls, "{out:?}");
+    assert_eq!(out.tool_calls[0].name.as_deref(), Some("f"));
+}

@@ -1,8 +1,10 @@
 //! Turning logits into a response: [`sampler`] picks tokens, [`stop`]
 //! watches for stop strings, [`think`] splits a reasoning model's thinking
-//! from its answer, [`tools`] recognises tool calls, and [`run`]
-//! drives one sequence from prompt to its terminal event.
+//! from its answer, [`tools`] recognises tool calls, [`constraint`] keeps
+//! structured output to its grammar, and [`run`] drives one sequence from
+//! prompt to its terminal event.
 
+pub mod constraint;
 pub mod run;
 pub mod sampler;
 pub mod stop;

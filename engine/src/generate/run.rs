@@ -9,6 +9,7 @@ use cortex_schemas::frame::{Delta, Done, FinishReason, Timings, TokenLogprob, To
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::mpsc::Sender;
 
+use super::constraint::Constraint;
 use super::sampler::Sampler;
 use super::stop::{StopMatcher, StopStep};
 use super::think::ThinkParser;
@@ -37,6 +38,9 @@ pub struct Job {
     /// (`None`: the model does not reason; output is all content).
     pub think: Option<bool>,
     pub logprobs: Option<usize>,
+    /// The grammar the output must follow (JSON mode, a schema, a forced
+    /// tool call).
+    pub constraint: Option<Constraint>,
     pub deadline: Option<Instant>,
     pub events: Sender<Event>,
     pub cancel: Arc<AtomicBool>,
@@ -212,7 +216,17 @@ impl Run {
     }
 
     fn sampled(&mut self, model: &ChatModel, logits: &mut [f32]) -> Result<()> {
+        // A reasoning model thinks freely; the answer after it is constrained.
+        let thinking = self.think.as_ref().is_some_and(ThinkParser::thinking);
+        let constraint = self.job.constraint.as_mut().filter(|_| !thinking);
+        let constrained = constraint.is_some();
+        if let Some(constraint) = constraint {
+            constraint.mask(logits)?;
+        }
         let choice = self.job.sampler.sample(logits, self.job.logprobs);
+        if let (true, Some(constraint)) = (constrained, self.job.constraint.as_mut()) {
+            constraint.commit(choice.token)?;
+        }
         self.last = Some(choice.token);
         self.generated += 1;
         if model.stop_ids.contains(&choice.token) {

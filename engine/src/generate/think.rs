@@ -48,6 +48,12 @@ impl ThinkParser {
         }
     }
 
+    /// Whether the model is inside its think block (output there is not
+    /// the answer, so no answer format applies to it).
+    pub fn thinking(&self) -> bool {
+        matches!(self.state, State::Inside { .. })
+    }
+
     /// Whether a rendered prompt leaves a think block open.
     pub fn opened_by(prompt: &str) -> bool {
         prompt.trim_end().ends_with(OPEN)

@@ -140,6 +140,13 @@ impl Tokenizer {
         self.inner.id_to_token(id)
     }
 
+    /// The tokenizer as a `tokenizer.json` document.
+    pub fn to_json(&self) -> Result<String> {
+        self.inner
+            .to_string(false)
+            .map_err(|e| EngineError::Tokenizer(e.to_string()))
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }
