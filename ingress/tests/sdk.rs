@@ -1,5 +1,8 @@
 //! The official `openai` and `anthropic` Python SDKs (installed by
-//! `scripts/setup.sh` into `.cache/venv`) against an ingress pod.
+//! `scripts/setup.sh` into `.cache/venv`) against an ingress pod: a sim
+//! model for the protocol, MiniLM for embeddings, SmolLM2 for structured
+//! output (`chat.completions.parse` with a Pydantic model, 20 of 20 at
+//! temperature 1; `responses.parse`; a forced tool call).
 
 mod support;
 
@@ -27,19 +30,22 @@ fn python() -> PathBuf {
 async fn the_official_sdks_succeed_against_the_ingress() {
     let server = NatsServer::start();
     let _chat = sim_neuron(&server, "sim", &["sim-chat"], |_| {}).await;
-    let _embed = real_neuron(
+    let _real = real_neuron(
         &server,
         "cpu",
-        &[format!("minilm={}", minilm_dir().display())],
+        &[
+            format!("minilm={}", minilm_dir().display()),
+            format!("smollm2={}", smollm_path().display()),
+        ],
     )
     .await;
-    let ingress = ingress(&server, &["sim-chat", "minilm"], |_| {}).await;
+    let ingress = ingress(&server, &["sim-chat", "minilm", "smollm2"], |_| {}).await;
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/check.py");
     let base = format!("http://{}", ingress.addr);
     let output = tokio::task::spawn_blocking(move || {
         Command::new(python())
             .arg(script)
-            .args([base.as_str(), "sim-chat", "minilm"])
+            .args([base.as_str(), "sim-chat", "minilm", "smollm2"])
             .output()
             .expect("python runs")
     })
@@ -52,5 +58,6 @@ async fn the_official_sdks_succeed_against_the_ingress() {
         "SDK checks failed:\n{stdout}\n{stderr}"
     );
     assert!(stdout.contains("all SDK checks passed"), "{stdout}");
+    println!("{stdout}");
     ingress.shutdown().await;
 }

@@ -1,15 +1,18 @@
 """Drives a Cortex ingress with the official openai and anthropic SDKs.
 
-Usage: check.py BASE_URL CHAT_MODEL EMBEDDING_MODEL
+Usage: check.py BASE_URL CHAT_MODEL EMBEDDING_MODEL REAL_CHAT_MODEL
 Exits non-zero (with the failing check) when any SDK call or its parser fails.
+CHAT_MODEL may be simulated; REAL_CHAT_MODEL (SmolLM2) answers the
+structured-output checks, whose JSON must parse.
 """
 
 import sys
 
 import anthropic
 import openai
+from pydantic import BaseModel, Field
 
-base, chat, embedding = sys.argv[1], sys.argv[2], sys.argv[3]
+base, chat, embedding, real = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 WEATHER = {
     "type": "object",
     "properties": {"city": {"type": "string"}},
@@ -185,5 +188,36 @@ try:
     check("anthropic bad request raises", False)
 except anthropic.BadRequestError as err:
     check("anthropic bad request raises", err.status_code == 400, err)
+
+class City(BaseModel):
+    city: str = Field(max_length=40)
+    country: str = Field(max_length=40)
+    population: int = Field(ge=0, le=100_000_000)
+    is_capital: bool
+
+
+describe = [{"role": "user", "content": "Describe Paris."}]
+parsed = []
+for attempt in range(20):
+    r = oa.chat.completions.parse(
+        model=real, messages=describe, response_format=City, temperature=1.0,
+        seed=attempt, max_tokens=200,
+    )
+    message = r.choices[0].message
+    if message.parsed is None or r.choices[0].finish_reason != "stop":
+        check(f"strict schema at temperature 1 (try {attempt + 1})", False, r)
+    parsed.append(message.parsed)
+check("strict schema obeyed 20 of 20 at temperature 1", len(parsed) == 20, parsed[:3])
+print("  e.g.", parsed[0].model_dump_json())
+
+r = oa.responses.parse(model=real, input="Describe Paris.", text_format=City, max_output_tokens=200)
+check("responses parse", isinstance(r.output_parsed, City), r)
+
+forced = oa.chat.completions.create(
+    model=real, max_tokens=64, messages=[{"role": "user", "content": "Hello! How are you today?"}],
+    tools=tools, tool_choice={"type": "function", "function": {"name": "get_weather"}},
+)
+call = forced.choices[0].message.tool_calls[0].function
+check("forced tool call fits", call.name == "get_weather" and "city" in __import__("json").loads(call.arguments), forced)
 
 print("all SDK checks passed")
