@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use cortex_bus::{stream_request, ModelToken, NatsOptions, StreamError, StreamOptions, Subjects};
 use cortex_schemas::{
     ChatMessage, Frame, GenerateInput, GenerateRequest, InferRequest, ModelState, NeuronState,
-    NeuronStatus, Role, SamplingParams,
+    NeuronStatus, Role,
 };
 use cortex_testkit::NatsServer;
 use futures::StreamExt;
@@ -65,20 +65,14 @@ async fn wait_ready(client: &async_nats::Client, id: &str, model: &str) {
 
 fn request(id: &str, max_tokens: u32) -> InferRequest {
     InferRequest::Generate(Box::new(GenerateRequest {
-        request_id: id.into(),
-        model: "m".into(),
-        input: GenerateInput::Chat {
-            messages: vec![ChatMessage::text(Role::User, "hi")],
-        },
-        tools: Vec::new(),
-        tool_choice: None,
-        sampling: SamplingParams::default(),
         max_tokens: Some(max_tokens),
-        stop: Vec::new(),
-        response_format: None,
-        logprobs: None,
-        deadline_ms: None,
-        thinking: None,
+        ..GenerateRequest::new(
+            id,
+            "m",
+            GenerateInput::Chat {
+                messages: vec![ChatMessage::text(Role::User, "hi")],
+            },
+        )
     }))
 }
 

@@ -207,7 +207,7 @@ fn time_llama_cpp(
 fn time_constraint(path: &Path, decode_tok_s: f64) {
     use cortex_schemas::chat::{ChatMessage, Role};
     use cortex_schemas::infer::{GenerateInput, GenerateRequest};
-    use cortex_schemas::sampling::{ResponseFormat, SamplingParams};
+    use cortex_schemas::sampling::ResponseFormat;
     let LoadedModel::Chat(model) = load(path, &LoadOptions::default()).expect("load") else {
         panic!("not a chat model")
     };
@@ -222,24 +222,19 @@ fn time_constraint(path: &Path, decode_tok_s: f64) {
         "additionalProperties": false,
     });
     let request = GenerateRequest {
-        request_id: "bench".into(),
-        model: "bench".into(),
-        input: GenerateInput::Chat {
-            messages: vec![ChatMessage::text(Role::User, "Describe Paris.")],
-        },
-        tools: Vec::new(),
-        tool_choice: None,
-        sampling: SamplingParams::default(),
         max_tokens: Some(64),
-        stop: Vec::new(),
         response_format: Some(ResponseFormat::JsonSchema {
             name: "city".into(),
             schema,
             strict: true,
         }),
-        logprobs: None,
-        deadline_ms: None,
-        thinking: None,
+        ..GenerateRequest::new(
+            "bench",
+            "bench",
+            GenerateInput::Chat {
+                messages: vec![ChatMessage::text(Role::User, "Describe Paris.")],
+            },
+        )
     };
     let answer = r#"{"city": "Paris", "country": "France", "population": 2102650, "is_capital": true, "districts": ["Le Marais", "Montmartre", "Saint-Germain-des-Pres", "La Defense"]}"#;
     let tokens = model.tokenizer.encode(answer).expect("tokenize");

@@ -224,7 +224,7 @@ impl ChatEngine {
         let (tx, rx) = mpsc::channel(self.cfg.event_buffer);
         let cancel = Arc::new(AtomicBool::new(false));
         let job = self.prepare(req, tx, cancel.clone())?;
-        let prompt_tokens = job.prompt.len() as u32;
+        let prompt_tokens = (job.prompt.len() - job.replay) as u32;
         let mut state = self.shared.lock();
         if state.draining || state.stopped {
             return Err(EngineError::Stopped);
@@ -295,7 +295,20 @@ impl ChatEngine {
                 window,
             });
         }
-        let room = window - prompt.len();
+        // A resume runs its earlier tokens after the prompt; they count
+        // toward max_tokens, and the window must still have room for one more.
+        let replay = req.resume.len();
+        let sampler = Sampler::new(sampling, &prompt);
+        let mut prompt = prompt;
+        prompt.extend_from_slice(&req.resume);
+        if prompt.len() >= window {
+            return Err(EngineError::ContextTooLong {
+                prompt: prompt.len() - replay,
+                reserve: replay + 1,
+                window,
+            });
+        }
+        let room = replay + (window - prompt.len());
         let deadline = req.deadline_ms.map(|ms| {
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -306,8 +319,9 @@ impl ChatEngine {
         Ok(Job {
             request_id: req.request_id.clone(),
             max_tokens: req.max_tokens.map_or(room, |n| (n as usize).min(room)),
-            sampler: Sampler::new(sampling, &prompt),
+            sampler,
             prompt,
+            replay,
             stops: req.stop.clone(),
             tools: !active_tools(req).is_empty(),
             // Completions have nowhere to put reasoning: all is text there.
@@ -400,7 +414,7 @@ fn work(model: &ChatModel, shared: &Shared, cfg: EngineConfig) {
                 let (seq, cached) = cache
                     .lookup(&job.prompt)
                     .unwrap_or_else(|| (model.lm.start(), 0));
-                runs.push(Run::new(job, seq, cached));
+                runs.push(Run::new(model, job, seq, cached));
                 admitted = true;
             }
             if admitted {

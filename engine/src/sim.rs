@@ -274,7 +274,8 @@ impl Sequence for SimSequence {
 impl SimSequence {
     fn step(&mut self, tokens: &[u32], decoding: bool) -> Result<Vec<f32>> {
         if decoding {
-            self.generated += 1;
+            // Several at once: a resumed generation replaying its tokens.
+            self.generated += tokens.len();
         } else {
             self.prompt.extend_from_slice(tokens);
             self.script = tool_call_script(&self.prompt);

@@ -12,20 +12,14 @@ use cortex_schemas::infer::{GenerateInput, GenerateRequest};
 
 fn request(id: &str, text: &str, max_tokens: Option<u32>) -> GenerateRequest {
     GenerateRequest {
-        request_id: id.into(),
-        model: "sim".into(),
-        input: GenerateInput::Chat {
-            messages: vec![ChatMessage::text(Role::User, text)],
-        },
-        tools: Vec::new(),
-        tool_choice: None,
-        sampling: Default::default(),
         max_tokens,
-        stop: Vec::new(),
-        response_format: None,
-        logprobs: None,
-        deadline_ms: None,
-        thinking: None,
+        ..GenerateRequest::new(
+            id,
+            "sim",
+            GenerateInput::Chat {
+                messages: vec![ChatMessage::text(Role::User, text)],
+            },
+        )
     }
 }
 

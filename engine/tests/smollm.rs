@@ -361,3 +361,57 @@ fn a_prefix_cache_hit_answers_as_a_miss_and_reports_what_it_reused() {
     assert!(stats.hits >= 2 && stats.misses >= 1, "{stats:?}");
     assert!(stats.bytes > 0 && stats.bytes <= stats.budget, "{stats:?}");
 }
+
+/// Text, token ids and usage of a generation, read from its events.
+fn generate_ids(
+    engine: &ChatEngine,
+    req: &cortex_schemas::infer::GenerateRequest,
+) -> (String, Vec<u32>, cortex_schemas::frame::Done) {
+    let mut generation = engine.submit(req).unwrap();
+    let (mut text, mut ids) = (String::new(), Vec::new());
+    while let Some(event) = generation.events.blocking_recv() {
+        match event {
+            cortex_engine::Event::Delta(delta) => {
+                assert_eq!(delta.ids.len() as u32, delta.tokens, "one id per token");
+                text.push_str(&delta.text);
+                ids.extend(delta.ids);
+            }
+            cortex_engine::Event::Done(done) => return (text, ids, done),
+            cortex_engine::Event::Error(e) => panic!("{e}"),
+            _ => {}
+        }
+    }
+    panic!("no terminal event")
+}
+
+#[test]
+fn a_resumed_generation_goes_on_exactly_as_the_first_would_have() {
+    let engine = ChatEngine::start(model(), EngineConfig::default());
+    for (temperature, seed) in [(0.0, None), (0.9, Some(5))] {
+        let mut req = chat("resume", "Write a short poem about the sea.", 40);
+        req.sampling.temperature = Some(temperature);
+        req.sampling.seed = seed;
+        let (text, ids, done) = generate_ids(&engine, &req);
+        assert_eq!(ids.len(), 40, "{text:?}");
+        for cut in [1, 7, 23] {
+            let mut resumed = req.clone();
+            resumed.resume = ids[..cut].to_vec();
+            let (rest, rest_ids, rest_done) = generate_ids(&engine, &resumed);
+            assert_eq!(
+                &ids[cut..],
+                &rest_ids[..],
+                "temperature {temperature}, cut at {cut}"
+            );
+            assert!(
+                !rest.is_empty() && text.ends_with(&rest),
+                "{text:?} / {rest:?}"
+            );
+            assert_eq!(
+                rest_done.usage.completion_tokens, 40,
+                "the replayed tokens count"
+            );
+            assert_eq!(rest_done.usage.prompt_tokens, done.usage.prompt_tokens);
+            assert_eq!(rest_done.finish_reason, done.finish_reason);
+        }
+    }
+}

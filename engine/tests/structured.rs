@@ -165,3 +165,37 @@ fn a_schema_that_cannot_compile_is_the_clients_error() {
         Err(EngineError::InvalidRequest(_))
     ));
 }
+
+#[test]
+fn a_fitting_answer_is_never_masked_and_a_wrong_one_is() {
+    let LoadedModel::Chat(model) = load(&smollm_path(), &LoadOptions::default()).unwrap() else {
+        panic!("SmolLM2 loaded as an embedding model")
+    };
+    let mut req = chat("replay", "Describe Paris.", 64);
+    req.response_format = Some(ResponseFormat::JsonSchema {
+        name: "city".into(),
+        schema: city_schema(),
+        strict: true,
+    });
+    let replay = |answer: &str| -> Option<usize> {
+        let mut constraint = model.constraint(&req).unwrap().unwrap();
+        let tokens = model.tokenizer.encode(answer).unwrap();
+        let mut logits = vec![0.0f32; model.tokenizer.vocab_size()];
+        for (i, &token) in tokens.iter().enumerate() {
+            logits.fill(0.0);
+            constraint.mask(&mut logits).unwrap();
+            if !logits[token as usize].is_finite() {
+                let text = model.tokenizer.decode(&tokens[..=i]).unwrap();
+                println!("masked at token {i} ({token}): {text:?}");
+                return Some(i);
+            }
+            constraint.commit(token).unwrap();
+        }
+        None
+    };
+    let fits =
+        r#"{"city": "Paris", "country": "France", "population": 2102650, "is_capital": true}"#;
+    assert_eq!(replay(fits), None);
+    let extra = r#"{"city": "Paris", "mayor": "x"}"#;
+    assert!(replay(extra).is_some());
+}

@@ -17,7 +17,7 @@ use cortex_engine::sim::{sim_model, SimConfig};
 use cortex_engine::{ChatEngine, EngineConfig};
 use cortex_ingress::{Ingress, IngressConfig};
 use cortex_neuron::{EngineKind, Neuron, NeuronConfig};
-use cortex_schemas::{ChatMessage, GenerateInput, GenerateRequest, Role, SamplingParams};
+use cortex_schemas::{ChatMessage, GenerateInput, GenerateRequest, Role};
 use cortex_testkit::NatsServer;
 
 const RUN: Duration = Duration::from_secs(4);
@@ -35,20 +35,14 @@ fn sim() -> SimConfig {
 
 fn request(i: usize) -> GenerateRequest {
     GenerateRequest {
-        request_id: format!("bench-{i}"),
-        model: "sim".into(),
-        input: GenerateInput::Chat {
-            messages: vec![ChatMessage::text(Role::User, "Hello")],
-        },
-        tools: Vec::new(),
-        tool_choice: None,
-        sampling: SamplingParams::default(),
         max_tokens: Some(1),
-        stop: Vec::new(),
-        response_format: None,
-        logprobs: None,
-        deadline_ms: None,
-        thinking: None,
+        ..GenerateRequest::new(
+            format!("bench-{i}"),
+            "sim",
+            GenerateInput::Chat {
+                messages: vec![ChatMessage::text(Role::User, "Hello")],
+            },
+        )
     }
 }
 

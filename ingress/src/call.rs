@@ -30,15 +30,18 @@ pub struct Opened {
     pub model: String,
     pub accepted: Accepted,
     /// The first `Delta`, `Done` or `Embeddings` frame, until read.
-    first: Option<Frame>,
-    stream: FrameStream,
-    cancel: CancelOnDrop,
+    pub(crate) first: Option<Frame>,
+    pub(crate) stream: FrameStream,
+    pub(crate) cancel: CancelOnDrop,
     /// Unix ms after which the call is over.
     pub deadline_ms: u64,
     /// Tokens generated so far (from the deltas read).
-    generated: u32,
+    pub(crate) generated: u32,
     /// A terminal output was returned: [`Opened::next`] gives `None`.
-    ended: bool,
+    pub(crate) ended: bool,
+    /// What it takes to go on elsewhere if the neuron fails mid-stream
+    /// ([`crate::resume`]); `None` for calls that cannot be resumed.
+    pub(crate) resume: Option<crate::resume::Resume>,
 }
 
 /// One output of a generation, as [`Opened::next`] reads it.
@@ -63,22 +66,32 @@ impl Opened {
         loop {
             let frame = match self.first.take() {
                 Some(frame) => frame,
-                None => match self.stream.next().await {
+                None => match self.next_frame().await {
                     Some(Ok(frame)) => frame,
                     Some(Err(error)) => {
+                        let failed = stream_failure(&error, &self.model);
+                        if crate::resume::after_silence(&error) && self.resume(&failed).await {
+                            continue;
+                        }
                         self.ended = true;
-                        return Some(Output::Failed(stream_failure(&error, &self.model)));
+                        return Some(Output::Failed(failed));
                     }
                     None => {
+                        let failed = stream_failure(&StreamError::Closed, &self.model);
+                        if self.resume(&failed).await {
+                            continue;
+                        }
                         self.ended = true;
-                        let error = stream_failure(&StreamError::Closed, &self.model);
-                        return Some(Output::Failed(error));
+                        return Some(Output::Failed(failed));
                     }
                 },
             };
             match frame {
                 Frame::Delta(delta) => {
                     self.generated += delta.tokens;
+                    if let Some(resume) = &mut self.resume {
+                        resume.ids.extend_from_slice(&delta.ids);
+                    }
                     return Some(Output::Delta(delta));
                 }
                 Frame::Done(done) => {
@@ -87,12 +100,30 @@ impl Opened {
                     return Some(Output::Done(done));
                 }
                 Frame::Error(error) => {
-                    self.ended = true;
                     self.cancel.disarm();
-                    return Some(Output::Failed(ApiError::from_wire(&error)));
+                    let failed = ApiError::from_wire(&error);
+                    if crate::resume::after_error(&error) && self.resume(&failed).await {
+                        continue;
+                    }
+                    self.ended = true;
+                    return Some(Output::Failed(failed));
                 }
                 Frame::Accepted(_) | Frame::Keepalive(_) | Frame::Embeddings(_) => {}
             }
+        }
+    }
+
+    /// The next frame; for a resumable generation, a neuron found gone
+    /// (see [`crate::resume::gone`]) ends the stream at once rather than
+    /// after the bus's idle limit.
+    async fn next_frame(&mut self) -> Option<Result<Frame, StreamError>> {
+        let Some(resume) = &self.resume else {
+            return self.stream.next().await;
+        };
+        let watch = crate::resume::gone(resume, &self.accepted.neuron);
+        tokio::select! {
+            frame = self.stream.next() => frame,
+            () = watch => Some(Err(StreamError::Closed)),
         }
     }
 
@@ -163,6 +194,18 @@ pub async fn open(
     request: &InferRequest,
     deadline_ms: u64,
 ) -> Result<Opened, ApiError> {
+    open_avoiding(state, request, deadline_ms, Vec::new()).await
+}
+
+/// As [`open`], but away from the neurons in `avoid` (a resume leaves the
+/// one that failed): the first attempt goes to another replica's directed
+/// subject when the fleet knows one, else to the queue group.
+pub(crate) async fn open_avoiding(
+    state: &AppState,
+    request: &InferRequest,
+    deadline_ms: u64,
+    avoid: Vec<String>,
+) -> Result<Opened, ApiError> {
     let model = request.model().to_string();
     let token = ModelToken::new(&model).map_err(|e| ApiError::invalid("model", e.to_string()))?;
     let options = StreamOptions {
@@ -172,13 +215,14 @@ pub async fn open(
         max_duration: state.config.request_timeout,
         ..StreamOptions::default()
     };
-    let mut tried: Vec<String> = Vec::new();
+    let avoiding = !avoid.is_empty();
+    let mut tried: Vec<String> = avoid;
     let mut last = None;
     let attempts = state.config.attempts;
     let mut ensured = false;
     let mut attempt = 0;
     while attempt < attempts {
-        let directed = if attempt == 0 {
+        let directed = if attempt == 0 && !avoiding {
             None
         } else {
             // Rotate over the replicas not tried yet.
@@ -298,6 +342,7 @@ async fn first_output(
                     deadline_ms,
                     generated: 0,
                     ended: false,
+                    resume: None,
                 });
             }
             Some(Ok(Frame::Error(error))) => {

@@ -16,7 +16,8 @@
 //!   [`pipeline::Api`] per endpoint: request type, translation, answer).
 //! - [`call`]: one bus call with retries before the first output, cancel
 //!   on client disconnect, and [`call::Opened::next`], the one frame loop;
-//!   [`cold`]: placement's `ensure` when no neuron holds the model;
+//!   [`resume`]: a stream whose neuron fails mid-way goes on on another
+//!   replica; [`cold`]: placement's `ensure` when no neuron holds the model;
 //!   [`generation`]: reading it whole; [`sse`]: streaming it through an
 //!   API's encoder.
 //! - [`error`]: every failure and its one mapping to status and dialect
@@ -47,6 +48,7 @@ pub mod ids;
 pub mod metrics;
 pub mod openai;
 pub mod pipeline;
+pub mod resume;
 pub mod server;
 pub mod sse;
 pub mod stall;

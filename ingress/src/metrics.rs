@@ -22,6 +22,12 @@ struct Request {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Resumed {
+    model: String,
+    outcome: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Model {
     model: String,
 }
@@ -59,6 +65,7 @@ pub struct Metrics {
     completion_tokens: Family<Model, Counter>,
     in_flight: Gauge,
     cold_starts: Family<Model, Counter>,
+    resumes: Family<Resumed, Counter>,
 }
 
 impl Metrics {
@@ -76,6 +83,7 @@ impl Metrics {
             completion_tokens: Family::default(),
             in_flight: Gauge::default(),
             cold_starts: Family::default(),
+            resumes: Family::default(),
         };
         let mut registry = Registry::with_prefix("cortex");
         registry.register(
@@ -123,6 +131,11 @@ impl Metrics {
             "Requests that waited for a model to load",
             metrics.cold_starts.clone(),
         );
+        registry.register(
+            "stream_resumes",
+            "Streams whose neuron failed mid-way, by outcome (resumed, failed, refused)",
+            metrics.resumes.clone(),
+        );
         *metrics.registry.lock().unwrap_or_else(|e| e.into_inner()) = registry;
         metrics
     }
@@ -159,6 +172,18 @@ impl Metrics {
         self.inter_token
             .get_or_create(&label.0)
             .observe(gap.as_secs_f64());
+    }
+
+    /// A stream whose neuron failed mid-way: `resumed` on another replica,
+    /// `failed` (no replica took it) or `refused` (not resumable: tokens
+    /// without ids, deadline, attempts spent).
+    pub fn resumed(&self, model: &str, outcome: &str) {
+        self.resumes
+            .get_or_create(&Resumed {
+                model: self.label(model).0.model,
+                outcome: outcome.to_string(),
+            })
+            .inc();
     }
 
     /// A request that waited for its model to be loaded.

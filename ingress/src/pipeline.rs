@@ -106,6 +106,10 @@ async fn serve<A: Api>(
     } = A::translate(request, deadline)?;
     let request = InferRequest::Generate(Box::new(generate));
     let opened = crate::call::open(state, &request, deadline).await?;
+    let opened = match request {
+        InferRequest::Generate(generate) => opened.resumable(state, *generate),
+        _ => opened,
+    };
     let label = state.metrics.label(model);
     state.metrics.first_token(&label, started.elapsed());
     let context = Context {

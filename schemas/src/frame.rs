@@ -73,6 +73,11 @@ pub struct Delta {
     /// One entry per token, when the request asked for log-probabilities.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub logprobs: Vec<TokenLogprob>,
+    /// The ids of the tokens this delta covers, in order: what a
+    /// generation resumed on another replica replays
+    /// ([`GenerateRequest::resume`](crate::infer::GenerateRequest::resume)).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ids: Vec<u32>,
 }
 
 impl Delta {
@@ -83,6 +88,7 @@ impl Delta {
         self.tokens += more.tokens;
         self.tool_calls.extend(more.tool_calls);
         self.logprobs.extend(more.logprobs);
+        self.ids.extend(more.ids);
     }
 }
 

@@ -73,6 +73,40 @@ pub struct GenerateRequest {
     /// the model's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub thinking: Option<bool>,
+    /// A generation resumed after its replica failed mid-stream: the ids of
+    /// the tokens it had already streamed (`Delta::ids`), in order. The
+    /// neuron takes them as generated for this turn (into the KV cache,
+    /// the sampler's state and the stop, think and tool parsers) without
+    /// sending them again, and goes on from there; usage counts them as
+    /// completion tokens. Empty for a fresh request.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resume: Vec<u32>,
+}
+
+impl GenerateRequest {
+    /// A request with every optional field at its default (no tools, the
+    /// model's sampling, no bound but the window, no stop strings, ...).
+    pub fn new(
+        request_id: impl Into<String>,
+        model: impl Into<String>,
+        input: GenerateInput,
+    ) -> Self {
+        Self {
+            request_id: request_id.into(),
+            model: model.into(),
+            input,
+            tools: Vec::new(),
+            tool_choice: None,
+            sampling: SamplingParams::default(),
+            max_tokens: None,
+            stop: Vec::new(),
+            response_format: None,
+            logprobs: None,
+            deadline_ms: None,
+            thinking: None,
+            resume: Vec::new(),
+        }
+    }
 }
 
 /// The text a generation starts from.

@@ -105,10 +105,25 @@ pub struct Outcome {
     pub done: bool,
     /// The error the client was told, if any.
     pub error: Option<String>,
+    /// The content, as streamed or whole.
+    pub text: String,
+    /// The longest wait between two content deltas.
+    pub longest_gap: Duration,
 }
 
 /// A chat completion for `m` through `base`, streamed or whole, read to its end.
 pub fn request_chat(base: &str, stream: bool, max_tokens: u32) -> Outcome {
+    request_model(base, "m", "hello", stream, max_tokens)
+}
+
+/// A greedy chat completion for `model`, streamed or whole, read to its end.
+pub fn request_model(
+    base: &str,
+    model: &str,
+    prompt: &str,
+    stream: bool,
+    max_tokens: u32,
+) -> Outcome {
     let started = Instant::now();
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -116,9 +131,10 @@ pub fn request_chat(base: &str, stream: bool, max_tokens: u32) -> Outcome {
         .build()
         .into();
     let body = json!({
-        "model": "m",
-        "messages": [{"role": "user", "content": "hello"}],
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
         "max_tokens": max_tokens,
+        "temperature": 0,
         "stream": stream,
     });
     let mut outcome = Outcome {
@@ -128,6 +144,8 @@ pub fn request_chat(base: &str, stream: bool, max_tokens: u32) -> Outcome {
         deltas: 0,
         done: false,
         error: None,
+        text: String::new(),
+        longest_gap: Duration::ZERO,
     };
     let response = agent
         .post(&format!("{base}/v1/chat/completions"))
@@ -147,14 +165,16 @@ pub fn request_chat(base: &str, stream: bool, max_tokens: u32) -> Outcome {
         let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         if let Some(message) = value["error"]["message"].as_str() {
             outcome.error = Some(message.to_string());
-        } else if value["choices"][0]["message"]["content"].is_string() {
+        } else if let Some(text) = value["choices"][0]["message"]["content"].as_str() {
             outcome.deltas = 1;
             outcome.done = true;
+            outcome.text = text.to_string();
         }
         outcome.ended = Instant::now();
         return outcome;
     }
     let reader = BufReader::new(response.body_mut().as_reader());
+    let mut last = Instant::now();
     for line in reader.lines() {
         let Ok(line) = line else {
             outcome.error.get_or_insert("the stream broke off".into());
@@ -170,11 +190,16 @@ pub fn request_chat(base: &str, stream: bool, max_tokens: u32) -> Outcome {
         let event: Value = serde_json::from_str(data).unwrap_or(Value::Null);
         if let Some(message) = event["error"]["message"].as_str() {
             outcome.error = Some(message.to_string());
-        } else if event["choices"][0]["delta"]["content"]
+        } else if let Some(content) = event["choices"][0]["delta"]["content"]
             .as_str()
-            .is_some_and(|c| !c.is_empty())
+            .filter(|c| !c.is_empty())
         {
+            if outcome.deltas > 0 {
+                outcome.longest_gap = outcome.longest_gap.max(last.elapsed());
+            }
+            last = Instant::now();
             outcome.deltas += 1;
+            outcome.text.push_str(content);
         }
     }
     outcome.ended = Instant::now();

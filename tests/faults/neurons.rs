@@ -5,14 +5,14 @@ use std::time::{Duration, Instant};
 
 use cortex_bus::NatsOptions;
 use cortex_neuron::{EngineKind, Neuron, NeuronConfig};
-use cortex_schemas::EventDetail;
+use cortex_schemas::{EventDetail, ModelState};
 use cortex_testkit::{NatsServer, PartitionProxy, ServerOptions};
 
 use crate::support::*;
-use crate::{ingress_on, neuron_process, request_chat, wait_ready, Outcome, SERIAL};
+use crate::{ingress_on, neuron_process, request_chat, request_model, wait_ready, SERIAL};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_neuron_killed_mid_stream_fails_only_its_streams_within_3_seconds() {
+async fn a_neuron_killed_mid_stream_has_its_streams_resumed_on_the_other() {
     let _serial = SERIAL.lock().await;
     let server = NatsServer::start();
     let url = server.url();
@@ -33,38 +33,184 @@ async fn a_neuron_killed_mid_stream_fails_only_its_streams_within_3_seconds() {
         .collect();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     victim.kill();
-    let killed = Instant::now();
     let mut outcomes = Vec::new();
     for stream in streams {
         outcomes.push(stream.await.unwrap());
     }
-    let (failed, finished): (Vec<&Outcome>, Vec<&Outcome>) =
-        outcomes.iter().partition(|o| o.error.is_some());
-    // Queue groups spread 12 streams over both (all on one: p = 2/4096).
-    assert!(
-        !failed.is_empty(),
-        "no stream was on the victim: {outcomes:#?}"
-    );
-    assert!(!finished.is_empty(), "every stream failed: {outcomes:#?}");
-    for outcome in &failed {
-        let after = outcome.ended.duration_since(killed);
-        println!(
-            "stream on the killed neuron: error after {after:?}: {:?}",
-            outcome.error
-        );
-        assert!(after < Duration::from_secs(3), "{outcome:?}");
-        assert!(outcome.deltas > 0, "was mid-stream: {outcome:?}");
-        assert_eq!(outcome.status, 200, "the stream had started");
-        assert!(!outcome.done);
-    }
-    for outcome in &finished {
-        assert!(outcome.done, "{outcome:?}");
+    // Every stream completes, whole, with the text an uninterrupted one has
+    // (the sim writes the same words for the same prompt).
+    let reference = &outcomes[0].text;
+    for outcome in &outcomes {
+        assert!(outcome.done && outcome.error.is_none(), "{outcome:#?}");
         assert_eq!(outcome.deltas, 100, "whole stream: {outcome:?}");
+        assert_eq!(&outcome.text, reference, "same text: {outcome:?}");
     }
-    // New requests go to the survivor at once.
+    // Queue groups spread 12 streams over both (all on one: p = 2/4096):
+    // the victim's streams paused once, for less than 3 seconds.
+    let metrics = get_text(&format!("{base}/metrics")).await;
+    let resumed = metric_sum(
+        &metrics,
+        "cortex_stream_resumes_total{",
+        "outcome=\"resumed\"",
+    );
+    assert!(resumed >= 1, "some streams were on the victim:\n{metrics}");
+    let gaps: Vec<Duration> = outcomes.iter().map(|o| o.longest_gap).collect();
+    println!("{resumed} of 12 streams resumed; longest pauses {gaps:?}");
+    for gap in &gaps {
+        assert!(*gap < Duration::from_secs(3), "resume gap {gap:?}");
+    }
     let after = request_chat(&base, false, 8);
     assert_eq!(after.status, 200, "{after:?}");
     ingress.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stream_whose_every_replica_dies_ends_with_a_clear_error() {
+    let _serial = SERIAL.lock().await;
+    let server = NatsServer::start();
+    let url = server.url();
+    let slow = ["--sim-tokens-per-second", "20", "--sim-reply-tokens", "100"];
+    let mut only = neuron_process(&url, "only", &slow);
+    let client = connect(&url).await;
+    wait_ready(&client, &["only"]).await;
+    let (ingress, _) = ingress_on(NatsOptions::new([url.clone()])).await;
+    let base = format!("http://{}", ingress.addr);
+    let stream = {
+        let base = base.clone();
+        tokio::task::spawn_blocking(move || request_chat(&base, true, 100))
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    only.kill();
+    let killed = Instant::now();
+    let outcome = tokio::time::timeout(Duration::from_secs(30), stream)
+        .await
+        .expect("the stream ends: nothing hangs")
+        .unwrap();
+    println!(
+        "after the last replica died: {:?} in {:?}",
+        outcome.error,
+        killed.elapsed()
+    );
+    assert!(outcome.deltas > 0 && !outcome.done, "{outcome:?}");
+    let error = outcome.error.as_deref().unwrap_or_default();
+    assert!(
+        error.contains("not loaded")
+            || error.contains("placement")
+            || error.contains("stopped answering"),
+        "{error}"
+    );
+    let metrics = get_text(&format!("{base}/metrics")).await;
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "cortex_stream_resumes_total{",
+            "outcome=\"resumed\""
+        ),
+        0
+    );
+    assert!(
+        metric_sum(
+            &metrics,
+            "cortex_stream_resumes_total{",
+            "outcome=\"failed\""
+        ) >= 1,
+        "{metrics}"
+    );
+    ingress.shutdown().await;
+}
+
+/// SmolLM2 neurons as processes: greedy streams cut by `kill -9` go on
+/// on the survivor, word for word what an uninterrupted run writes (the
+/// replayed tokens run at decode precision, so the KV cache is the same).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn greedy_smollm2_streams_survive_their_neuron_word_for_word() {
+    let _serial = SERIAL.lock().await;
+    let server = NatsServer::start();
+    let url = server.url();
+    let model = format!(
+        "smollm2={}",
+        cortex_testkit::models::smollm_path().display()
+    );
+    let smollm = |id: &'static str| {
+        Daemon::spawn(&[
+            "neuron",
+            "--nats-url",
+            &url,
+            "--id",
+            id,
+            "--models",
+            &model,
+            "--heartbeat-interval",
+            "200ms",
+            "--max-concurrency",
+            "16",
+            "--metrics-listen",
+            "off",
+        ])
+    };
+    let mut victim = smollm("victim");
+    let _survivor = smollm("survivor");
+    let client = connect(&url).await;
+    crate::wait_beats(&client, &["victim", "survivor"], |status| {
+        status
+            .models
+            .iter()
+            .any(|m| m.model_id == "smollm2" && m.state == ModelState::Ready)
+    })
+    .await;
+    let (ingress, _) = ingress_on(NatsOptions::new([url.clone()])).await;
+    let base = format!("http://{}", ingress.addr);
+    let prompt = "Write a short poem about the sea.";
+    let reference = {
+        let base = base.clone();
+        tokio::task::spawn_blocking(move || request_model(&base, "smollm2", prompt, false, 96))
+            .await
+            .unwrap()
+    };
+    assert!(reference.done, "{reference:?}");
+
+    let streams: Vec<_> = (0..12)
+        .map(|_| {
+            let base = base.clone();
+            tokio::task::spawn_blocking(move || request_model(&base, "smollm2", prompt, true, 96))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    victim.kill();
+    let mut outcomes = Vec::new();
+    for stream in streams {
+        outcomes.push(stream.await.unwrap());
+    }
+    let metrics = get_text(&format!("{base}/metrics")).await;
+    let resumed = metric_sum(
+        &metrics,
+        "cortex_stream_resumes_total{",
+        "outcome=\"resumed\"",
+    );
+    let gaps: Vec<Duration> = outcomes.iter().map(|o| o.longest_gap).collect();
+    println!("{resumed} of 12 SmolLM2 streams resumed; longest pauses {gaps:?}");
+    for outcome in &outcomes {
+        assert!(outcome.done && outcome.error.is_none(), "{outcome:#?}");
+        assert_eq!(
+            outcome.text, reference.text,
+            "identical to the uninterrupted run"
+        );
+    }
+    // The pause is not asserted here: on a 2-core machine it is mostly the
+    // survivor re-reading each resumed prompt and its tokens (sharing the
+    // cores with the other streams); the sim test above bounds the
+    // mechanism's own pause.
+    assert!(resumed >= 1, "some streams were on the victim:\n{metrics}");
+    ingress.shutdown().await;
+}
+
+/// The sum of the series of `family` whose labels contain `label`.
+fn metric_sum(metrics: &str, family: &str, label: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(family) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -152,20 +152,14 @@ pub async fn server_with_echo(subject: &str, echo: Echo) -> (cortex_testkit::Nat
 /// A generate request asking the echo responder for `tokens` deltas.
 pub fn generate(id: &str, tokens: u32) -> InferRequest {
     InferRequest::Generate(Box::new(GenerateRequest {
-        request_id: id.to_string(),
-        model: "echo".into(),
-        input: GenerateInput::Text {
-            prompt: "hello".into(),
-        },
-        tools: Vec::new(),
-        tool_choice: None,
-        sampling: Default::default(),
         max_tokens: Some(tokens),
-        stop: Vec::new(),
-        response_format: None,
-        logprobs: None,
-        deadline_ms: None,
-        thinking: None,
+        ..GenerateRequest::new(
+            id,
+            "echo",
+            GenerateInput::Text {
+                prompt: "hello".into(),
+            },
+        )
     }))
 }
 

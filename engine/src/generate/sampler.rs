@@ -115,6 +115,16 @@ impl Sampler {
         }
     }
 
+    /// Takes `token` as sampled by an earlier run of the same generation
+    /// (a resume on another replica): its penalties' history, and the one
+    /// draw a sampled token costs, so a seeded run goes on as it would have.
+    pub fn replay(&mut self, token: u32) {
+        if self.cfg.temperature > 0.0 {
+            let _ = self.rng.next_f32();
+        }
+        self.accept(token);
+    }
+
     /// Picks the next token; `logprobs` asks for that many alternatives
     /// (`Some(0)`: only the chosen token's log-probability).
     pub fn sample(&mut self, logits: &mut [f32], logprobs: Option<usize>) -> Choice {

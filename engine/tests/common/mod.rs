@@ -11,22 +11,17 @@ pub use cortex_testkit::models::{model_path, models_dir, smollm_path};
 /// A greedy chat request with one user message.
 pub fn chat(id: &str, user: &str, max_tokens: u32) -> GenerateRequest {
     GenerateRequest {
-        request_id: id.to_string(),
-        model: "smollm2".to_string(),
-        input: GenerateInput::Chat {
-            messages: vec![ChatMessage::text(Role::User, user)],
-        },
-        tools: Vec::new(),
-        tool_choice: None,
         sampling: SamplingParams {
             temperature: Some(0.0),
             ..SamplingParams::default()
         },
         max_tokens: Some(max_tokens),
-        stop: Vec::new(),
-        response_format: None,
-        logprobs: None,
-        deadline_ms: None,
-        thinking: None,
+        ..GenerateRequest::new(
+            id,
+            "smollm2",
+            GenerateInput::Chat {
+                messages: vec![ChatMessage::text(Role::User, user)],
+            },
+        )
     }
 }

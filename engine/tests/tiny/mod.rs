@@ -239,22 +239,17 @@ pub fn argmax(v: &[f32]) -> usize {
 
 pub fn request(max_tokens: u32) -> GenerateRequest {
     GenerateRequest {
-        request_id: "tiny".into(),
-        model: "tiny".into(),
-        input: GenerateInput::Chat {
-            messages: vec![ChatMessage::text(Role::User, "hello there")],
-        },
-        tools: Vec::new(),
-        tool_choice: None,
         sampling: SamplingParams {
             temperature: Some(0.0),
             ..Default::default()
         },
         max_tokens: Some(max_tokens),
-        stop: Vec::new(),
-        response_format: None,
-        logprobs: None,
-        deadline_ms: None,
-        thinking: None,
+        ..GenerateRequest::new(
+            "tiny",
+            "tiny",
+            GenerateInput::Chat {
+                messages: vec![ChatMessage::text(Role::User, "hello there")],
+            },
+        )
     }
 }

@@ -188,6 +188,7 @@ pub fn translate(
         logprobs: (request.logprobs == Some(true)).then(|| top_logprobs.unwrap_or(0)),
         deadline_ms: Some(deadline_ms),
         thinking,
+        resume: Vec::new(),
     })
 }
 

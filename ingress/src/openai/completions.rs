@@ -113,6 +113,7 @@ fn translate(
         logprobs: None,
         deadline_ms: Some(deadline_ms),
         thinking: None,
+        resume: Vec::new(),
     })
 }
 

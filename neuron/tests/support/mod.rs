@@ -82,23 +82,18 @@ pub async fn wait_ready(neuron: &Neuron, model: &str) {
 /// A greedy chat request with one user message.
 pub fn chat(id: &str, model: &str, user: &str, max_tokens: u32) -> InferRequest {
     InferRequest::Generate(Box::new(GenerateRequest {
-        request_id: id.to_string(),
-        model: model.to_string(),
-        input: GenerateInput::Chat {
-            messages: vec![ChatMessage::text(Role::User, user)],
-        },
-        tools: Vec::new(),
-        tool_choice: None,
         sampling: SamplingParams {
             temperature: Some(0.0),
             ..SamplingParams::default()
         },
         max_tokens: Some(max_tokens),
-        stop: Vec::new(),
-        response_format: None,
-        logprobs: None,
-        deadline_ms: None,
-        thinking: None,
+        ..GenerateRequest::new(
+            id,
+            model,
+            GenerateInput::Chat {
+                messages: vec![ChatMessage::text(Role::User, user)],
+            },
+        )
     }))
 }
 

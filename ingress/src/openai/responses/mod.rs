@@ -129,6 +129,7 @@ pub fn translate(
         logprobs: None,
         deadline_ms: Some(deadline_ms),
         thinking,
+        resume: Vec::new(),
     })
 }
 
