@@ -254,6 +254,8 @@ fn time_constraint(path: &Path, decode_tok_s: f64) {
         let mut logits = vec![0.0f32; vocab];
         let started = Instant::now();
         for &token in &tokens {
+            // Fresh logits each step, as the model gives them.
+            logits.fill(0.0);
             constraint.mask(&mut logits).expect("mask");
             assert!(
                 logits[token as usize].is_finite(),
