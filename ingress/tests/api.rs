@@ -253,6 +253,8 @@ async fn bad_input_gets_the_right_status_and_dialect_body() {
 async fn a_client_that_hangs_up_frees_the_slot_on_the_neuron() {
     let server = NatsServer::start();
     let neuron = sim_neuron(&server, "n1", &["slow"], |c| c.sim_tokens_per_second = 10.0).await;
+    // A second replica: a hang-up is not a failure to resume from.
+    let other = sim_neuron(&server, "n2", &["slow"], |c| c.sim_tokens_per_second = 10.0).await;
     let ingress = ingress(&server, &["slow"], |_| {}).await;
     let url = format!("http://{}/v1/chat/completions", ingress.addr);
     let body = chat_body("slow", true, json!({"max_tokens": 200}));
@@ -260,10 +262,18 @@ async fn a_client_that_hangs_up_frees_the_slot_on_the_neuron() {
     let seen = post_and_hang_up(&url, &body, 2).await;
     assert_eq!(seen.len(), 2);
     // 200 tokens at 10/s would hold the slot for 20 s; the cancel frees it at once.
+    let busy = || neuron.status().models[0].slots_busy + other.status().models[0].slots_busy;
     eventually("the slot freed", Duration::from_secs(3), || async {
-        (neuron.status().models[0].slots_busy == 0).then_some(())
+        (busy() == 0).then_some(())
     })
     .await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(busy(), 0, "the hung-up stream was not resumed anywhere");
+    let (_, metrics) = get(&format!("http://{}/metrics", ingress.addr)).await;
+    assert!(
+        !metrics.contains("cortex_stream_resumes_total{"),
+        "{metrics}"
+    );
     ingress.shutdown().await;
 }
 

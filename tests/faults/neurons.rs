@@ -119,6 +119,78 @@ async fn a_stream_whose_every_replica_dies_ends_with_a_clear_error() {
     ingress.shutdown().await;
 }
 
+/// SIGTERM, then waits (at most 10 s) for the process to exit.
+async fn terminate(daemon: &mut Daemon) {
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &daemon.0.id().to_string()])
+        .status();
+    let stopping = Instant::now();
+    while daemon.0.try_wait().unwrap().is_none() {
+        assert!(
+            stopping.elapsed() < Duration::from_secs(10),
+            "no exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A rolling restart under load: each neuron in turn gets SIGTERM with a
+/// drain timeout shorter than its streams, so the drain cancels them, and
+/// comes back; every stream moves instead of being cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rolling_restart_under_load_cuts_no_stream() {
+    let _serial = SERIAL.lock().await;
+    let server = NatsServer::start();
+    let url = server.url();
+    let args = [
+        "--sim-tokens-per-second",
+        "20",
+        "--sim-reply-tokens",
+        "100",
+        "--drain-timeout",
+        "1s",
+    ];
+    let mut a = neuron_process(&url, "a", &args);
+    let mut b = neuron_process(&url, "b", &args);
+    let client = connect(&url).await;
+    wait_ready(&client, &["a", "b"]).await;
+    let (ingress, _) = ingress_on(NatsOptions::new([url.clone()])).await;
+    let base = format!("http://{}", ingress.addr);
+    let streams: Vec<_> = (0..12)
+        .map(|_| {
+            let base = base.clone();
+            tokio::task::spawn_blocking(move || request_chat(&base, true, 100))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    terminate(&mut a).await;
+    a = neuron_process(&url, "a", &args);
+    wait_ready(&client, &["a"]).await;
+    terminate(&mut b).await;
+    b = neuron_process(&url, "b", &args);
+    wait_ready(&client, &["b"]).await;
+    let mut outcomes = Vec::new();
+    for stream in streams {
+        outcomes.push(stream.await.unwrap());
+    }
+    let metrics = get_text(&format!("{base}/metrics")).await;
+    let resumed = metric_sum(
+        &metrics,
+        "cortex_stream_resumes_total{",
+        "outcome=\"resumed\"",
+    );
+    println!("rolling restart: {resumed} resumes for 12 streams");
+    let reference = &outcomes[0].text;
+    for outcome in &outcomes {
+        assert!(outcome.done && outcome.error.is_none(), "{outcome:#?}");
+        assert_eq!(outcome.deltas, 100, "{outcome:?}");
+        assert_eq!(&outcome.text, reference, "{outcome:?}");
+    }
+    assert!(resumed >= 1, "the drains cut some streams:\n{metrics}");
+    drop((a, b));
+    ingress.shutdown().await;
+}
+
 /// SmolLM2 neurons as processes: greedy streams cut by `kill -9` go on
 /// on the survivor, word for word what an uninterrupted run writes (the
 /// replayed tokens run at decode precision, so the KV cache is the same).
