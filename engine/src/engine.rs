@@ -66,7 +66,6 @@ pub struct EngineStats {
     pub slots: usize,
     pub queued: usize,
     pub tokens_generated: u64,
-    pub requests_finished: u64,
     pub prefix_cache: CacheStats,
 }
 
@@ -83,7 +82,6 @@ struct Shared {
     state: Mutex<State>,
     wake: Condvar,
     tokens: AtomicU64,
-    finished: AtomicU64,
     cache: Mutex<CacheStats>,
 }
 
@@ -114,16 +112,6 @@ pub struct Generation {
     cancel: Arc<AtomicBool>,
 }
 
-/// Cancels a generation from anywhere.
-#[derive(Debug, Clone)]
-pub struct Canceller(Arc<AtomicBool>);
-
-impl Canceller {
-    pub fn cancel(&self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
-
 /// A whole generation gathered (tests, non-streaming callers).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Collected {
@@ -137,10 +125,6 @@ pub struct Collected {
 impl Generation {
     pub fn cancel(&self) {
         self.cancel.store(true, Ordering::Relaxed);
-    }
-
-    pub fn canceller(&self) -> Canceller {
-        Canceller(self.cancel.clone())
     }
 
     /// Blocks until the terminal event (not from inside an async runtime).
@@ -213,7 +197,6 @@ impl ChatEngine {
             slots: self.cfg.max_concurrency,
             queued: state.waiting.len(),
             tokens_generated: self.shared.tokens.load(Ordering::Relaxed),
-            requests_finished: self.shared.finished.load(Ordering::Relaxed),
             prefix_cache: *self.shared.cache.lock().unwrap_or_else(|p| p.into_inner()),
         }
     }
@@ -441,7 +424,6 @@ fn work(model: &ChatModel, shared: &Shared, cfg: EngineConfig) {
                 state.busy = state.busy.saturating_sub(1);
             });
             if progress == Progress::Finished {
-                shared.finished.fetch_add(1, Ordering::Relaxed);
                 let run = runs.swap_remove(i);
                 tracing::debug!(request_id = run.request_id(), "generation finished");
                 if let Some((tokens, seq)) = run.into_kv() {
