@@ -120,7 +120,7 @@ impl Opened {
         let Some(resume) = &self.resume else {
             return self.stream.next().await;
         };
-        let watch = crate::resume::gone(resume, &self.accepted.neuron);
+        let watch = crate::resume::gone(resume);
         tokio::select! {
             frame = self.stream.next() => frame,
             () = watch => Some(Err(StreamError::Closed)),

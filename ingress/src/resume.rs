@@ -30,6 +30,9 @@ pub struct Resume {
     /// Ids of the tokens streamed so far.
     pub(crate) ids: Vec<u32>,
     resumes: u32,
+    /// The status subject of the neuron serving the stream (worked out
+    /// once per neuron, not per frame); `None` when no neuron is named.
+    probe: Option<String>,
 }
 
 /// Silence after which the neuron serving a stream is asked whether it is
@@ -40,22 +43,26 @@ const PROBE_AFTER: Duration = Duration::from_millis(400);
 /// How long a probe waits; no answer in time proves nothing.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// Resolves once `neuron` is known to be gone; never while it answers.
-pub(crate) async fn gone(resume: &Resume, neuron: &str) {
-    if neuron.is_empty() {
+/// Resolves once the neuron serving the stream is known to be gone;
+/// never while it answers.
+pub(crate) async fn gone(resume: &Resume) {
+    let Some(subject) = &resume.probe else {
         return std::future::pending().await;
-    }
-    let subject = resume.state.subjects.neuron(neuron, NeuronOp::Status);
+    };
     loop {
         tokio::time::sleep(PROBE_AFTER).await;
         let probe = resume.state.client.request(subject.clone(), "{}".into());
         if let Ok(Err(error)) = tokio::time::timeout(PROBE_TIMEOUT, probe).await {
             if error.kind() == async_nats::RequestErrorKind::NoResponders {
-                tracing::debug!(%neuron, "the neuron serving a stream is gone");
+                tracing::debug!(%subject, "the neuron serving a stream is gone");
                 return;
             }
         }
     }
+}
+
+fn probe_subject(state: &AppState, neuron: &str) -> Option<String> {
+    (!neuron.is_empty()).then(|| state.subjects.neuron(neuron, NeuronOp::Status))
 }
 
 /// A bus failure that means the neuron stopped answering.
@@ -75,6 +82,7 @@ impl Opened {
     /// Makes this generation resumable (`request` is what was sent).
     pub fn resumable(mut self, state: &AppState, request: GenerateRequest) -> Self {
         self.resume = Some(Resume {
+            probe: probe_subject(state, &self.accepted.neuron),
             state: state.clone(),
             request,
             ids: Vec::new(),
@@ -117,6 +125,7 @@ impl Opened {
                     "stream resumed on another replica"
                 );
                 state.metrics.resumed(&self.model, "resumed");
+                resume.probe = probe_subject(&state, &next.accepted.neuron);
                 // The old guard cancels on the old neuron, should it still run.
                 self.stream = next.stream;
                 self.cancel = next.cancel;
