@@ -25,6 +25,8 @@ mod nats;
 mod neurons;
 
 use std::io::{BufRead, BufReader};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::Client;
@@ -116,6 +118,37 @@ pub fn request_chat(base: &str, stream: bool, max_tokens: u32) -> Outcome {
     request_model(base, "m", "hello", stream, max_tokens)
 }
 
+/// How many streams have had their first content delta: a fault is
+/// injected once the streams are really under way, not after a guessed
+/// sleep (a slow machine takes longer to reach the first token).
+#[derive(Clone, Debug, Default)]
+pub struct Streaming(Arc<AtomicUsize>);
+
+impl Streaming {
+    /// Waits (at most 60 s) until `n` streams have had a content delta.
+    pub async fn reach(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.0.load(Ordering::SeqCst) < n {
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {n} streams started",
+                self.0.load(Ordering::SeqCst)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// `request_chat` that counts its first content delta in `streaming`.
+pub fn request_chat_counted(
+    base: &str,
+    stream: bool,
+    max_tokens: u32,
+    streaming: &Streaming,
+) -> Outcome {
+    request_model_counted(base, "m", "hello", stream, max_tokens, Some(streaming))
+}
+
 /// A greedy chat completion for `model`, streamed or whole, read to its end.
 pub fn request_model(
     base: &str,
@@ -123,6 +156,18 @@ pub fn request_model(
     prompt: &str,
     stream: bool,
     max_tokens: u32,
+) -> Outcome {
+    request_model_counted(base, model, prompt, stream, max_tokens, None)
+}
+
+/// `request_model` that counts its first content delta in `streaming`.
+pub fn request_model_counted(
+    base: &str,
+    model: &str,
+    prompt: &str,
+    stream: bool,
+    max_tokens: u32,
+    streaming: Option<&Streaming>,
 ) -> Outcome {
     let started = Instant::now();
     let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -196,6 +241,8 @@ pub fn request_model(
         {
             if outcome.deltas > 0 {
                 outcome.longest_gap = outcome.longest_gap.max(last.elapsed());
+            } else if let Some(streaming) = streaming {
+                streaming.0.fetch_add(1, Ordering::SeqCst);
             }
             last = Instant::now();
             outcome.deltas += 1;

@@ -9,7 +9,10 @@ use cortex_schemas::{EventDetail, ModelState};
 use cortex_testkit::{NatsServer, PartitionProxy, ServerOptions};
 
 use crate::support::*;
-use crate::{ingress_on, neuron_process, request_chat, request_model, wait_ready, SERIAL};
+use crate::{
+    ingress_on, neuron_process, request_chat, request_chat_counted, request_model,
+    request_model_counted, wait_ready, Streaming, SERIAL,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_neuron_killed_mid_stream_has_its_streams_resumed_on_the_other() {
@@ -25,11 +28,11 @@ async fn a_neuron_killed_mid_stream_has_its_streams_resumed_on_the_other() {
     let (ingress, _) = ingress_on(NatsOptions::new([url.clone()])).await;
     let base = format!("http://{}", ingress.addr);
 
-    let streams = spawn_streams(12, {
+    let (streams, streaming) = spawn_streams(12, {
         let base = base.clone();
-        move || request_chat(&base, true, 100)
+        move |streaming| request_chat_counted(&base, true, 100, streaming)
     });
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    streaming.reach(12).await;
     victim.kill();
     let outcomes = finish(streams).await;
     // Every stream completes, whole, with the text an uninterrupted one has
@@ -66,11 +69,12 @@ async fn a_stream_whose_every_replica_dies_ends_with_a_clear_error() {
     wait_ready(&client, &["only"]).await;
     let (ingress, _) = ingress_on(NatsOptions::new([url.clone()])).await;
     let base = format!("http://{}", ingress.addr);
-    let stream = {
+    let (mut streams, streaming) = spawn_streams(1, {
         let base = base.clone();
-        tokio::task::spawn_blocking(move || request_chat(&base, true, 100))
-    };
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+        move |streaming| request_chat_counted(&base, true, 100, streaming)
+    });
+    let stream = streams.remove(0);
+    streaming.reach(1).await;
     only.kill();
     let killed = Instant::now();
     let outcome = tokio::time::timeout(Duration::from_secs(30), stream)
@@ -147,11 +151,11 @@ async fn a_rolling_restart_under_load_cuts_no_stream() {
     wait_ready(&client, &["a", "b"]).await;
     let (ingress, _) = ingress_on(NatsOptions::new([url.clone()])).await;
     let base = format!("http://{}", ingress.addr);
-    let streams = spawn_streams(12, {
+    let (streams, streaming) = spawn_streams(12, {
         let base = base.clone();
-        move || request_chat(&base, true, 100)
+        move |streaming| request_chat_counted(&base, true, 100, streaming)
     });
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    streaming.reach(12).await;
     terminate(&mut a).await;
     a = neuron_process(&url, "a", &args);
     wait_ready(&client, &["a"]).await;
@@ -223,11 +227,11 @@ async fn greedy_smollm2_streams_survive_their_neuron_word_for_word() {
     };
     assert!(reference.done, "{reference:?}");
 
-    let streams = spawn_streams(12, {
+    let (streams, streaming) = spawn_streams(12, {
         let base = base.clone();
-        move || request_model(&base, "smollm2", prompt, true, 96)
+        move |streaming| request_model_counted(&base, "smollm2", prompt, true, 96, Some(streaming))
     });
-    tokio::time::sleep(Duration::from_millis(2000)).await;
+    streaming.reach(12).await;
     victim.kill();
     let outcomes = finish(streams).await;
     let metrics = get_text(&format!("{base}/metrics")).await;
@@ -247,14 +251,21 @@ async fn greedy_smollm2_streams_survive_their_neuron_word_for_word() {
     ingress.shutdown().await;
 }
 
-/// `n` copies of `request`, each on a blocking thread, started together.
+/// `n` copies of `request`, each on a blocking thread, started together,
+/// and what counts the ones under way.
 fn spawn_streams(
     n: usize,
-    request: impl Fn() -> crate::Outcome + Clone + Send + 'static,
-) -> Vec<tokio::task::JoinHandle<crate::Outcome>> {
-    (0..n)
-        .map(|_| tokio::task::spawn_blocking(request.clone()))
-        .collect()
+    request: impl Fn(&Streaming) -> crate::Outcome + Clone + Send + 'static,
+) -> (Vec<tokio::task::JoinHandle<crate::Outcome>>, Streaming) {
+    let streaming = Streaming::default();
+    let handles = (0..n)
+        .map(|_| {
+            let request = request.clone();
+            let streaming = streaming.clone();
+            tokio::task::spawn_blocking(move || request(&streaming))
+        })
+        .collect();
+    (handles, streaming)
 }
 
 async fn finish(streams: Vec<tokio::task::JoinHandle<crate::Outcome>>) -> Vec<crate::Outcome> {
