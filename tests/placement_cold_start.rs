@@ -104,6 +104,138 @@ async fn twenty_first_requests_through_two_replicas_cause_one_load() {
     p2.shutdown().await;
 }
 
+/// Each line of a streamed answer, with when it came (from the request).
+async fn timed_lines(url: String, body: serde_json::Value) -> (u16, Vec<(Duration, String)>) {
+    tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        let started = std::time::Instant::now();
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .into();
+        let mut response = agent
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("anthropic-version", "2023-06-01")
+            .send(body.to_string())
+            .expect("HTTP POST");
+        let status = response.status().as_u16();
+        let reader = std::io::BufReader::new(response.body_mut().as_reader());
+        let lines = reader
+            .lines()
+            .map_while(Result::ok)
+            .filter(|line| !line.is_empty())
+            .map(|line| (started.elapsed(), line))
+            .collect();
+        (status, lines)
+    })
+    .await
+    .unwrap()
+}
+
+/// The percentages of `: loading <model>: N%` comments, in order.
+fn load_percentages(lines: &[(Duration, String)], model: &str) -> Vec<u32> {
+    let prefix = format!(": loading {model}: ");
+    lines
+        .iter()
+        .filter_map(|(_, line)| line.strip_prefix(&prefix)?.strip_suffix('%')?.parse().ok())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cold_loading_stream_shows_the_load_before_its_first_token() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = models_file(
+        dir.path(),
+        "[[model]]\nid = \"m\"\nsource = \"sim\"\nvram_mb = 300\n\n\
+         [[model]]\nid = \"a\"\nsource = \"sim\"\nvram_mb = 300\n",
+    );
+    let p = placement(placement_config(&server, "p1", Some(&file))).await;
+    let n = sim_neuron(&server, "n1", |c| c.sim_load_time = Duration::from_secs(3)).await;
+    let ingress = ingress(&server).await;
+    let base = format!("http://{}", ingress.addr);
+    until("neuron seen", Duration::from_secs(10), || {
+        p.shared().fleet.live().len() == 1
+    })
+    .await;
+    // Ingress streams early only for models its catalogue view knows.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let models = get_text(&format!("{base}/v1/models")).await;
+        if models.contains("\"a\"") && models.contains("\"m\"") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "catalogue not seen: {models}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // OpenAI: the stream begins while the model loads, with comments
+    // telling the load's progress, then the answer as usual.
+    let body = json!({
+        "model": "m",
+        "messages": [{"role": "user", "content": "hello"}],
+        "max_tokens": 8,
+        "stream": true,
+    });
+    let (status, lines) = timed_lines(format!("{base}/v1/chat/completions"), body).await;
+    assert_eq!(status, 200, "{lines:?}");
+    let first_data = lines
+        .iter()
+        .position(|(_, line)| line.starts_with("data: "))
+        .expect("data");
+    let before: Vec<_> = lines[..first_data].iter().collect();
+    println!("before the first token: {before:?}");
+    assert!(
+        before.len() >= 2 && before[0].0 < Duration::from_millis(2500),
+        "progress is shown while the 3 s load runs: {lines:?}"
+    );
+    assert!(
+        before.iter().all(|(_, l)| l.starts_with(": loading m")),
+        "{before:?}"
+    );
+    let percentages = load_percentages(&lines, "m");
+    assert!(!percentages.is_empty(), "{lines:?}");
+    assert!(
+        percentages.windows(2).all(|w| w[0] <= w[1]),
+        "{percentages:?}"
+    );
+    assert_eq!(lines.last().unwrap().1, "data: [DONE]");
+
+    // Anthropic: `ping` events (with the same comments) until
+    // `message_start`; the SDKs skip pings.
+    let body = json!({
+        "model": "a",
+        "messages": [{"role": "user", "content": "hello"}],
+        "max_tokens": 8,
+        "stream": true,
+    });
+    let (status, lines) = timed_lines(format!("{base}/v1/messages"), body).await;
+    assert_eq!(status, 200, "{lines:?}");
+    let start = lines
+        .iter()
+        .position(|(_, line)| line == "event: message_start")
+        .expect("message_start");
+    let pings = lines[..start]
+        .iter()
+        .filter(|(_, line)| line == "event: ping")
+        .count();
+    assert!(pings >= 2, "{lines:?}");
+    assert!(!load_percentages(&lines, "a").is_empty(), "{lines:?}");
+    assert!(
+        lines.iter().any(|(_, l)| l == "event: message_stop"),
+        "{lines:?}"
+    );
+
+    ingress.shutdown().await;
+    n.shutdown().await;
+    p.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_models_and_no_room_are_clear_errors() {
     let server = NatsServer::start();
@@ -134,6 +266,12 @@ async fn unknown_models_and_no_room_are_clear_errors() {
     let answer = chat(&base, "huge", json!({})).await;
     assert_eq!(answer.status, 503, "{}", answer.body);
     assert!(answer.body.contains("needs"), "{}", answer.body);
+    // Streamed, the same refusals keep their HTTP status: a cold-loading
+    // stream begins only once placement has taken the load on.
+    let answer = chat(&base, "nope", json!({"stream": true})).await;
+    assert_eq!(answer.status, 404, "{}", answer.body);
+    let answer = chat(&base, "huge", json!({"stream": true})).await;
+    assert_eq!(answer.status, 503, "{}", answer.body);
 
     let error = placement_call::<_, EnsureReply>(
         &client,

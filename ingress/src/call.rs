@@ -194,7 +194,18 @@ pub async fn open(
     request: &InferRequest,
     deadline_ms: u64,
 ) -> Result<Opened, ApiError> {
-    open_avoiding(state, request, deadline_ms, Vec::new()).await
+    open_avoiding(state, request, deadline_ms, Vec::new(), None).await
+}
+
+/// As [`open`], telling `cold` when the call starts to wait for a cold
+/// load (a stream then begins at once, with progress, rather than after it).
+pub async fn open_announcing(
+    state: &AppState,
+    request: &InferRequest,
+    deadline_ms: u64,
+    cold: tokio::sync::oneshot::Sender<()>,
+) -> Result<Opened, ApiError> {
+    open_avoiding(state, request, deadline_ms, Vec::new(), Some(cold)).await
 }
 
 /// As [`open`], but away from the neurons in `avoid` (a resume leaves the
@@ -205,6 +216,7 @@ pub(crate) async fn open_avoiding(
     request: &InferRequest,
     deadline_ms: u64,
     avoid: Vec<String>,
+    mut cold: Option<tokio::sync::oneshot::Sender<()>>,
 ) -> Result<Opened, ApiError> {
     let model = request.model().to_string();
     let token = ModelToken::new(&model).map_err(|e| ApiError::invalid("model", e.to_string()))?;
@@ -241,6 +253,9 @@ pub(crate) async fn open_avoiding(
         let stream = match opened {
             Ok(stream) => stream,
             Err(()) if !ensured => {
+                if let Some(cold) = cold.take() {
+                    let _ = cold.send(());
+                }
                 crate::cold::ensure(state, &model, deadline_ms).await?;
                 ensured = true;
                 continue;
@@ -259,6 +274,9 @@ pub(crate) async fn open_avoiding(
         match outcome {
             Ok(opened) => return Ok(opened),
             Err(Attempt::NotLoaded) if !ensured => {
+                if let Some(cold) = cold.take() {
+                    let _ = cold.send(());
+                }
                 crate::cold::ensure(state, &model, deadline_ms).await?;
                 ensured = true;
                 continue;

@@ -97,6 +97,17 @@ impl Fleet {
         })
     }
 
+    /// How far the furthest load of `model` has come (0..=1), when some
+    /// live neuron is loading it and says how far.
+    pub fn load_progress(&self, model: &str) -> Option<f64> {
+        self.neurons()
+            .iter()
+            .flat_map(|neuron| &neuron.models)
+            .filter(|m| m.model_id == model && m.state == ModelState::Loading)
+            .filter_map(|m| m.load_progress)
+            .reduce(f64::max)
+    }
+
     /// Live neurons with `model` ready, other than those in `tried`.
     pub fn other_replicas(&self, model: &str, tried: &[String]) -> Vec<String> {
         self.models()

@@ -6,7 +6,7 @@
 //! result in its shape. Failures become the dialect's error response in
 //! one place ([`fail`]).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::State;
@@ -15,12 +15,13 @@ use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use cortex_schemas::{GenerateRequest, InferRequest};
 use serde::de::DeserializeOwned;
+use tokio::sync::oneshot;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, Dialect, DialectError};
 use crate::generation::{collect, Collected};
 use crate::metrics::Label;
-use crate::sse::Encoder;
+use crate::sse::{Encoder, Start};
 use crate::state::AppState;
 
 /// An HTTP API that generates text.
@@ -104,25 +105,64 @@ async fn serve<A: Api>(
         stream,
         answer,
     } = A::translate(request, deadline)?;
-    let request = InferRequest::Generate(Box::new(generate));
-    let opened = crate::call::open(state, &request, deadline).await?;
-    let opened = match request {
-        InferRequest::Generate(generate) => opened.resumable(state, *generate),
-        _ => opened,
-    };
-    let label = state.metrics.label(model);
-    state.metrics.first_token(&label, started.elapsed());
     let context = Context {
         caller,
         dialect: A::DIALECT,
         started,
-        label,
+        label: state.metrics.label(model),
     };
+    let (cold_tx, cold_rx) = oneshot::channel();
+    let mut opening = Box::pin(open_generation(state.clone(), generate, deadline, cold_tx));
     if stream {
-        return Ok(crate::sse::respond(state, opened, answer, context, permit));
+        // A stream that waits for a cold load of a model the catalogue
+        // knows begins at once, its keepalives telling the load's progress;
+        // an error in the first moments (no room, a failed load) still
+        // gets its HTTP status.
+        let loading = async {
+            if cold_rx.await.is_err() {
+                return std::future::pending().await;
+            }
+            tokio::time::sleep(COLD_GRACE).await;
+            if !state.catalog.knows(model) {
+                return std::future::pending().await;
+            }
+        };
+        tokio::select! {
+            opened = &mut opening => {
+                state.metrics.first_token(&context.label, started.elapsed());
+                let start = Start::Opened(Box::new(opened?));
+                return Ok(crate::sse::respond(state, start, answer, context, permit, deadline));
+            }
+            () = loading => {
+                tracing::debug!(model = %model, "streaming while the model loads");
+                let start = Start::Loading { model: model.clone(), opening };
+                return Ok(crate::sse::respond(state, start, answer, context, permit, deadline));
+            }
+        }
     }
+    let opened = opening.await?;
+    state.metrics.first_token(&context.label, started.elapsed());
     let collected = collect_whole(state, opened, &context).await?;
     Ok(answer.whole(collected))
+}
+
+/// How long a cold-loading stream waits before it begins: placement's
+/// quick refusals (no neuron has room, unknown file) come back first.
+const COLD_GRACE: Duration = Duration::from_millis(250);
+
+/// Opens a resumable generation; `cold` is told when it waits for a load.
+async fn open_generation(
+    state: AppState,
+    generate: GenerateRequest,
+    deadline_ms: u64,
+    cold: oneshot::Sender<()>,
+) -> Result<crate::call::Opened, ApiError> {
+    let request = InferRequest::Generate(Box::new(generate));
+    let opened = crate::call::open_announcing(&state, &request, deadline_ms, cold).await?;
+    Ok(match request {
+        InferRequest::Generate(generate) => opened.resumable(&state, *generate),
+        _ => opened,
+    })
 }
 
 /// What the end of a request needs to account for it.

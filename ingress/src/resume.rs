@@ -112,7 +112,7 @@ impl Opened {
         let from = self.accepted.neuron.clone();
         let started = Instant::now();
         let call = InferRequest::Generate(Box::new(request));
-        match open_avoiding(&state, &call, self.deadline_ms, vec![from.clone()]).await {
+        match open_avoiding(&state, &call, self.deadline_ms, vec![from.clone()], None).await {
             Ok(next) => {
                 tracing::warn!(
                     request_id = %self.accepted.request_id,

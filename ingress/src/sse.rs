@@ -5,9 +5,12 @@
 //! generation on the neuron.
 
 use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use cortex_schemas::{Accepted, Delta, Done};
 use futures::StreamExt;
@@ -29,8 +32,14 @@ pub trait Encoder: Send + 'static {
     fn delta(&mut self, delta: &Delta) -> Vec<Event>;
     /// The closing events, after which the stream ends.
     fn done(&mut self, done: &Done) -> Vec<Event>;
-    /// A failure after the stream began.
+    /// A failure after the stream began (perhaps before [`Encoder::start`],
+    /// when a cold load failed).
     fn error(&mut self, error: &ApiError) -> Vec<Event>;
+    /// Keeps a silent stream alive: by default an SSE comment saying what
+    /// it waits for (clients skip comments; `curl` shows them).
+    fn keepalive(&mut self, waiting: &Waiting<'_>) -> Vec<Event> {
+        vec![Event::default().comment(waiting.to_string())]
+    }
 }
 
 /// An SSE event whose data is `value` as JSON, named `name` when given.
@@ -47,25 +56,165 @@ pub fn json_event(name: Option<&str>, value: &impl Serialize) -> Event {
     }
 }
 
-/// Streams `opened` to the client in `encoder`'s shape; `permit` (this
-/// pod's in-flight place) is held until the stream ends.
+/// How a stream begins: with its call open, or still waiting for a cold
+/// load (the response has begun so that the client sees the progress).
+pub enum Start {
+    Opened(Box<Opened>),
+    Loading {
+        model: String,
+        opening: Pin<Box<dyn Future<Output = Result<Opened, ApiError>> + Send>>,
+    },
+}
+
+impl fmt::Debug for Start {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Opened(opened) => f.debug_tuple("Opened").field(opened).finish(),
+            Self::Loading { model, .. } => f.debug_struct("Loading").field("model", model).finish(),
+        }
+    }
+}
+
+/// What a silent stream waits for, told by [`Encoder::keepalive`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Waiting<'a> {
+    /// A cold load of `model`; `progress` (0..=1) when a neuron reports it.
+    Loading {
+        model: &'a str,
+        progress: Option<f64>,
+    },
+    /// The next output: queued, reading the prompt, or resuming elsewhere.
+    Output,
+}
+
+impl fmt::Display for Waiting<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Loading {
+                model,
+                progress: Some(progress),
+            } => write!(f, "loading {model}: {:.0}%", progress * 100.0),
+            Self::Loading { model, .. } => write!(f, "loading {model}"),
+            Self::Output => f.write_str("waiting"),
+        }
+    }
+}
+
+/// A stream silent this long gets a keepalive (a comment, or the
+/// dialect's `ping`), so clients and proxies see it alive and can show a
+/// cold load's progress.
+pub const KEEPALIVE: Duration = Duration::from_secs(1);
+
+/// How often a cold-loading stream tells the load's progress.
+const LOAD_NOTES: Duration = Duration::from_millis(500);
+
+/// Streams a call to the client in `encoder`'s shape; `permit` (this pod's
+/// in-flight place) is held until the stream ends.
 pub fn respond(
     state: &AppState,
-    opened: Opened,
+    start: Start,
     encoder: impl Encoder,
     context: Context,
     permit: OwnedSemaphorePermit,
+    deadline_ms: u64,
 ) -> Response {
     let (tx, mut rx) = mpsc::channel::<Event>(EVENT_BUFFER);
     let state = state.clone();
     tokio::spawn(async move {
-        pump(&state, opened, encoder, &tx, &context).await;
+        let mut encoder = encoder;
+        let deadline = instant_of(deadline_ms);
+        let opened = match start {
+            Start::Opened(opened) => Some(*opened),
+            Start::Loading { model, opening } => {
+                let waiting = || Waiting::Loading {
+                    model: &model,
+                    progress: state.fleet.load_progress(&model),
+                };
+                loaded(
+                    &state,
+                    opening,
+                    waiting,
+                    &mut encoder,
+                    &tx,
+                    &context,
+                    deadline,
+                )
+                .await
+            }
+        };
+        if let Some(opened) = opened {
+            pump(&state, opened, encoder, &tx, &context, deadline).await;
+        }
         drop(permit);
     });
     let body = futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).map(Ok::<_, Infallible>);
-    Sse::new(body)
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
-        .into_response()
+    Sse::new(body).into_response()
+}
+
+/// Waits for a cold-loading call to open, with progress keepalives; a
+/// failure (or the client leaving) ends the stream and is accounted here.
+async fn loaded<'w>(
+    state: &AppState,
+    opening: Pin<Box<dyn Future<Output = Result<Opened, ApiError>> + Send>>,
+    waiting: impl Fn() -> Waiting<'w>,
+    encoder: &mut impl Encoder,
+    tx: &mpsc::Sender<Event>,
+    context: &Context,
+    deadline: tokio::time::Instant,
+) -> Option<Opened> {
+    // The first note goes out at once: the client learns why it waits.
+    if !send_all(tx, encoder.keepalive(&waiting()).into_iter(), deadline).await {
+        let elapsed = context.started.elapsed();
+        let dialect = context.dialect.as_str();
+        state
+            .metrics
+            .finished(&context.label, dialect, cancelled(), elapsed);
+        return None;
+    }
+    let notes = with_keepalives(opening, LOAD_NOTES, encoder, waiting, tx, deadline);
+    let status = match notes.await {
+        Some(Ok(opened)) => {
+            state
+                .metrics
+                .first_token(&context.label, context.started.elapsed());
+            return Some(opened);
+        }
+        Some(Err(error)) => {
+            send_all(tx, encoder.error(&error).into_iter(), deadline).await;
+            error.status().as_u16()
+        }
+        None => cancelled(),
+    };
+    let elapsed = context.started.elapsed();
+    let dialect = context.dialect.as_str();
+    state
+        .metrics
+        .finished(&context.label, dialect, status, elapsed);
+    None
+}
+
+/// Awaits `work`, sending `encoder`'s keepalive after each `every` of
+/// silence; `None` when the client went away meanwhile.
+async fn with_keepalives<'w, T>(
+    work: impl Future<Output = T>,
+    every: Duration,
+    encoder: &mut impl Encoder,
+    waiting: impl Fn() -> Waiting<'w>,
+    tx: &mpsc::Sender<Event>,
+    deadline: tokio::time::Instant,
+) -> Option<T> {
+    let mut work = std::pin::pin!(work);
+    loop {
+        tokio::select! {
+            output = &mut work => return Some(output),
+            () = tokio::time::sleep(every) => {
+                if !send_all(tx, encoder.keepalive(&waiting()).into_iter(), deadline).await {
+                    return None;
+                }
+            }
+            () = tx.closed() => return None,
+        }
+    }
 }
 
 async fn pump(
@@ -74,8 +223,8 @@ async fn pump(
     mut encoder: impl Encoder,
     tx: &mpsc::Sender<Event>,
     context: &Context,
+    deadline: tokio::time::Instant,
 ) {
-    let deadline = instant_of(opened.deadline_ms);
     let label = &context.label;
     let mut last: Option<Instant> = None;
     let mut status = 200;
@@ -88,12 +237,17 @@ async fn pump(
             status = cancelled();
             break;
         }
-        let output = tokio::select! {
-            output = opened.next() => output,
-            _ = tx.closed() => {
-                status = cancelled();
-                break;
-            }
+        let next = with_keepalives(
+            opened.next(),
+            KEEPALIVE,
+            &mut encoder,
+            || Waiting::Output,
+            tx,
+            deadline,
+        );
+        let Some(output) = next.await else {
+            status = cancelled();
+            break;
         };
         match output {
             Some(Output::Delta(delta)) => {

@@ -278,6 +278,59 @@ async fn a_client_that_hangs_up_frees_the_slot_on_the_neuron() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_stream_is_kept_alive_each_second_in_its_dialect() {
+    let server = NatsServer::start();
+    // 2.2 s between two tokens: a stream resuming on another replica
+    // looks the same to the client.
+    let _neuron = sim_neuron(&server, "n1", &["m"], |c| {
+        c.sim_tokens_per_second = 0.45;
+        c.sim_reply_tokens = 2;
+    })
+    .await;
+    let ingress = ingress(&server, &["m"], |_| {}).await;
+    let base = format!("http://{}", ingress.addr);
+
+    let reply = post(
+        &format!("{base}/v1/messages"),
+        &messages_body("m", true),
+        &[],
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let names: Vec<String> = parse_sse(&reply.body)
+        .into_iter()
+        .filter_map(|e| e.event)
+        .collect();
+    let deltas: Vec<usize> = (0..names.len())
+        .filter(|&i| names[i] == "content_block_delta")
+        .collect();
+    assert_eq!(deltas.len(), 2, "{names:?}");
+    let pings = names[deltas[0]..deltas[1]]
+        .iter()
+        .filter(|n| *n == "ping")
+        .count();
+    assert!(pings >= 2, "a ping each second of silence: {names:?}");
+    assert_eq!(names.last().map(String::as_str), Some("message_stop"));
+
+    // OpenAI's stream has no ping event: an SSE comment, which clients skip.
+    let reply = post(
+        &format!("{base}/v1/chat/completions"),
+        &chat_body("m", true, json!({})),
+        &[],
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let comments = reply.body.lines().filter(|l| *l == ": waiting").count();
+    assert!(comments >= 2, "{}", reply.body);
+    assert!(
+        reply.body.trim_end().ends_with("data: [DONE]"),
+        "{}",
+        reply.body
+    );
+    ingress.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn saturated_replicas_give_429_with_retry_after() {
     let server = NatsServer::start();
     let _neuron = sim_neuron(&server, "n1", &["tiny"], |c| {

@@ -19,7 +19,7 @@ use crate::error::{ApiError, Dialect};
 use crate::generation::Collected;
 use crate::ids::new_id;
 use crate::pipeline::{Answer, Api, Translated};
-use crate::sse::{json_event, Encoder};
+use crate::sse::{json_event, Encoder, Waiting};
 use crate::validate;
 
 const DIALECT: Dialect = Dialect::Anthropic;
@@ -455,6 +455,16 @@ impl Encoder for EventEncoder {
 
     fn error(&mut self, error: &ApiError) -> Vec<Event> {
         vec![json_event(Some("error"), &error.body(DIALECT))]
+    }
+
+    /// A comment saying what the stream waits for, then a `ping`, as the
+    /// real API keeps its streams alive (SDKs skip pings, before
+    /// `message_start` too).
+    fn keepalive(&mut self, waiting: &Waiting<'_>) -> Vec<Event> {
+        vec![
+            Event::default().comment(waiting.to_string()),
+            json_event(Some("ping"), &json!({"type": "ping"})),
+        ]
     }
 }
 

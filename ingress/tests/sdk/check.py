@@ -214,10 +214,11 @@ r = oa.responses.parse(model=real, input="Describe Paris.", text_format=City, ma
 check("responses parse", isinstance(r.output_parsed, City), r)
 
 forced = oa.chat.completions.create(
-    model=real, max_tokens=64, messages=[{"role": "user", "content": "Hello! How are you today?"}],
+    model=real, max_tokens=200, temperature=0, messages=[{"role": "user", "content": "Hello! How are you today?"}],
     tools=tools, tool_choice={"type": "function", "function": {"name": "get_weather"}},
 )
 call = forced.choices[0].message.tool_calls[0].function
+check("forced tool call ends as a call", forced.choices[0].finish_reason in ("tool_calls", "stop"), forced)
 check("forced tool call fits", call.name == "get_weather" and "city" in __import__("json").loads(call.arguments), forced)
 
 print("all SDK checks passed")

@@ -408,6 +408,12 @@ impl Encoder for ResponseEncoder {
     }
 
     fn error(&mut self, error: &ApiError) -> Vec<Event> {
+        // A cold load that failed comes before `start`: the stream still
+        // opens with `response.created`, as clients' accumulators expect.
+        let mut events = Vec::new();
+        if self.sequence == 0 {
+            events.push(self.lifecycle("response.created", Status::InProgress));
+        }
         let sequence = self.next_sequence();
         let message = error.message_for(crate::error::Dialect::OpenAi);
         let mut response = self.body(Status::Failed);
@@ -415,7 +421,8 @@ impl Encoder for ResponseEncoder {
             code: failure_code(error),
             message: &message,
         });
-        vec![event("response.failed", sequence, &Lifecycle { response })]
+        events.push(event("response.failed", sequence, &Lifecycle { response }));
+        events
     }
 }
 
