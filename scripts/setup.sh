@@ -13,7 +13,10 @@
 #                                                CLI, native binary), which a test drives
 #   .cache/bin/codex                             npm @openai/codex (the Codex CLI, native
 #                                                binary), which a test drives
+#   .cache/playwright/                           npm playwright-core, which drives the
+#                                                browser test of the console (/ui)
 #   docker-compose (Debian package, as root)     validates compose/ in the tests
+#   chromium (Debian package, as root)           the browser of the console test
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -28,6 +31,7 @@ ANTHROPIC_SDK_VERSION="2.14.0"
 CARGO_DENY_VERSION="0.20.2"
 CLAUDE_CODE_VERSION="2.1.332"
 CODEX_VERSION="0.171.0"
+PLAYWRIGHT_CORE_VERSION="1.65.1"
 
 # fetch PACKAGE VERSION: downloads the wheel (no dependencies) into .cache/wheels.
 fetch() {
@@ -114,6 +118,28 @@ if ! command -v docker-compose > /dev/null 2>&1; then
   else
     echo "setup: docker-compose missing: install Debian's docker-compose package for the compose test" >&2
   fi
+fi
+
+# The console test drives Debian's Chromium (headless) with playwright-core.
+if ! command -v chromium > /dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null 2>&1; then
+    echo "setup: installing chromium (Debian package)" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q chromium > /dev/null 2>&1 \
+      || { apt-get update -q > /dev/null 2>&1 && apt-get install -y -q chromium > /dev/null 2>&1; } \
+      || echo "setup: could not install chromium; the console test will fail" >&2
+  else
+    echo "setup: chromium missing: install Debian's chromium package for the console test" >&2
+  fi
+fi
+playwright_stamp="$cache/playwright/.version-$PLAYWRIGHT_CORE_VERSION"
+if [ ! -f "$playwright_stamp" ] && command -v npm > /dev/null 2>&1; then
+  echo "setup: installing playwright-core@$PLAYWRIGHT_CORE_VERSION from npm" >&2
+  rm -rf "$cache/playwright"
+  npm install --quiet --no-audit --no-fund --prefix "$cache/playwright" \
+    "playwright-core@$PLAYWRIGHT_CORE_VERSION" > /dev/null 2>&1 \
+    && touch "$playwright_stamp" \
+    || echo "setup: npm could not install playwright-core; the console test will fail" >&2
 fi
 
 # cargo-deny checks licences, bans and sources (deny.toml) in `make test`;

@@ -179,6 +179,9 @@ async fn the_mesh_runs_with_per_role_credentials_and_no_role_oversteps() {
     assert!(answer.body.contains("data: [DONE]"), "{}", answer.body);
     let models = get_text(&format!("{base}/v1/models")).await;
     assert!(models.contains("\"m\""), "{models}");
+    // The console shows placement's status through the ingress's user.
+    let console = get_text(&format!("{base}/ui/api/status")).await;
+    assert!(console.contains("\"replica\":\"p1\""), "{console}");
     let status: PlacementStatus = call(
         &operator,
         Subjects::default().placement(PlacementOp::Status),
@@ -297,10 +300,12 @@ async fn the_mesh_runs_with_per_role_credentials_and_no_role_oversteps() {
         "cortex.v1.neuron.neuron-1.load",
     )
     .await;
+    // The console's verbs (placement load / unload / pin, gated by
+    // --admin-keys in ingress) are allowed; re-reading the catalogue is not.
     publish_refused(
         &ingress_probe,
         &mut ingress_errors,
-        "cortex.v1.placement.unload",
+        "cortex.v1.placement.reload",
     )
     .await;
     publish_refused(&ingress_probe, &mut ingress_errors, "$KV.cortex-catalog.m").await;

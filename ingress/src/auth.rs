@@ -31,13 +31,18 @@ pub struct Caller(pub usize);
 
 /// Why the keys cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("--api-keys: {0}")]
-pub struct KeyError(String);
+#[error("{flag}: {reason}")]
+pub struct KeyError {
+    flag: &'static str,
+    reason: String,
+}
 
-/// The configured keys, as digests.
+/// The configured keys, as digests: API keys first, then operator keys.
 #[derive(Debug, Default)]
 pub struct Keys {
     digests: Vec<[u8; 32]>,
+    /// Index of the first operator key in `digests`.
+    operators_from: usize,
 }
 
 fn digest(key: &str) -> [u8; 32] {
@@ -51,9 +56,13 @@ impl Keys {
         for entry in entries.iter().map(|e| e.trim()).filter(|e| !e.is_empty()) {
             match entry.strip_prefix("sha256:") {
                 Some(hex) => {
-                    let bytes = decode_hex(hex)
-                        .filter(|b| b.len() == 32)
-                        .ok_or_else(|| KeyError("a sha256: entry needs 64 hex digits".into()))?;
+                    let bytes =
+                        decode_hex(hex)
+                            .filter(|b| b.len() == 32)
+                            .ok_or_else(|| KeyError {
+                                flag: "--api-keys",
+                                reason: "a sha256: entry needs 64 hex digits".into(),
+                            })?;
                     let mut digest = [0u8; 32];
                     digest.copy_from_slice(&bytes);
                     digests.push(digest);
@@ -61,7 +70,29 @@ impl Keys {
                 None => digests.push(digest(entry)),
             }
         }
-        Ok(Self { digests })
+        let operators_from = digests.len();
+        Ok(Self {
+            digests,
+            operators_from,
+        })
+    }
+
+    /// API keys and operator keys (`--admin-keys`): both authenticate;
+    /// only the second may drive placement from the console.
+    pub fn parse_with_operators(api: &[String], operators: &[String]) -> Result<Self, KeyError> {
+        let mut keys = Self::parse(api)?;
+        let operators = Self::parse(operators).map_err(|e| KeyError {
+            flag: "--admin-keys",
+            ..e
+        })?;
+        keys.digests.extend(operators.digests);
+        Ok(keys)
+    }
+
+    /// Whether `caller` may load, unload and pin: an operator key, or
+    /// anyone when no key is configured (an open mesh).
+    pub fn is_operator(&self, caller: Caller) -> bool {
+        self.digests.is_empty() || caller.0 >= self.operators_from
     }
 
     pub fn is_empty(&self) -> bool {
@@ -254,6 +285,11 @@ mod tests {
         assert_eq!(keys.check("second"), Some(Caller(1)));
         assert_eq!(keys.check("third"), None);
         assert!(Keys::parse(&["sha256:abc".into()]).is_err());
+        assert!(!keys.is_operator(Caller(0)) && !keys.is_operator(Caller(1)));
+        let both = Keys::parse_with_operators(&["user".into()], &["root".into()]).unwrap();
+        assert_eq!(both.check("root"), Some(Caller(1)));
+        assert!(both.is_operator(Caller(1)) && !both.is_operator(Caller(0)));
+        assert!(Keys::default().is_operator(Caller(0)));
         let mut headers = HeaderMap::new();
         headers.insert("authorization", "Bearer first".parse().unwrap());
         assert_eq!(presented(&headers), Some("first"));

@@ -74,6 +74,19 @@ pub struct IngressConfig {
         hide_env_values = true
     )]
     pub api_keys: Vec<ApiKey>,
+    /// Operator keys, in the same form: API keys that may also load,
+    /// unload and pin models from the console. Without any key configured
+    /// the mesh is open and so is the console's control.
+    #[arg(
+        long,
+        env = "CORTEX_ADMIN_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub admin_keys: Vec<ApiKey>,
+    /// Serve no fleet console at `/ui`.
+    #[arg(long, env = "CORTEX_INGRESS_NO_UI")]
+    pub no_ui: bool,
     /// Requests per minute per API key (0: no limit).
     #[arg(long, env = "CORTEX_RATE_LIMIT_RPM", default_value_t = 0)]
     pub rate_limit_rpm: u32,
@@ -162,7 +175,11 @@ impl IngressConfig {
 
     /// The API keys as digests.
     pub fn keys(&self) -> Result<crate::auth::Keys, ConfigError> {
-        let entries: Vec<String> = self.api_keys.iter().map(|k| k.0.clone()).collect();
-        crate::auth::Keys::parse(&entries).map_err(|e| ConfigError(e.to_string()))
+        let entries = |keys: &[ApiKey]| keys.iter().map(|k| k.0.clone()).collect::<Vec<_>>();
+        crate::auth::Keys::parse_with_operators(
+            &entries(&self.api_keys),
+            &entries(&self.admin_keys),
+        )
+        .map_err(|e| ConfigError(e.to_string()))
     }
 }

@@ -38,6 +38,8 @@ impl Dialect {
 pub enum Kind {
     InvalidRequest,
     Unauthorized,
+    /// A valid key without the rights the call needs (403).
+    Forbidden,
     NotFound,
     TooLarge,
     /// The client sent its request too slowly (408).
@@ -107,6 +109,7 @@ impl ApiError {
         match self.kind {
             Kind::InvalidRequest => StatusCode::BAD_REQUEST,
             Kind::Unauthorized => StatusCode::UNAUTHORIZED,
+            Kind::Forbidden => StatusCode::FORBIDDEN,
             Kind::NotFound => StatusCode::NOT_FOUND,
             Kind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Kind::SlowClient => StatusCode::REQUEST_TIMEOUT,
@@ -124,6 +127,7 @@ impl ApiError {
         match (dialect, self.kind) {
             (_, Kind::InvalidRequest | Kind::SlowClient) => "invalid_request_error",
             (_, Kind::Unauthorized) => "authentication_error",
+            (_, Kind::Forbidden) => "permission_error",
             (_, Kind::Overloaded) => "rate_limit_error",
             (Dialect::OpenAi, Kind::NotFound | Kind::TooLarge) => "invalid_request_error",
             (Dialect::OpenAi, Kind::Timeout) => "timeout",

@@ -31,6 +31,9 @@
 //!   [`state`]: what handlers share (in-flight limit included);
 //!   [`metrics`]: Prometheus; [`ids`]: request ids; [`trace`]: a log
 //!   line per request.
+//! - [`console`]: the fleet console at `/ui` (one page built in, its
+//!   status and control calls); [`recent`]: the pod's last finished
+//!   requests it shows.
 
 pub mod accept;
 pub mod anthropic;
@@ -40,6 +43,7 @@ pub mod call;
 pub mod catalog;
 pub mod cold;
 pub mod config;
+pub mod console;
 pub mod cors;
 pub mod error;
 pub mod fleet;
@@ -48,6 +52,7 @@ pub mod ids;
 pub mod metrics;
 pub mod openai;
 pub mod pipeline;
+pub mod recent;
 pub mod resume;
 pub mod server;
 pub mod sse;

@@ -6,6 +6,7 @@
 //! result in its shape. Failures become the dialect's error response in
 //! one place ([`fail`]).
 
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -21,6 +22,7 @@ use crate::auth::Caller;
 use crate::error::{ApiError, Dialect, DialectError};
 use crate::generation::{collect, Collected};
 use crate::metrics::Label;
+use crate::recent::Finished;
 use crate::sse::{Encoder, Start};
 use crate::state::AppState;
 
@@ -110,6 +112,9 @@ async fn serve<A: Api>(
         dialect: A::DIALECT,
         started,
         label: state.metrics.label(model),
+        model: model.clone(),
+        stream,
+        first_token: OnceLock::new(),
     };
     let (cold_tx, cold_rx) = oneshot::channel();
     let mut opening = Box::pin(open_generation(state.clone(), generate, deadline, cold_tx));
@@ -124,12 +129,12 @@ async fn serve<A: Api>(
             }
             tokio::time::sleep(COLD_GRACE).await;
             if !state.catalog.knows(model) {
-                return std::future::pending().await;
+                std::future::pending::<()>().await;
             }
         };
         tokio::select! {
             opened = &mut opening => {
-                state.metrics.first_token(&context.label, started.elapsed());
+                context.first_token(state);
                 let start = Start::Opened(Box::new(opened?));
                 return Ok(crate::sse::respond(state, start, answer, context, permit, deadline));
             }
@@ -141,7 +146,7 @@ async fn serve<A: Api>(
         }
     }
     let opened = opening.await?;
-    state.metrics.first_token(&context.label, started.elapsed());
+    context.first_token(state);
     let collected = collect_whole(state, opened, &context).await?;
     Ok(answer.whole(collected))
 }
@@ -172,6 +177,39 @@ pub struct Context {
     pub dialect: Dialect,
     pub started: Instant,
     pub label: Label,
+    /// The catalogue id the request named.
+    pub model: String,
+    pub stream: bool,
+    /// Milliseconds to the first token, once it came.
+    first_token: OnceLock<u64>,
+}
+
+impl Context {
+    /// The first token came now: its latency in metrics and for `recent`.
+    pub fn first_token(&self, state: &AppState) {
+        let after = self.started.elapsed();
+        state.metrics.first_token(&self.label, after);
+        let _ = self.first_token.set(after.as_millis() as u64);
+    }
+
+    /// The request ended with `status` having spent `tokens` (prompt,
+    /// generated): counted in metrics and kept among the pod's recent ones.
+    pub fn finish(&self, state: &AppState, status: u16, tokens: (u32, u32)) {
+        let elapsed = self.started.elapsed();
+        let api = self.dialect.as_str();
+        state.metrics.finished(&self.label, api, status, elapsed);
+        state.recent.push(Finished {
+            at_ms: cortex_bus::headers::unix_ms(),
+            model: self.model.clone(),
+            api,
+            stream: self.stream,
+            status,
+            ttft_ms: self.first_token.get().copied(),
+            prompt_tokens: tokens.0,
+            completion_tokens: tokens.1,
+            duration_ms: elapsed.as_millis() as u64,
+        });
+    }
 }
 
 /// Reads a non-streamed generation whole, with its metrics and token charge.
@@ -183,11 +221,9 @@ async fn collect_whole(
     match collect(&mut opened).await {
         Ok(collected) => {
             state.record_done(context.caller, &context.label, &collected.done);
-            let elapsed = context.started.elapsed();
-            let dialect = context.dialect.as_str();
-            state
-                .metrics
-                .finished(&context.label, dialect, 200, elapsed);
+            let usage = &collected.done.usage;
+            let tokens = (usage.prompt_tokens, usage.completion_tokens);
+            context.finish(state, 200, tokens);
             Ok(collected)
         }
         Err(error) => {
@@ -214,8 +250,20 @@ pub fn fail(
 ) -> Response {
     let label = state.metrics.label(model);
     let status = error.status().as_u16();
+    let elapsed = started.elapsed();
     state
         .metrics
-        .finished(&label, dialect.as_str(), status, started.elapsed());
+        .finished(&label, dialect.as_str(), status, elapsed);
+    state.recent.push(Finished {
+        at_ms: cortex_bus::headers::unix_ms(),
+        model: model.to_string(),
+        api: dialect.as_str(),
+        stream: false,
+        status,
+        ttft_ms: None,
+        prompt_tokens: 0,
+        completion_tokens: 0,
+        duration_ms: elapsed.as_millis() as u64,
+    });
     DialectError(dialect, error).into_response()
 }

@@ -70,6 +70,11 @@ pub fn router(state: AppState) -> Router {
             "/v1/messages/count_tokens",
             post(anthropic::count_tokens::handle),
         )
+        .merge(if state.config.no_ui {
+            Router::new()
+        } else {
+            crate::console::api()
+        })
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::auth::authenticate,
@@ -80,8 +85,11 @@ pub fn router(state: AppState) -> Router {
         .merge(api)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .fallback(not_found);
+        .route("/metrics", get(metrics));
+    if !state.config.no_ui {
+        router = router.route("/ui", get(crate::console::page));
+    }
+    let mut router = router.fallback(not_found);
     if cors.is_on() {
         // Outside authentication: a preflight carries no credentials.
         router = router.layer(axum::middleware::from_fn_with_state(

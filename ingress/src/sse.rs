@@ -164,19 +164,13 @@ async fn loaded<'w>(
 ) -> Option<Opened> {
     // The first note goes out at once: the client learns why it waits.
     if !send_all(tx, encoder.keepalive(&waiting()).into_iter(), deadline).await {
-        let elapsed = context.started.elapsed();
-        let dialect = context.dialect.as_str();
-        state
-            .metrics
-            .finished(&context.label, dialect, cancelled(), elapsed);
+        context.finish(state, cancelled(), (0, 0));
         return None;
     }
     let notes = with_keepalives(opening, LOAD_NOTES, encoder, waiting, tx, deadline);
     let status = match notes.await {
         Some(Ok(opened)) => {
-            state
-                .metrics
-                .first_token(&context.label, context.started.elapsed());
+            context.first_token(state);
             return Some(opened);
         }
         Some(Err(error)) => {
@@ -185,11 +179,7 @@ async fn loaded<'w>(
         }
         None => cancelled(),
     };
-    let elapsed = context.started.elapsed();
-    let dialect = context.dialect.as_str();
-    state
-        .metrics
-        .finished(&context.label, dialect, status, elapsed);
+    context.finish(state, status, (0, 0));
     None
 }
 
@@ -271,16 +261,18 @@ async fn pump(
         }
     }
     // Whatever the ending, the tokens the neuron spent count against the caller.
-    match done {
-        Some(done) => state.record_done(context.caller, label, &done),
+    let tokens = match done {
+        Some(done) => {
+            state.record_done(context.caller, label, &done);
+            (done.usage.prompt_tokens, done.usage.completion_tokens)
+        }
         None => {
             let (prompt, generated) = opened.spent();
             state.record_tokens(context.caller, label, prompt, generated);
+            (prompt, generated)
         }
-    }
-    let elapsed = context.started.elapsed();
-    let dialect = context.dialect.as_str();
-    state.metrics.finished(label, dialect, status, elapsed);
+    };
+    context.finish(state, status, tokens);
 }
 
 /// The status a stream the client left is counted under (499).

@@ -14,6 +14,7 @@ use crate::config::IngressConfig;
 use crate::error::{ApiError, Kind};
 use crate::fleet::Fleet;
 use crate::metrics::{Label, Metrics};
+use crate::recent::Recent;
 
 /// Shared by all handlers (cheap to clone).
 #[derive(Debug, Clone)]
@@ -26,6 +27,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub keys: Arc<Keys>,
     pub limits: Arc<Limits>,
+    /// The last requests this pod finished (for the console).
+    pub recent: Arc<Recent>,
     limiter: Arc<Semaphore>,
 }
 
@@ -48,6 +51,7 @@ impl AppState {
         Self {
             keys: Arc::new(keys),
             limits: Arc::new(limits),
+            recent: Arc::default(),
             limiter: Arc::new(Semaphore::new(config.max_in_flight)),
             client,
             subjects,

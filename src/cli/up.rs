@@ -100,7 +100,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     }
     let base = format!("http://{}", ingress.addr);
     eprintln!(
-        "\ncortex is up in {:.1?}: {base}  (models: {})\n  curl {base}/v1/chat/completions -H 'content-type: application/json' \\\n    -d '{{\"model\":\"{}\",\"messages\":[{{\"role\":\"user\",\"content\":\"What is the capital of France?\"}}]}}'\nCtrl-C stops everything.",
+        "\ncortex is up in {:.1?}: {base}  (models: {})\n  curl {base}/v1/chat/completions -H 'content-type: application/json' \\\n    -d '{{\"model\":\"{}\",\"messages\":[{{\"role\":\"user\",\"content\":\"What is the capital of France?\"}}]}}'\n  fleet console: {base}/ui\nCtrl-C stops everything.",
         started.elapsed(),
         wanted.join(", "),
         wanted.first().map_or("smollm2", String::as_str),
