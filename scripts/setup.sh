@@ -15,7 +15,7 @@
 #                                                binary), which a test drives
 #   .cache/playwright/                           npm playwright-core, which drives the
 #                                                browser test of the console (/ui)
-#   docker-compose (Debian package, as root)     validates compose/ in the tests
+#   docker-compose, haproxy (Debian, as root)    validate compose/ in the tests
 #   chromium (Debian package, as root)           the browser of the console test
 set -euo pipefail
 
@@ -105,33 +105,30 @@ if [ ! -f "$sdk_stamp" ]; then
   touch "$sdk_stamp"
 fi
 
-# docker-compose validates compose/docker-compose.yml in the tests
-# (`docker-compose config` needs no Docker daemon). Debian's package; as root
-# it is installed here, otherwise the test says what to install.
-if ! command -v docker-compose > /dev/null 2>&1; then
+# debian_tool COMMAND PACKAGE TEST: a Debian package a test needs, installed
+# as root; otherwise the test says what to install.
+debian_tool() {
+  local command="$1" package="$2" test="$3"
+  command -v "$command" > /dev/null 2>&1 && return 0
   if [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null 2>&1; then
-    echo "setup: installing docker-compose (Debian package)" >&2
+    echo "setup: installing $package (Debian package)" >&2
     export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -q docker-compose > /dev/null 2>&1 \
-      || { apt-get update -q > /dev/null 2>&1 && apt-get install -y -q docker-compose > /dev/null 2>&1; } \
-      || echo "setup: could not install docker-compose; the compose test will fail" >&2
+    apt-get install -y -q "$package" > /dev/null 2>&1 \
+      || { apt-get update -q > /dev/null 2>&1 && apt-get install -y -q "$package" > /dev/null 2>&1; } \
+      || echo "setup: could not install $package; the $test test will fail" >&2
   else
-    echo "setup: docker-compose missing: install Debian's docker-compose package for the compose test" >&2
+    echo "setup: $command missing: install Debian's $package package for the $test test" >&2
   fi
-fi
+}
 
-# The console test drives Debian's Chromium (headless) with playwright-core.
-if ! command -v chromium > /dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null 2>&1; then
-    echo "setup: installing chromium (Debian package)" >&2
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -q chromium > /dev/null 2>&1 \
-      || { apt-get update -q > /dev/null 2>&1 && apt-get install -y -q chromium > /dev/null 2>&1; } \
-      || echo "setup: could not install chromium; the console test will fail" >&2
-  else
-    echo "setup: chromium missing: install Debian's chromium package for the console test" >&2
-  fi
-fi
+# docker-compose validates compose/docker-compose.yml and haproxy the
+# balancer's config in the tests (neither needs a Docker daemon); Chromium
+# is the browser of the console test.
+debian_tool docker-compose docker-compose compose
+debian_tool haproxy haproxy compose
+debian_tool chromium chromium console
+
+# The console test drives Chromium (headless) with playwright-core.
 playwright_stamp="$cache/playwright/.version-$PLAYWRIGHT_CORE_VERSION"
 if [ ! -f "$playwright_stamp" ] && command -v npm > /dev/null 2>&1; then
   echo "setup: installing playwright-core@$PLAYWRIGHT_CORE_VERSION from npm" >&2

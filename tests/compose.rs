@@ -31,6 +31,18 @@ fn compose(args: &[&str]) -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
+/// One service's block of the resolved compose file.
+fn section(resolved: &str, service: &str) -> String {
+    let header = format!("  {service}:");
+    resolved
+        .lines()
+        .skip_while(|l| *l != header)
+        .skip(1)
+        .take_while(|l| l.starts_with("    "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 #[test]
 fn the_compose_file_validates_and_has_the_topology() {
     compose(&["config", "-q"]);
@@ -42,9 +54,7 @@ fn the_compose_file_validates_and_has_the_topology() {
         vec![
             "balancer",
             "grafana",
-            "ingress-1",
-            "ingress-2",
-            "ingress-3",
+            "ingress",
             "nats",
             "neuron-1",
             "neuron-2",
@@ -57,15 +67,43 @@ fn the_compose_file_validates_and_has_the_topology() {
     // The GPU neuron sits behind the `gpu` profile (docker-compose 1.29
     // lists every service whatever the profile, so read the resolved file).
     let resolved = compose(&["config"]);
-    let gpu: String = resolved
-        .lines()
-        .skip_while(|l| *l != "  neuron-gpu:")
-        .skip(1)
-        .take_while(|l| l.starts_with("    "))
-        .collect::<Vec<_>>()
-        .join("\n");
+    let gpu = section(&resolved, "neuron-gpu");
     assert!(gpu.contains("profiles:") && gpu.contains("- gpu"), "{gpu}");
     assert!(gpu.contains("driver: nvidia"), "{gpu}");
+    // The ingress pods are one service of 3 replicas (`--scale ingress=N`
+    // changes N), with no fixed name or host port that would stop a scale.
+    let ingress = section(&resolved, "ingress");
+    assert!(ingress.contains("replicas: 3"), "{ingress}");
+    assert!(
+        !ingress.contains("container_name") && !ingress.contains("ports:"),
+        "{ingress}"
+    );
+    // The balancer finds however many there are in Docker's DNS, and its
+    // config is one haproxy accepts.
+    let compose_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("compose");
+    let haproxy = std::fs::read_to_string(compose_dir.join("haproxy.cfg")).unwrap();
+    assert!(
+        haproxy.contains("server-template ingress- 10 ingress:31313")
+            && haproxy.contains("resolvers docker")
+            && haproxy.contains("nameserver dns 127.0.0.11:53"),
+        "{haproxy}"
+    );
+    let checked = Command::new("haproxy")
+        .args(["-c", "-f"])
+        .arg(compose_dir.join("haproxy.cfg"))
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("haproxy not runnable ({e}): install Debian's haproxy package (scripts/setup.sh does, as root)")
+        });
+    assert!(
+        checked.status.success(),
+        "haproxy -c: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    // Prometheus scrapes every replica the same way.
+    let prometheus = std::fs::read_to_string(compose_dir.join("prometheus.yml")).unwrap();
+    assert!(prometheus.contains("dns_sd_configs"), "{prometheus}");
     // The catalogue the cluster mounts is a valid one.
     let catalog = Path::new(env!("CARGO_MANIFEST_DIR")).join("compose/models.toml");
     cortex_placement::catalog::file::read(&catalog).unwrap();

@@ -1,7 +1,8 @@
 //! The compose topology without Docker: the same processes on loopback (a
 //! nats-server, 2 `cortex placement`, 2 `cortex neuron --engine sim`,
-//! 3 `cortex ingress`) behind a round-robin TCP balancer, as haproxy sits in
-//! front of the pods in `compose/`. One ingress pod is killed with kill -9
+//! [`INGRESS_PODS`] `cortex ingress`, as `docker-compose up --scale
+//! ingress=5` runs them) behind a round-robin TCP balancer, as haproxy sits
+//! in front of the pods in `compose/`. One ingress pod is killed with kill -9
 //! in the middle of the run: clients retrying through the balancer never
 //! see a request fail for good.
 
@@ -15,6 +16,9 @@ use cortex_testkit::NatsServer;
 use serde_json::json;
 use support::*;
 use tokio::net::{TcpListener, TcpStream};
+
+/// Ingress pods in the run (the compose file's 3, scaled to 5).
+const INGRESS_PODS: usize = 5;
 
 /// A round-robin TCP balancer: each connection goes to the next backend
 /// that accepts one (a dead pod refuses, so it is skipped).
@@ -91,7 +95,7 @@ async fn an_ingress_pod_killed_mid_run_costs_no_request() {
     }
     let mut pods = Vec::new();
     let mut backends = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..INGRESS_PODS {
         let listen = format!("127.0.0.1:{}", cortex_testkit::free_port());
         pods.push(Daemon::spawn(&[
             "ingress",
@@ -102,7 +106,7 @@ async fn an_ingress_pod_killed_mid_run_costs_no_request() {
         ]));
         backends.push(listen);
     }
-    let base = balancer(backends).await;
+    let base = balancer(backends.clone()).await;
     // Both neurons hold the model (min_replicas 2) before the run.
     let client = connect(&url).await;
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -181,13 +185,35 @@ async fn an_ingress_pod_killed_mid_run_costs_no_request() {
         retried.load(Ordering::Relaxed),
         failed.load(Ordering::Relaxed),
     );
-    println!("served {served} ({before} before the kill), retried {retried}, failed {failed}");
+    // Every pod took its share (the killed one until its death).
+    let mut shares = Vec::new();
+    for (i, listen) in backends.iter().enumerate() {
+        if i == 1 {
+            continue;
+        }
+        let metrics = get_text(&format!("http://{listen}/metrics")).await;
+        shares.push(requests_served(&metrics));
+    }
+    println!(
+        "served {served} ({before} before the kill), retried {retried}, failed {failed}; \
+         requests per live pod {shares:?}"
+    );
+    assert!(shares.iter().all(|&n| n > 0), "{shares:?}");
     assert_eq!(failed, 0);
     assert!(
         served > before + 10,
         "requests went on after the kill: {served} vs {before}"
     );
     drop(daemons);
+}
+
+/// The requests a pod's `/metrics` says it answered with 200.
+fn requests_served(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("cortex_requests_total{") && l.contains("status=\"200\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
 }
 
 /// One streamed chat through the balancer: its status, or None when the
