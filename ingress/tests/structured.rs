@@ -84,7 +84,7 @@ async fn structured_output_is_enforced_in_every_api() {
 
     let responses = post(
         &format!("{base}/v1/responses"),
-        &json!({"model": "smollm2", "max_output_tokens": 64, "stream": true, "input": ask,
+        &json!({"model": "smollm2", "max_output_tokens": 200, "temperature": 0, "stream": true, "input": ask,
                 "text": {"format": {"type": "json_schema", "name": "city", "strict": true,
                                     "schema": city_schema()}}})
         .to_string(),
@@ -108,7 +108,7 @@ async fn structured_output_is_enforced_in_every_api() {
     let greeting = "Hello! How are you today?";
     let forced = post(
         &format!("{base}/v1/chat/completions"),
-        &json!({"model": "smollm2", "max_tokens": 64,
+        &json!({"model": "smollm2", "max_tokens": 200, "temperature": 0,
                 "messages": [{"role": "user", "content": greeting}],
                 "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": weather_tool()}}],
                 "tool_choice": {"type": "function", "function": {"name": "get_weather"}}})
@@ -128,7 +128,7 @@ async fn structured_output_is_enforced_in_every_api() {
 
     let anthropic = post(
         &format!("{base}/v1/messages"),
-        &json!({"model": "smollm2", "max_tokens": 64,
+        &json!({"model": "smollm2", "max_tokens": 200, "temperature": 0,
                 "messages": [{"role": "user", "content": greeting}],
                 "tools": [{"name": "get_weather", "input_schema": weather_tool()}],
                 "tool_choice": {"type": "tool", "name": "get_weather"}})

@@ -210,7 +210,7 @@ for attempt in range(20):
 check("strict schema obeyed 20 of 20 at temperature 1", len(parsed) == 20, parsed[:3])
 print("  e.g.", parsed[0].model_dump_json())
 
-r = oa.responses.parse(model=real, input="Describe Paris.", text_format=City, max_output_tokens=200)
+r = oa.responses.parse(model=real, input="Describe Paris.", text_format=City, max_output_tokens=200, temperature=0)
 check("responses parse", isinstance(r.output_parsed, City), r)
 
 forced = oa.chat.completions.create(
