@@ -418,6 +418,9 @@ fn work(model: &ChatModel, shared: &Shared, cfg: EngineConfig) {
         let mut i = 0;
         while i < runs.len() {
             let run = &mut runs[i];
+            if let Some((tokens, seq)) = run.prompt_kv(|t| cache.covers(t)) {
+                cache.insert(tokens, seq);
+            }
             only_delivering &= run.finishing();
             let progress = run.deliver(&mut || {
                 let mut state = shared.lock();

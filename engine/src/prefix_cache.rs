@@ -4,7 +4,8 @@
 //! system prompt and tool list, a repeated request) starts from their KV
 //! instead of computing it again.
 //!
-//! An entry is a sequence with the tokens its KV holds (prompt and answer).
+//! An entry is a sequence with the tokens its KV holds: a prompt as soon
+//! as it has been computed, then the prompt and answer once it ends.
 //! A lookup finds the entry sharing the longest prefix with the new prompt
 //! and forks its first positions into a new sequence (a copy: the entry
 //! stays for the next caller). At least the prompt's last token is always
@@ -117,6 +118,17 @@ impl PrefixCache {
                 None
             }
         }
+    }
+
+    /// Whether an entry already holds `tokens` (or more after them), so
+    /// that inserting them would add nothing; a disabled cache covers all.
+    pub fn covers(&self, tokens: &[u32]) -> bool {
+        self.budget == 0
+            || tokens.len() < MIN_REUSE
+            || self
+                .entries
+                .iter()
+                .any(|e| e.tokens.len() >= tokens.len() && e.tokens.starts_with(tokens))
     }
 
     /// Keeps `seq`, whose KV holds `tokens`, evicting the least recently

@@ -194,3 +194,75 @@ fn the_engine_batches_requests_and_reuses_prefixes() {
         );
     }
 }
+
+/// A prompt's KV goes into the prefix cache as soon as it is computed: a
+/// second request with the same prompt, sent while the first still
+/// decodes, reuses it (a stream resumed onto a replica serving the same
+/// prompt starts from there), and both answer as they would alone.
+#[test]
+fn a_prompt_is_reused_while_its_first_request_still_runs() {
+    use cortex_engine::generate::Event;
+    let dir = tempfile::tempdir().unwrap();
+    for (name, model, _) in models(dir.path()) {
+        let alone = ChatEngine::start(model.clone(), EngineConfig::default());
+        let long_alone = alone
+            .submit(&request(48))
+            .unwrap()
+            .collect_blocking()
+            .unwrap();
+        let short_alone = alone
+            .submit(&request(8))
+            .unwrap()
+            .collect_blocking()
+            .unwrap();
+
+        // A small event buffer holds the first back while nobody reads it.
+        let engine = ChatEngine::start(
+            model,
+            EngineConfig {
+                event_buffer: 4,
+                ..EngineConfig::default()
+            },
+        );
+        let mut first = engine.submit(&request(48)).unwrap();
+        let mut text = String::new();
+        // Its first token: its prompt has been computed.
+        loop {
+            match first.events.blocking_recv().expect("an event") {
+                Event::Delta(delta) => {
+                    text.push_str(&delta.text);
+                    break;
+                }
+                Event::Done(_) | Event::Error(_) => panic!("{name}: ended early"),
+                _ => {}
+            }
+        }
+        let second = engine
+            .submit(&request(8))
+            .unwrap()
+            .collect_blocking()
+            .unwrap();
+        // Whatever the first has sent so far: it has not ended, so the
+        // second's reuse came from a request still running.
+        let mut ended = None;
+        while let Ok(event) = first.events.try_recv() {
+            match event {
+                Event::Delta(delta) => text.push_str(&delta.text),
+                Event::Done(done) => ended = Some(done),
+                Event::Error(error) => panic!("{name}: {error}"),
+                _ => {}
+            }
+        }
+        assert!(ended.is_none(), "{name}: the first ended before the second");
+        assert_eq!(
+            second.done.usage.cached_tokens,
+            second.done.usage.prompt_tokens - 1,
+            "{name}"
+        );
+        assert_eq!(second.text, short_alone.text, "{name}");
+        let rest = first.collect_blocking().unwrap();
+        text.push_str(&rest.text);
+        assert_eq!(text, long_alone.text, "{name}");
+        assert_eq!(rest.done.usage.cached_tokens, 0, "{name}");
+    }
+}

@@ -70,6 +70,9 @@ pub struct Run {
     fed: Vec<u32>,
     /// A forward pass failed: the KV cache is not to be kept.
     failed: bool,
+    /// The prompt has just been computed (beyond what the cache gave):
+    /// its KV may go into the prefix cache at once ([`Self::prompt_kv`]).
+    prompt_done: bool,
     last: Option<u32>,
     generated: usize,
     decode: DecodeStream,
@@ -110,6 +113,7 @@ impl Run {
             prefilled: cached,
             cached,
             failed: false,
+            prompt_done: false,
             last: None,
             generated: 0,
             decode: DecodeStream::new(),
@@ -220,6 +224,7 @@ impl Run {
                 return;
             }
             self.prefill_ms = self.started.elapsed().as_millis() as u64;
+            self.prompt_done = self.prefilled > self.cached;
         } else if let Some(last) = self.last {
             self.fed.push(last);
         }
@@ -246,6 +251,28 @@ impl Run {
     /// (not after a failed pass).
     pub fn into_kv(self) -> Option<(Vec<u32>, Box<dyn Sequence>)> {
         (!self.failed && self.seq.position() == self.fed.len()).then_some((self.fed, self.seq))
+    }
+
+    /// Once, right after the prompt was computed: its tokens and a copy of
+    /// their KV, so that requests sharing the prompt reuse it while this
+    /// one still runs (concurrent turns of one agent, or a stream resumed
+    /// here from a failed replica while this replica serves the same
+    /// prompt), not only after it ends. `covered` says whether the cache
+    /// already holds those tokens (then nothing is copied).
+    pub fn prompt_kv(
+        &mut self,
+        covered: impl FnOnce(&[u32]) -> bool,
+    ) -> Option<(Vec<u32>, Box<dyn Sequence>)> {
+        if !std::mem::take(&mut self.prompt_done) || self.failed {
+            return None;
+        }
+        let tokens = &self.job.prompt[..self.prefilled];
+        if self.seq.position() < tokens.len() || covered(tokens) {
+            return None;
+        }
+        let mut seq = self.seq.fork(tokens.len())?;
+        seq.shrink();
+        Some((tokens.to_vec(), seq))
     }
 
     /// Whether the run gave its slot back (it only delivers from now on).

@@ -268,6 +268,12 @@ impl Sequence for CpuSequence {
         }))
     }
 
+    fn shrink(&mut self) {
+        for cache in self.keys.iter_mut().chain(&mut self.values) {
+            cache.shrink_to_fit();
+        }
+    }
+
     fn kv_bytes(&self) -> usize {
         self.keys
             .iter()

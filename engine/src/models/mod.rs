@@ -121,6 +121,9 @@ pub trait Sequence: Send {
     fn fork(&self, _len: usize) -> Option<Box<dyn Sequence>> {
         None
     }
+    /// Gives back memory reserved past the positions held (an entry of
+    /// the prefix cache keeps only what it holds).
+    fn shrink(&mut self) {}
     /// Memory the KV cache holds.
     fn kv_bytes(&self) -> usize {
         0
