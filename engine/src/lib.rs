@@ -7,7 +7,8 @@
 //!   local Hugging Face cache, [`download`]ed into it when missing and
 //!   online); [`progress`]: bytes-read load progress;
 //!   [`gguf`]: GGUF metadata and tensors; [`device`]: `cpu` / `cuda:N`;
-//!   [`footprint`]: the memory a model will need, before loading it.
+//!   [`footprint`]: the memory a model will need, before loading it
+//!   (re-exported from `cortex-footprint`, which placement uses too).
 //! - [`tokenizer`]: `tokenizer.json` or one built from GGUF metadata, and
 //!   UTF-8-safe incremental decoding; [`template`]: the model's Jinja chat
 //!   template, rendered as `transformers` does.
@@ -28,7 +29,8 @@ pub mod download;
 pub mod embed;
 pub mod engine;
 pub mod error;
-pub mod footprint;
+/// The memory a model will need (its own crate: placement uses it too).
+pub use cortex_footprint as footprint;
 pub mod generate;
 pub mod gguf;
 pub mod load;

@@ -124,8 +124,8 @@ impl Shared {
     /// use what a neuron that loaded it reports, and the neuron's own fit
     /// check has the last word).
     pub fn need(&self, profile: &ModelProfile) -> u64 {
-        if let Some(mb) = profile.vram_mb {
-            return mb.saturating_mul(1 << 20);
+        if let Some(bytes) = profile.vram_bytes() {
+            return bytes;
         }
         let key = (profile.id.clone(), profile.source.clone());
         if let Some(known) = self
@@ -141,7 +141,7 @@ impl Shared {
             // Unknown for now; `refresh_need` may learn it for store sources.
             return 0;
         }
-        let need = cortex_engine::footprint::estimate(path, profile);
+        let need = cortex_footprint::estimate(path, profile);
         self.needs
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -118,6 +118,14 @@ pub struct ModelProfile {
     pub max_tokens_over_window: OverWindow,
 }
 
+impl ModelProfile {
+    /// `vram_mb` in bytes: the one conversion placement, the neuron and
+    /// the footprint estimate share.
+    pub fn vram_bytes(&self) -> Option<u64> {
+        self.vram_mb.map(|mb| mb.saturating_mul(1 << 20))
+    }
+}
+
 fn one() -> u32 {
     1
 }

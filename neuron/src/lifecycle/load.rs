@@ -223,10 +223,8 @@ async fn bring_up(
         EngineKind::Sim => (
             None,
             profile
-                .vram_mb
-                .map_or(shared.config.sim_model_memory, |mb| {
-                    mb.saturating_mul(1 << 20)
-                }),
+                .vram_bytes()
+                .unwrap_or(shared.config.sim_model_memory),
         ),
         EngineKind::Candle => {
             let path = match profile.source.strip_prefix("store:") {

@@ -6,7 +6,7 @@
 //! the KV cache of one full context window (keys and values in f32 for
 //! every layer and KV head) for the running batch, plus the prefix cache's
 //! budget (`prefix_cache_mb`, by default one more window: what the engine
-//! keeps, see [`crate::prefix_cache`]). Concurrent sequences share the
+//! keeps, see the engine's `prefix_cache.rs`). Concurrent sequences share the
 //! window in practice, and a neuron with more memory than that admits them
 //! anyway; placement, which knows the fleet, can ask for more with
 //! `vram_mb`. The neuron and placement both call [`estimate`], so they
@@ -14,16 +14,16 @@
 
 use std::path::Path;
 
-use crate::gguf::GgufFile;
-use crate::progress::LoadProgress;
 use cortex_schemas::ModelProfile;
+
+use crate::gguf_header::{self, Value};
 
 const MIB: u64 = 1 << 20;
 
 /// Bytes `profile` at `path` needs once loaded.
 pub fn estimate(path: &Path, profile: &ModelProfile) -> u64 {
-    if let Some(mb) = profile.vram_mb {
-        return mb.saturating_mul(MIB);
+    if let Some(bytes) = profile.vram_bytes() {
+        return bytes;
     }
     let files = size_on_disk(path);
     let kv = kv_cache_bytes(path, profile.context_length).unwrap_or(files / 5);
@@ -72,9 +72,15 @@ struct Shape {
 }
 
 fn gguf_shape(path: &Path) -> Option<Shape> {
-    let file = GgufFile::open(path, &LoadProgress::new()).ok()?;
-    let arch = file.architecture().ok()?;
-    let get = |key: &str| file.u32(&format!("{arch}.{key}")).ok().map(u64::from);
+    let table = gguf_header::read(path).ok()?;
+    let Some(Value::Text(arch)) = table.get("general.architecture") else {
+        return None;
+    };
+    let get = |key: &str| match table.get(&format!("{arch}.{key}"))? {
+        Value::Uint(n) => Some(*n),
+        Value::Int(n) => u64::try_from(*n).ok(),
+        _ => None,
+    };
     let heads = get("attention.head_count")?;
     let head_dim = get("attention.key_length").unwrap_or(get("embedding_length")? / heads.max(1));
     Some(Shape {

@@ -1,0 +1,162 @@
+//! The metadata of a GGUF file (format versions 2 and 3), read from its
+//! header alone: the key-value table that precedes the tensor table.
+//! Only numbers and strings are kept; arrays (the tokenizer's vocabulary)
+//! are skipped without being read into memory. Every length is checked
+//! against the file's size, so a corrupt or hostile header is refused
+//! with an error rather than an allocation.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::Path;
+
+/// One metadata value that the footprint needs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Uint(u64),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    Text(String),
+    /// An array, skipped: its element count.
+    Array(u64),
+}
+
+/// Why a header cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum HeaderError {
+    #[error("reading the GGUF header: {0}")]
+    Io(#[from] std::io::Error),
+    /// Not GGUF, or a version this reader does not know.
+    #[error("not a GGUF header this reader knows: {0}")]
+    Format(String),
+}
+
+/// The longest key or string value read (longer ones are a corrupt file).
+const MAX_STRING: u64 = 1 << 24;
+/// The most metadata entries a header may claim.
+const MAX_ENTRIES: u64 = 1 << 20;
+
+/// Reads the metadata table of the GGUF file at `path`.
+pub fn read(path: &Path) -> Result<HashMap<String, Value>, HeaderError> {
+    let file = File::open(path)?;
+    let size = file.metadata()?.len();
+    let mut reader = Header {
+        inner: BufReader::new(file),
+        left: size,
+    };
+    let magic = reader.bytes::<4>()?;
+    if &magic != b"GGUF" {
+        return Err(HeaderError::Format("no GGUF magic".into()));
+    }
+    let version = reader.u32()?;
+    if !(2..=3).contains(&version) {
+        return Err(HeaderError::Format(format!("version {version}")));
+    }
+    let _tensors = reader.u64()?;
+    let entries = reader.u64()?;
+    if entries > MAX_ENTRIES {
+        return Err(HeaderError::Format(format!("{entries} metadata entries")));
+    }
+    let mut table = HashMap::new();
+    for _ in 0..entries {
+        let key = reader.string()?;
+        let kind = reader.u32()?;
+        let value = reader.value(kind)?;
+        table.insert(key, value);
+    }
+    Ok(table)
+}
+
+struct Header {
+    inner: BufReader<File>,
+    /// Bytes of the file not read yet.
+    left: u64,
+}
+
+impl Header {
+    fn take(&mut self, n: u64) -> Result<(), HeaderError> {
+        self.left = self
+            .left
+            .checked_sub(n)
+            .ok_or_else(|| HeaderError::Format("a length past the end of the file".into()))?;
+        Ok(())
+    }
+
+    fn bytes<const N: usize>(&mut self) -> Result<[u8; N], HeaderError> {
+        self.take(N as u64)?;
+        let mut buf = [0u8; N];
+        self.inner.read_exact(&mut buf)?;
+        Ok(buf)
+    }
+
+    fn u32(&mut self) -> Result<u32, HeaderError> {
+        Ok(u32::from_le_bytes(self.bytes()?))
+    }
+
+    fn u64(&mut self) -> Result<u64, HeaderError> {
+        Ok(u64::from_le_bytes(self.bytes()?))
+    }
+
+    fn skip(&mut self, n: u64) -> Result<(), HeaderError> {
+        self.take(n)?;
+        let n = i64::try_from(n).map_err(|_| HeaderError::Format("a huge skip".into()))?;
+        self.inner.seek_relative(n)?;
+        Ok(())
+    }
+
+    fn string(&mut self) -> Result<String, HeaderError> {
+        let len = self.u64()?;
+        if len > MAX_STRING {
+            return Err(HeaderError::Format(format!("a string of {len} bytes")));
+        }
+        self.take(len)?;
+        let mut buf = vec![0u8; len as usize];
+        self.inner.read_exact(&mut buf)?;
+        Ok(String::from_utf8_lossy(&buf).into_owned())
+    }
+
+    /// The size of one element of a fixed-size type.
+    fn width(kind: u32) -> Option<u64> {
+        match kind {
+            0 | 1 | 7 => Some(1),
+            2 | 3 => Some(2),
+            4..=6 => Some(4),
+            10..=12 => Some(8),
+            _ => None,
+        }
+    }
+
+    fn value(&mut self, kind: u32) -> Result<Value, HeaderError> {
+        Ok(match kind {
+            0 => Value::Uint(u64::from(self.bytes::<1>()?[0])),
+            1 => Value::Int(i64::from(self.bytes::<1>()?[0] as i8)),
+            2 => Value::Uint(u64::from(u16::from_le_bytes(self.bytes()?))),
+            3 => Value::Int(i64::from(i16::from_le_bytes(self.bytes()?))),
+            4 => Value::Uint(u64::from(self.u32()?)),
+            5 => Value::Int(i64::from(i32::from_le_bytes(self.bytes()?))),
+            6 => Value::Float(f64::from(f32::from_le_bytes(self.bytes()?))),
+            7 => Value::Bool(self.bytes::<1>()?[0] != 0),
+            8 => Value::Text(self.string()?),
+            9 => {
+                let element = self.u32()?;
+                let count = self.u64()?;
+                match Self::width(element) {
+                    Some(width) => self.skip(count.saturating_mul(width))?,
+                    None if element == 8 => {
+                        for _ in 0..count {
+                            let len = self.u64()?;
+                            self.skip(len)?;
+                        }
+                    }
+                    None => return Err(HeaderError::Format(format!("an array of type {element}"))),
+                }
+                Value::Array(count)
+            }
+            10 => Value::Uint(self.u64()?),
+            11 => Value::Int(i64::from_le_bytes(self.bytes()?)),
+            12 => Value::Float(f64::from_le_bytes(self.bytes()?)),
+            other => return Err(HeaderError::Format(format!("value type {other}"))),
+        })
+    }
+}
