@@ -107,15 +107,7 @@ async fn serve<A: Api>(
         stream,
         answer,
     } = A::translate(request, deadline)?;
-    let context = Context {
-        caller,
-        dialect: A::DIALECT,
-        started,
-        label: state.metrics.label(model),
-        model: model.clone(),
-        stream,
-        first_token: OnceLock::new(),
-    };
+    let context = Context::new(state, caller, A::DIALECT, started, model, stream);
     let (cold_tx, cold_rx) = oneshot::channel();
     let mut opening = Box::pin(open_generation(state.clone(), generate, deadline, cold_tx));
     if stream {
@@ -124,13 +116,13 @@ async fn serve<A: Api>(
         // an error in the first moments (no room, a failed load) still
         // gets its HTTP status.
         let loading = async {
-            if cold_rx.await.is_err() {
-                return std::future::pending().await;
+            if cold_rx.await.is_ok() {
+                tokio::time::sleep(COLD_GRACE).await;
+                if state.catalog.knows(model) {
+                    return;
+                }
             }
-            tokio::time::sleep(COLD_GRACE).await;
-            if !state.catalog.knows(model) {
-                std::future::pending::<()>().await;
-            }
+            std::future::pending::<()>().await
         };
         tokio::select! {
             opened = &mut opening => {
@@ -185,6 +177,25 @@ pub struct Context {
 }
 
 impl Context {
+    pub fn new(
+        state: &AppState,
+        caller: Caller,
+        dialect: Dialect,
+        started: Instant,
+        model: &str,
+        stream: bool,
+    ) -> Self {
+        Self {
+            caller,
+            dialect,
+            started,
+            label: state.metrics.label(model),
+            model: model.to_string(),
+            stream,
+            first_token: OnceLock::new(),
+        }
+    }
+
     /// The first token came now: its latency in metrics and for `recent`.
     pub fn first_token(&self, state: &AppState) {
         let after = self.started.elapsed();
@@ -248,22 +259,9 @@ pub fn fail(
     started: Instant,
     error: ApiError,
 ) -> Response {
-    let label = state.metrics.label(model);
-    let status = error.status().as_u16();
-    let elapsed = started.elapsed();
-    state
-        .metrics
-        .finished(&label, dialect.as_str(), status, elapsed);
-    state.recent.push(Finished {
-        at_ms: cortex_bus::headers::unix_ms(),
-        model: model.to_string(),
-        api: dialect.as_str(),
-        stream: false,
-        status,
-        ttft_ms: None,
-        prompt_tokens: 0,
-        completion_tokens: 0,
-        duration_ms: elapsed.as_millis() as u64,
-    });
+    // Whether it asked for a stream is not known here (nor does it matter:
+    // the answer is a plain HTTP error either way).
+    let context = Context::new(state, Caller(0), dialect, started, model, false);
+    context.finish(state, error.status().as_u16(), (0, 0));
     DialectError(dialect, error).into_response()
 }

@@ -16,10 +16,10 @@ mod view;
 
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::State;
-use axum::http::Uri;
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, MethodRouter};
 use axum::{Extension, Json, Router};
 use cortex_bus::control::{call, CallError};
 use cortex_bus::PlacementOp;
@@ -41,10 +41,10 @@ const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
 pub fn api() -> Router<AppState> {
     Router::new()
         .route("/ui/api/status", get(status))
-        .route("/ui/api/load", post(control))
-        .route("/ui/api/unload", post(control))
-        .route("/ui/api/pin", post(control))
-        .route("/ui/api/unpin", post(control))
+        .route("/ui/api/load", verb(PlacementOp::Load))
+        .route("/ui/api/unload", verb(PlacementOp::Unload))
+        .route("/ui/api/pin", verb(PlacementOp::Pin))
+        .route("/ui/api/unpin", verb(PlacementOp::Unpin))
 }
 
 /// `GET /ui`.
@@ -83,14 +83,18 @@ struct Order {
     neuron: Option<String>,
 }
 
+/// The handler of one of placement's verbs.
+fn verb(op: PlacementOp) -> MethodRouter<AppState> {
+    post(move |state, caller, body| control(op, state, caller, body))
+}
+
 async fn control(
+    op: PlacementOp,
     State(state): State<AppState>,
     caller: Option<Extension<Caller>>,
-    uri: Uri,
-    body: axum::body::Body,
+    body: Body,
 ) -> Response {
-    let verb = uri.path().rsplit('/').next().unwrap_or_default();
-    match order(&state, crate::pipeline::caller(caller), verb, body).await {
+    match order(&state, crate::pipeline::caller(caller), op, body).await {
         Ok(assignment) => Json(assignment).into_response(),
         Err(error) => DialectError(Dialect::OpenAi, error).into_response(),
     }
@@ -99,21 +103,9 @@ async fn control(
 async fn order(
     state: &AppState,
     caller: Caller,
-    verb: &str,
-    body: axum::body::Body,
+    op: PlacementOp,
+    body: Body,
 ) -> Result<AssignmentReply, ApiError> {
-    let op = match verb {
-        "load" => PlacementOp::Load,
-        "unload" => PlacementOp::Unload,
-        "pin" => PlacementOp::Pin,
-        "unpin" => PlacementOp::Unpin,
-        _ => {
-            return Err(ApiError::new(
-                Kind::NotFound,
-                format!("no console verb {verb:?} (load, unload, pin, unpin)"),
-            ))
-        }
-    };
     if !state.keys.is_operator(caller) {
         return Err(ApiError::new(
             Kind::Forbidden,
