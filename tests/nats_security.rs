@@ -221,6 +221,7 @@ async fn the_mesh_runs_with_per_role_credentials_and_no_role_oversteps() {
     // A neuron cannot impersonate another neuron or placement...
     let (neuron, mut errors) = probe(&server, "neuron-1").await;
     publish_refused(&neuron, &mut errors, "cortex.v1.heartbeat.neuron-2").await;
+    publish_refused(&neuron, &mut errors, "cortex.v1.prefix.neuron-2").await;
     publish_refused(&neuron, &mut errors, "cortex.v1.neuron.neuron-2.unload").await;
     publish_refused(&neuron, &mut errors, "$KV.cortex-placements.m").await;
     publish_refused(

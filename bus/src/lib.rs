@@ -14,6 +14,7 @@
 //! - [`control`]: [`control::call`], a JSON request to a micro-service endpoint with a deadline.
 //! - [`events`]: lifecycle events published as JSON.
 //! - [`heartbeat`]: heartbeats as followers take them (only for the neuron their subject names).
+//! - [`prefix`]: prompt prefixes as chained block hashes (what neurons publish, what ingress routes by).
 //! - [`kv`]: bucket open-or-create, compare-and-swap updates, a self-healing watch.
 //! - [`objects`]: the `cortex-models` object store: push files and folders, fetch them into a cache.
 //! - [`sync`]: [`sync_with_server`], a barrier: the server has processed all this connection sent.
@@ -26,6 +27,7 @@ pub mod headers;
 pub mod heartbeat;
 pub mod kv;
 pub mod objects;
+pub mod prefix;
 pub mod stream;
 pub mod subject;
 pub mod sync;

@@ -212,6 +212,16 @@ impl Subjects {
         format!("{}.heartbeat.*", self.root)
     }
 
+    /// `<prefix>.v1.prefix.<neuron>`: the neuron's prefix summaries.
+    pub fn prefix(&self, neuron: &str) -> String {
+        format!("{}.prefix.{neuron}", self.root)
+    }
+
+    /// `<prefix>.v1.prefix.*`: every neuron's prefix summaries.
+    pub fn prefixes(&self) -> String {
+        format!("{}.prefix.*", self.root)
+    }
+
     /// `<prefix>.v1.infer.<model-token>`: served by queue group [`crate::QUEUE_GROUP`].
     pub fn infer(&self, model: &ModelToken) -> String {
         format!("{}.infer.{model}", self.root)

@@ -3,13 +3,15 @@
 //! weights shared), a bounded wait queue in front, and per-request event
 //! channels behind.
 //!
-//! Policies: a request that finds every slot busy and the queue full is
-//! refused at once with [`EngineError::Overloaded`]; a request whose caller
+//! Policies: the queue shares slots fairly between tenants and orders by
+//! priority ([`crate::fair_queue`]); a request that finds every slot busy
+//! and the queue full is refused at once with [`EngineError::Overloaded`]
+//! (or pushes out the newest place of a tenant holding more than its
+//! share); a request whose caller
 //! cancels (or drops its receiver) leaves its slot before the next decode
 //! step; the worker never blocks on a slow reader (output is batched into
 //! the next delta instead).
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -21,6 +23,7 @@ use tokio::sync::mpsc;
 
 use crate::chat_model::{active_tools, ChatModel};
 use crate::error::{EngineError, Result};
+use crate::fair_queue::FairQueue;
 use crate::generate::run::{Job, Progress, Run, STEP_TOKENS};
 use crate::generate::sampler::{Sampler, SamplingConfig};
 use crate::generate::think::ThinkParser;
@@ -71,7 +74,7 @@ pub struct EngineStats {
 
 #[derive(Debug, Default)]
 struct State {
-    waiting: VecDeque<Job>,
+    waiting: FairQueue,
     busy: usize,
     draining: bool,
     stopped: bool,
@@ -216,16 +219,22 @@ impl ChatEngine {
         // first, then against the queue.
         let taken = state.busy + state.waiting.len();
         if taken >= self.cfg.max_concurrency + self.cfg.max_queue {
-            return Err(EngineError::Overloaded {
+            let overloaded = EngineError::Overloaded {
                 busy: state.busy,
                 queued: taken.saturating_sub(self.cfg.max_concurrency),
-            });
+            };
+            // A full queue: a tenant holding more than its share yields
+            // its newest place (fair_queue.rs), or the newcomer is refused.
+            let Some(pushed_out) = state.waiting.displace_for(&job) else {
+                return Err(overloaded);
+            };
+            let _ = pushed_out.events.try_send(Event::Error(overloaded));
         }
         if taken >= self.cfg.max_concurrency {
             let position = (taken - self.cfg.max_concurrency) as u32 + 1;
             let _ = job.events.try_send(Event::Queued { position });
         }
-        state.waiting.push_back(job);
+        state.waiting.push(job);
         drop(state);
         self.shared.wake.notify_one();
         Ok(Generation {
@@ -316,6 +325,8 @@ impl ChatEngine {
             events,
             cancel,
             queued_at: Instant::now(),
+            tenant: req.tenant.clone().unwrap_or_default(),
+            priority: req.priority,
         })
     }
 
@@ -370,7 +381,7 @@ fn work(model: &ChatModel, shared: &Shared, cfg: EngineConfig) {
         {
             let mut state = shared.lock();
             if state.stopped {
-                for job in state.waiting.drain(..) {
+                for job in state.waiting.drain() {
                     let _ = job.events.try_send(Event::Error(EngineError::Stopped));
                 }
                 break;
@@ -387,7 +398,9 @@ fn work(model: &ChatModel, shared: &Shared, cfg: EngineConfig) {
             let mut admitted = state.waiting.len() != queued;
             // Runs that gave their slot back only deliver their last events.
             while computing(&runs) < cfg.max_concurrency {
-                let Some(job) = state.waiting.pop_front() else {
+                let free = cfg.max_concurrency - computing(&runs);
+                let running = runs.iter().filter(|r| !r.released()).map(Run::tenant);
+                let Some(job) = state.waiting.pop_for(free, cfg.max_concurrency, running) else {
                     break;
                 };
                 if job.cancel.load(Ordering::Relaxed) || job.events.is_closed() {
@@ -401,7 +414,7 @@ fn work(model: &ChatModel, shared: &Shared, cfg: EngineConfig) {
                 admitted = true;
             }
             if admitted {
-                for (i, job) in state.waiting.iter().enumerate() {
+                for (i, job) in state.waiting.in_order().into_iter().enumerate() {
                     let _ = job.events.try_send(Event::Queued {
                         position: i as u32 + 1,
                     });

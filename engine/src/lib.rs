@@ -19,6 +19,7 @@
 //! - [`generate`]: sampling, stop strings, tool-call parsing, one running
 //!   sequence; [`engine`]: slots, queue, cancellation, the worker thread
 //!   that runs every sequence in one batched forward pass per step;
+//!   [`fair_queue`]: its wait queue, fair between tenants, by priority;
 //!   [`prefix_cache`]: KV of earlier prompts reused by new ones;
 //!   [`embed`]: the embedding service; [`sim`]: a simulated engine for
 //!   fleet and load tests.
@@ -29,6 +30,7 @@ pub mod download;
 pub mod embed;
 pub mod engine;
 pub mod error;
+pub mod fair_queue;
 /// The memory a model will need (its own crate: placement uses it too).
 pub use cortex_footprint as footprint;
 pub mod generate;

@@ -95,6 +95,15 @@ impl Keys {
         self.digests.is_empty() || caller.0 >= self.operators_from
     }
 
+    /// The tenant name of `caller` on the wire: `key-` and the first 12
+    /// hex digits of its key's digest (the same on every pod, whatever the
+    /// order of the key list; never the key). `None` without keys.
+    pub fn tenant(&self, caller: Caller) -> Option<String> {
+        let digest = self.digests.get(caller.0)?;
+        let hex: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+        Some(format!("key-{hex}"))
+    }
+
     pub fn is_empty(&self) -> bool {
         self.digests.is_empty()
     }

@@ -42,6 +42,8 @@ pub struct Opened {
     /// What it takes to go on elsewhere if the neuron fails mid-stream
     /// ([`crate::resume`]); `None` for calls that cannot be resumed.
     pub(crate) resume: Option<crate::resume::Resume>,
+    /// Counts the call against its neuron in this pod's routing view.
+    pub(crate) routed: Option<crate::route::InFlight>,
 }
 
 /// One output of a generation, as [`Opened::next`] reads it.
@@ -232,14 +234,26 @@ pub(crate) async fn open_avoiding(
     let mut last = None;
     let attempts = state.config.attempts;
     let mut ensured = false;
+    let mut decided = false;
     let mut attempt = 0;
     while attempt < attempts {
-        let directed = if attempt == 0 && !avoiding {
-            None
+        let (directed, routed) = if attempt == 0 && !avoiding {
+            // The first attempt goes where the routing view says.
+            let decision = state.routes.choose(&state.fleet, request);
+            if !decided {
+                state
+                    .metrics
+                    .routed(decision.reason, decision.matched_blocks);
+                decided = true;
+            }
+            (decision.neuron, decision.call)
         } else {
             // Rotate over the replicas not tried yet.
             let others = state.fleet.other_replicas(&model, &tried);
-            (!others.is_empty()).then(|| others[attempt as usize % others.len()].clone())
+            let neuron =
+                (!others.is_empty()).then(|| others[attempt as usize % others.len()].clone());
+            let routed = neuron.as_deref().map(|n| state.routes.count(n));
+            (neuron, routed)
         };
         let subject = match &directed {
             Some(neuron) => state.subjects.neuron(neuron, NeuronOp::Infer),
@@ -272,7 +286,16 @@ pub(crate) async fn open_avoiding(
         )
         .await;
         match outcome {
-            Ok(opened) => return Ok(opened),
+            Ok(mut opened) => {
+                // A pick of the queue group is counted once it is known.
+                let neuron = &opened.accepted.neuron;
+                opened.routed = match routed {
+                    Some(call) if call.neuron() == neuron => Some(call),
+                    _ if neuron.is_empty() => None,
+                    _ => Some(state.routes.count(neuron)),
+                };
+                return Ok(opened);
+            }
             Err(Attempt::NotLoaded) if !ensured => {
                 if let Some(cold) = cold.take() {
                     let _ = cold.send(());
@@ -361,6 +384,7 @@ async fn first_output(
                     generated: 0,
                     ended: false,
                     resume: None,
+                    routed: None,
                 });
             }
             Some(Ok(Frame::Error(error))) => {

@@ -87,6 +87,11 @@ pub struct IngressConfig {
     /// Serve no fleet console at `/ui`.
     #[arg(long, env = "CORTEX_INGRESS_NO_UI")]
     pub no_ui: bool,
+    /// How a request picks among a model's replicas: `cache` (the one
+    /// holding most of its prompt prefix, weighed against load) or `queue`
+    /// (NATS's queue group picks at random).
+    #[arg(long, env = "CORTEX_INGRESS_ROUTING", value_enum, default_value_t = crate::route::Routing::Cache)]
+    pub routing: crate::route::Routing,
     /// Requests per minute per API key (0: no limit).
     #[arg(long, env = "CORTEX_RATE_LIMIT_RPM", default_value_t = 0)]
     pub rate_limit_rpm: u32,

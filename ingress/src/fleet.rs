@@ -19,6 +19,18 @@ pub struct Fleet {
     neurons: Arc<RwLock<HashMap<String, (NeuronStatus, Instant)>>>,
 }
 
+/// One ready replica and its load, from its neuron's last heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaLoad {
+    pub neuron: String,
+    /// Sequences running and queued.
+    pub load: u32,
+    /// Slots: sequences its batch runs at once.
+    pub capacity: u32,
+    /// How old what the neuron publishes may be before it counts as stale.
+    pub stale_after: Duration,
+}
+
 /// A model as the fleet serves it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServedModel {
@@ -106,6 +118,29 @@ impl Fleet {
             .filter(|m| m.model_id == model && m.state == ModelState::Loading)
             .filter_map(|m| m.load_progress)
             .reduce(f64::max)
+    }
+
+    /// The ready replicas of `model` on live, ready neurons, with their
+    /// load as their last heartbeat told it (read in place: no status is
+    /// copied).
+    pub fn replicas(&self, model: &str) -> Vec<ReplicaLoad> {
+        let neurons = self.neurons.read().unwrap_or_else(|e| e.into_inner());
+        neurons
+            .values()
+            .filter(|(status, seen)| alive(status, *seen) && status.state == NeuronState::Ready)
+            .filter_map(|(status, _)| {
+                let m = status
+                    .models
+                    .iter()
+                    .find(|m| m.model_id == model && m.state == ModelState::Ready)?;
+                Some(ReplicaLoad {
+                    neuron: status.neuron_id.clone(),
+                    load: m.slots_busy + m.queue_depth,
+                    capacity: m.slots_total,
+                    stale_after: Duration::from_millis(status.interval_ms.max(100)) * 3,
+                })
+            })
+            .collect()
     }
 
     /// Live neurons with `model` ready, other than those in `tried`.

@@ -27,6 +27,7 @@
 //!   token limits.
 //! - [`cors`]: cross-origin access for browsers, off unless origins are named.
 //! - [`fleet`]: live neurons and their models, from heartbeats;
+//!   [`route`]: which replica a request goes to (prefix held, load);
 //!   [`catalog`]: what placement can load, from the `cortex-catalog` bucket;
 //!   [`state`]: what handlers share (in-flight limit included);
 //!   [`metrics`]: Prometheus; [`ids`]: request ids; [`trace`]: a log
@@ -54,6 +55,7 @@ pub mod openai;
 pub mod pipeline;
 pub mod recent;
 pub mod resume;
+pub mod route;
 pub mod server;
 pub mod sse;
 pub mod stall;

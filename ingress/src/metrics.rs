@@ -28,6 +28,11 @@ struct Resumed {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Route {
+    reason: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Model {
     model: String,
 }
@@ -66,6 +71,8 @@ pub struct Metrics {
     in_flight: Gauge,
     cold_starts: Family<Model, Counter>,
     resumes: Family<Resumed, Counter>,
+    route_decisions: Family<Route, Counter>,
+    route_prefix_hit: Histogram,
 }
 
 impl Metrics {
@@ -84,6 +91,9 @@ impl Metrics {
             in_flight: Gauge::default(),
             cold_starts: Family::default(),
             resumes: Family::default(),
+            route_decisions: Family::default(),
+            // 1 .. 4096 blocks (64 bytes .. 256 KiB of prompt)
+            route_prefix_hit: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
         };
         let mut registry = Registry::with_prefix("cortex");
         registry.register(
@@ -136,6 +146,16 @@ impl Metrics {
             "Streams whose neuron failed mid-way, by outcome (resumed, failed, refused)",
             metrics.resumes.clone(),
         );
+        registry.register(
+            "route_decisions",
+            "Replica choices by what decided them: prefix (a replica held more of the prompt), load, or fallback (no view: the queue group picked)",
+            metrics.route_decisions.clone(),
+        );
+        registry.register(
+            "route_prefix_hit_blocks",
+            "Leading prompt blocks (64 bytes of request text each) the chosen replica held, for choices the prefix decided",
+            metrics.route_prefix_hit.clone(),
+        );
         *metrics.registry.lock().unwrap_or_else(|e| e.into_inner()) = registry;
         metrics
     }
@@ -184,6 +204,18 @@ impl Metrics {
                 outcome: outcome.to_string(),
             })
             .inc();
+    }
+
+    /// A replica choice ([`crate::route`]) and the prefix it held.
+    pub fn routed(&self, reason: crate::route::Reason, matched_blocks: usize) {
+        self.route_decisions
+            .get_or_create(&Route {
+                reason: reason.as_str().to_string(),
+            })
+            .inc();
+        if reason == crate::route::Reason::Prefix {
+            self.route_prefix_hit.observe(matched_blocks as f64);
+        }
     }
 
     /// A request that waited for its model to be loaded.

@@ -103,10 +103,12 @@ async fn serve<A: Api>(
     model.clone_from(named);
     let deadline = state.deadline_ms(headers);
     let Translated {
-        generate,
+        mut generate,
         stream,
         answer,
     } = A::translate(request, deadline)?;
+    generate.tenant = state.keys.tenant(caller);
+    generate.priority = priority(headers)?;
     let context = Context::new(state, caller, A::DIALECT, started, model, stream);
     let (cold_tx, cold_rx) = oneshot::channel();
     let mut opening = Box::pin(open_generation(state.clone(), generate, deadline, cold_tx));
@@ -127,8 +129,11 @@ async fn serve<A: Api>(
         tokio::select! {
             opened = &mut opening => {
                 context.first_token(state);
-                let start = Start::Opened(Box::new(opened?));
-                return Ok(crate::sse::respond(state, start, answer, context, permit, deadline));
+                let opened = opened?;
+                let neuron = opened.accepted.neuron.clone();
+                let start = Start::Opened(Box::new(opened));
+                let response = crate::sse::respond(state, start, answer, context, permit, deadline);
+                return Ok(served_by(response, &neuron));
             }
             () = loading => {
                 tracing::debug!(model = %model, "streaming while the model loads");
@@ -139,8 +144,39 @@ async fn serve<A: Api>(
     }
     let opened = opening.await?;
     context.first_token(state);
+    let neuron = opened.accepted.neuron.clone();
     let collected = collect_whole(state, opened, &context).await?;
-    Ok(answer.whole(collected))
+    Ok(served_by(answer.whole(collected), &neuron))
+}
+
+/// Names the neuron that took the request in a `cortex-neuron` header
+/// (for operators and routing tests; a resumed stream's later replica is
+/// not in it).
+fn served_by(mut response: Response, neuron: &str) -> Response {
+    if let Ok(value) = axum::http::HeaderValue::from_str(neuron) {
+        if !neuron.is_empty() {
+            response.headers_mut().insert("cortex-neuron", value);
+        }
+    }
+    response
+}
+
+/// The `cortex-priority` header: an integer from -128 to 127 (default 0);
+/// higher goes first in a neuron's queue.
+fn priority(headers: &HeaderMap) -> Result<i8, ApiError> {
+    let Some(value) = headers.get("cortex-priority") else {
+        return Ok(0);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<i8>().ok())
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "cortex-priority",
+                "the cortex-priority header must be an integer from -128 to 127",
+            )
+        })
 }
 
 /// How long a cold-loading stream waits before it begins: placement's

@@ -146,7 +146,7 @@ pub struct Ingress {
     pub addr: SocketAddr,
     stop: CancellationToken,
     server: JoinHandle<()>,
-    followers: [JoinHandle<()>; 2],
+    followers: [JoinHandle<()>; 3],
     state: AppState,
 }
 
@@ -180,8 +180,10 @@ impl Ingress {
                 source,
             })?;
         let (fleet, fleet_task) = Fleet::follow(&client, &subjects).await?;
+        let (routes, routes_task) =
+            crate::route::RouteView::follow(&client, &subjects, config.routing).await?;
         let (catalog, catalog_task) = crate::catalog::Catalog::follow(&client);
-        let state = AppState::new(client, subjects, config, fleet, catalog);
+        let state = AppState::new(client, subjects, config, fleet, routes, catalog);
         let stop = CancellationToken::new();
         let app = router(state.clone());
         let limits = crate::accept::Limits::from_config(&state.config);
@@ -191,9 +193,14 @@ impl Ingress {
             addr,
             stop,
             server,
-            followers: [fleet_task, catalog_task],
+            followers: [fleet_task, routes_task, catalog_task],
             state,
         })
+    }
+
+    /// What the pod's handlers share (its fleet and routing views).
+    pub fn state(&self) -> &AppState {
+        &self.state
     }
 
     /// Stops accepting connections and waits (up to the configured timeout)

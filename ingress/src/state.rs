@@ -15,6 +15,7 @@ use crate::error::{ApiError, Kind};
 use crate::fleet::Fleet;
 use crate::metrics::{Label, Metrics};
 use crate::recent::Recent;
+use crate::route::RouteView;
 
 /// Shared by all handlers (cheap to clone).
 #[derive(Debug, Clone)]
@@ -23,6 +24,8 @@ pub struct AppState {
     pub subjects: Subjects,
     pub config: Arc<IngressConfig>,
     pub fleet: Fleet,
+    /// Which replica each request goes to.
+    pub routes: RouteView,
     pub catalog: Catalog,
     pub metrics: Arc<Metrics>,
     pub keys: Arc<Keys>,
@@ -38,6 +41,7 @@ impl AppState {
         subjects: Subjects,
         config: IngressConfig,
         fleet: Fleet,
+        routes: RouteView,
         catalog: Catalog,
     ) -> Self {
         // Validated before: `run` and `Ingress::start` call `validate` first.
@@ -57,6 +61,7 @@ impl AppState {
             subjects,
             config: Arc::new(config),
             fleet,
+            routes,
             catalog,
             metrics,
         }

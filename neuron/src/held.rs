@@ -106,6 +106,8 @@ pub struct HeldModel {
     /// (resume, drain, unload, the end of a load), so none undoes another.
     pub ops: tokio::sync::Mutex<()>,
     pub intake: Mutex<Option<Intake>>,
+    /// Prompt prefixes computed recently (chat models with a prefix cache).
+    pub prefixes: crate::prefixes::PrefixIndex,
 }
 
 impl HeldModel {
@@ -129,6 +131,7 @@ impl HeldModel {
             abort: CancellationToken::new(),
             ops: tokio::sync::Mutex::new(()),
             intake: Mutex::new(None),
+            prefixes: crate::prefixes::PrefixIndex::default(),
         }
     }
 

@@ -18,6 +18,7 @@
 //! - [`control`]: the `cortex-neuron` NATS micro service (load, unload,
 //!   drain, status).
 //! - [`heartbeat`]: `NeuronStatus` on `<prefix>.v1.heartbeat.<id>`;
+//!   [`prefixes`]: the prompt prefixes each model holds, on `<prefix>.v1.prefix.<id>`;
 //!   [`metrics`] and [`http`]: `/metrics` and `/healthz`.
 //! - [`neuron`]: [`Neuron::start`], graceful [`Neuron::shutdown`], and
 //!   [`run`], the daemon.
@@ -32,6 +33,7 @@ pub mod http;
 pub mod lifecycle;
 pub mod metrics;
 pub mod neuron;
+pub mod prefixes;
 pub mod serve;
 pub mod shared;
 pub mod size;

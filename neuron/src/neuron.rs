@@ -197,6 +197,10 @@ impl Neuron {
                 neuron: shared.id.clone(),
             })
             .await;
+        tasks.push(tokio::spawn(crate::prefixes::run(
+            shared.clone(),
+            stop.clone(),
+        )));
         tasks.push(tokio::spawn(preload_models(shared.clone(), preload)));
         Ok(Self {
             shared,

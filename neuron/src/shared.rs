@@ -28,6 +28,8 @@ pub struct Shared {
     pub fit_lock: Mutex<()>,
     /// Wakes the heartbeat task to publish at once (state changes).
     pub heartbeat_now: tokio::sync::Notify,
+    /// Wakes the prefix publisher (a model's prefix index changed).
+    pub prefixes_changed: tokio::sync::Notify,
     models: Mutex<BTreeMap<String, Arc<HeldModel>>>,
     state: Mutex<NeuronState>,
 }
@@ -51,6 +53,7 @@ impl Shared {
             metrics,
             fit_lock: Mutex::new(()),
             heartbeat_now: tokio::sync::Notify::new(),
+            prefixes_changed: tokio::sync::Notify::new(),
             models: Mutex::new(BTreeMap::new()),
             state: Mutex::new(NeuronState::Starting),
         })

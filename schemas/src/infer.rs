@@ -81,6 +81,21 @@ pub struct GenerateRequest {
     /// completion tokens. Empty for a fresh request.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub resume: Vec<u32>,
+    /// Who the request is for (ingress names the API key, never the key
+    /// itself): a neuron's queue shares its slots fairly between tenants,
+    /// so one that floods a model waits behind its own requests, not
+    /// others'. Absent: the shared anonymous tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// Queue order: a waiting request of higher priority takes the next
+    /// free slot before any of lower priority (the `cortex-priority`
+    /// header); 0 is the default.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub priority: i8,
+}
+
+fn is_zero(priority: &i8) -> bool {
+    *priority == 0
 }
 
 impl GenerateRequest {
@@ -105,6 +120,8 @@ impl GenerateRequest {
             deadline_ms: None,
             thinking: None,
             resume: Vec::new(),
+            tenant: None,
+            priority: 0,
         }
     }
 }

@@ -11,6 +11,7 @@
 //! - [`frame`]: the streamed reply: [`Frame`] = Accepted | Keepalive | Delta | Done | Embeddings | Error.
 //! - [`error`]: [`ErrorClass`] and [`WireError`], the errors that cross the bus.
 //! - [`status`]: heartbeats: [`NeuronStatus`] with devices and models.
+//! - [`prefix`]: [`PrefixSummary`], the prompt prefixes a neuron's model holds (for routing).
 //! - [`model`]: catalogue entries ([`ModelProfile`]).
 //! - [`placement`]: KV state: [`Assignment`], [`Lease`].
 //! - [`control`]: control-plane requests and the [`Reply`] envelope.
@@ -24,6 +25,7 @@ pub mod frame;
 pub mod infer;
 pub mod model;
 pub mod placement;
+pub mod prefix;
 pub mod sampling;
 pub mod status;
 
@@ -49,6 +51,7 @@ pub use frame::{
 pub use infer::{CancelRequest, EmbedRequest, GenerateInput, GenerateRequest, InferRequest};
 pub use model::{ModelFormat, ModelKind, ModelProfile, OverWindow, Pinned};
 pub use placement::{Assignment, Lease, Replica, ReplicaState};
+pub use prefix::PrefixSummary;
 pub use sampling::{ResponseFormat, SamplingParams};
 pub use status::{
     DeviceKind, DeviceStatus, ModelState, ModelStatus, NeuronState, NeuronStatus, PrefixCacheStatus,

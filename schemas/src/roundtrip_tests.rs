@@ -43,6 +43,7 @@ roundtrip_props! {
     embed_response: EmbedResponse,
     wire_error: WireError,
     neuron_status: NeuronStatus,
+    prefix_summary: PrefixSummary,
     model_profile: ModelProfile,
     assignment: Assignment,
     lease: Lease,

@@ -50,6 +50,9 @@ pub struct Job {
     pub events: Sender<Event>,
     pub cancel: Arc<AtomicBool>,
     pub queued_at: Instant,
+    /// Whose request it is and its priority, for the fair queue.
+    pub tenant: String,
+    pub priority: i8,
 }
 
 /// Whether the run goes on.
@@ -278,6 +281,11 @@ impl Run {
     /// Whether the run gave its slot back (it only delivers from now on).
     pub fn released(&self) -> bool {
         self.released
+    }
+
+    /// Whose request this is (for the fair queue).
+    pub fn tenant(&self) -> &str {
+        &self.job.tenant
     }
 
     fn sampled(&mut self, model: &ChatModel, logits: &mut [f32]) -> Result<()> {

@@ -179,6 +179,9 @@ pub fn translate(
         deadline_ms: Some(deadline_ms),
         thinking,
         resume: Vec::new(),
+        // Set from the caller and headers by the pipeline.
+        tenant: None,
+        priority: 0,
     })
 }
 

@@ -114,6 +114,9 @@ fn translate(
         deadline_ms: Some(deadline_ms),
         thinking: None,
         resume: Vec::new(),
+        // Set from the caller and headers by the pipeline.
+        tenant: None,
+        priority: 0,
     })
 }
 

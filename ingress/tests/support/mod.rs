@@ -116,12 +116,28 @@ pub async fn ingress(
     ingress
 }
 
+/// Waits until `pod`'s fleet view shows a replica of `model` with every
+/// slot busy and `queued` requests waiting.
+pub async fn until_queue_full(pod: &Ingress, model: &str, queued: u32) {
+    eventually("the queue fills", Duration::from_secs(20), || async {
+        pod.state()
+            .fleet
+            .replicas(model)
+            .iter()
+            .any(|r| r.load >= r.capacity + queued)
+            .then_some(())
+    })
+    .await;
+}
+
 /// A response: status, headers of interest, body.
 #[derive(Debug)]
 pub struct Reply {
     pub status: u16,
     pub retry_after: Option<String>,
     pub content_type: String,
+    /// The `cortex-neuron` header: which neuron took the request.
+    pub neuron: Option<String>,
     pub body: String,
 }
 
@@ -177,10 +193,12 @@ pub async fn post(url: &str, body: &str, headers: &[(&str, &str)]) -> Reply {
         };
         let retry_after = header("retry-after");
         let content_type = header("content-type").unwrap_or_default();
+        let neuron = header("cortex-neuron");
         Reply {
             status: response.status().as_u16(),
             retry_after,
             content_type,
+            neuron,
             body: response
                 .body_mut()
                 .with_config()

@@ -29,6 +29,14 @@ pub async fn run(
         // every slot and the queue full (overloaded, answered at once).
         Err(error) => return fail(responder, error.to_wire()).await,
     };
+    // What the prefix cache will hold: this prompt now, with its answer at the end.
+    let caching = engine.stats().prefix_cache.budget > 0;
+    if caching {
+        held.prefixes
+            .record(&cortex_bus::prefix::request_blocks(&request));
+        shared.prefixes_changed.notify_one();
+    }
+    let mut answer = (caching && request.resume.is_empty()).then(String::new);
     let mut pending = None;
     let mut queue_position = 0;
     match generation.events.try_recv() {
@@ -81,6 +89,15 @@ pub async fn run(
             Event::Delta(mut delta) => {
                 pending = merge_waiting(&mut generation.events, &mut delta);
                 shared.metrics.tokens(held.id(), delta.tokens);
+                if let Some(text) = &mut answer {
+                    // A next turn sends back text only: tool calls and
+                    // reasoning render differently from what was generated.
+                    if delta.tool_calls.is_empty() && delta.reasoning.is_empty() {
+                        text.push_str(&delta.text);
+                    } else {
+                        answer = None;
+                    }
+                }
                 if responder.send(&Frame::Delta(delta)).await.is_err() {
                     // The stream is over (its deadline passed): stop computing.
                     generation.cancel();
@@ -88,6 +105,12 @@ pub async fn run(
                 }
             }
             Event::Done(done) => {
+                // Known before the client can send its next turn.
+                if let Some(text) = answer {
+                    let blocks = cortex_bus::prefix::answered_blocks(&request, &text);
+                    held.prefixes.record(&blocks);
+                    shared.prefixes_changed.notify_one();
+                }
                 let _ = responder.send(&Frame::Done(done)).await;
                 return None;
             }

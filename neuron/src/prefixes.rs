@@ -1,0 +1,173 @@
+//! What this neuron tells ingress about its prefix caches: per chat model,
+//! the block hashes (`cortex_bus::prefix`) of the prompts it computed
+//! recently, and of those prompts with their answers (the start of a
+//! conversation's next turn), published as a [`PrefixSummary`] on
+//! `<prefix>.v1.prefix.<id>`.
+//!
+//! The index is bounded ([`MAX_BLOCKS`] hashes per model, the least
+//! recently used out first), so it tells what the engine's prefix cache
+//! most likely still holds; a hash whose KV the engine has already let go
+//! costs the request a cache miss on a replica that was otherwise a fine
+//! choice, nothing more. A change goes out at once (a conversation's next
+//! turn follows its answer within milliseconds), then changes wait
+//! [`DEBOUNCE`] and go out together; every heartbeat interval they go out
+//! again, so a pod that starts late learns them. A model that leaves gets
+//! one empty summary.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cortex_bus::Encoding;
+use cortex_schemas::PrefixSummary;
+use tokio_util::sync::CancellationToken;
+
+use crate::shared::Shared;
+
+/// Most hashes kept per model: 256 KiB of prompt text at 64 bytes a block
+/// (a summary of about 70 KB of JSON).
+pub const MAX_BLOCKS: usize = 4096;
+
+/// After a summary goes out, changes wait this long for the next one
+/// (and go out together).
+pub const DEBOUNCE: Duration = Duration::from_millis(50);
+
+/// The block hashes one model's recent prompts made, least recently used
+/// out first.
+#[derive(Debug, Default)]
+pub struct PrefixIndex {
+    inner: Mutex<Lru>,
+}
+
+#[derive(Debug, Default)]
+struct Lru {
+    clock: u64,
+    by_hash: HashMap<u64, u64>,
+    by_age: BTreeMap<u64, u64>,
+}
+
+impl PrefixIndex {
+    /// Marks `blocks` as just used (new ones enter, old ones move up).
+    pub fn record(&self, blocks: &[u64]) {
+        if blocks.is_empty() {
+            return;
+        }
+        let mut lru = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        for hash in blocks {
+            lru.clock += 1;
+            let now = lru.clock;
+            if let Some(old) = lru.by_hash.insert(*hash, now) {
+                lru.by_age.remove(&old);
+            }
+            lru.by_age.insert(now, *hash);
+        }
+        while lru.by_hash.len() > MAX_BLOCKS {
+            let Some((_, oldest)) = lru.by_age.pop_first() else {
+                break;
+            };
+            lru.by_hash.remove(&oldest);
+        }
+    }
+
+    /// Every hash held, oldest first.
+    pub fn blocks(&self) -> Vec<u64> {
+        let lru = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        lru.by_age.values().copied().collect()
+    }
+
+    pub fn len(&self) -> usize {
+        let lru = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        lru.by_hash.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Publishes summaries until `stop` fires.
+pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut published: HashSet<String> = HashSet::new();
+    let mut tick = tokio::time::interval(shared.config.heartbeat_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+            _ = shared.prefixes_changed.notified() => {}
+        }
+        publish(&shared, &mut published).await;
+        // A change meanwhile leaves a permit: the next turn publishes at once.
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(DEBOUNCE) => {}
+        }
+    }
+}
+
+/// One summary per model that has blocks, and an empty one for each model
+/// published before that has none now (or has gone).
+async fn publish(shared: &Shared, published: &mut HashSet<String>) {
+    let mut now: HashSet<String> = HashSet::new();
+    let at_ms = cortex_bus::headers::unix_ms();
+    let mut summaries = Vec::new();
+    for held in shared.all_models() {
+        if held.prefixes.is_empty() {
+            continue;
+        }
+        now.insert(held.id().to_string());
+        summaries.push(summary(shared, held.id(), at_ms, held.prefixes.blocks()));
+    }
+    for gone in published.difference(&now) {
+        summaries.push(summary(shared, gone, at_ms, Vec::new()));
+    }
+    *published = now;
+    let subject = shared.subjects.prefix(&shared.id);
+    for summary in summaries {
+        let encoding = Encoding::Json;
+        let payload = match encoding.encode(&summary) {
+            Ok(payload) => payload,
+            Err(error) => {
+                tracing::error!(%error, "prefix summary not encodable");
+                continue;
+            }
+        };
+        if let Err(error) = shared
+            .client
+            .publish_with_headers(subject.clone(), encoding.headers(), payload)
+            .await
+        {
+            tracing::warn!(%error, "prefix summary not published");
+        }
+    }
+}
+
+fn summary(shared: &Shared, model: &str, at_ms: u64, blocks: Vec<u64>) -> PrefixSummary {
+    PrefixSummary {
+        neuron_id: shared.id.clone(),
+        model_id: model.to_string(),
+        at_ms,
+        block_bytes: cortex_bus::prefix::BLOCK_BYTES as u32,
+        blocks,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_index_keeps_the_most_recent_blocks_within_its_bound() {
+        let index = PrefixIndex::default();
+        let first: Vec<u64> = (0..MAX_BLOCKS as u64).collect();
+        index.record(&first);
+        // Block 0 used again: it outlives blocks 1 and 2.
+        index.record(&[0]);
+        index.record(&[u64::MAX - 1, u64::MAX]);
+        let blocks = index.blocks();
+        assert_eq!(blocks.len(), MAX_BLOCKS);
+        assert!(blocks.contains(&0));
+        assert!(!blocks.contains(&1) && !blocks.contains(&2));
+        assert_eq!(&blocks[blocks.len() - 3..], &[0, u64::MAX - 1, u64::MAX]);
+    }
+}
