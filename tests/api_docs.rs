@@ -43,6 +43,7 @@ fn asyncapi_channels_are_the_subjects_and_examples_decode() {
     let subjects = Subjects::default();
     let mut built: BTreeSet<String> = BTreeSet::new();
     built.insert(subjects.heartbeat("gpu-1"));
+    built.insert(subjects.prefix("gpu-1"));
     built.insert(subjects.infer(&ModelToken::new("smollm2").unwrap()));
     for op in [
         NeuronOp::Infer,
@@ -66,6 +67,7 @@ fn asyncapi_channels_are_the_subjects_and_examples_decode() {
             let payload = example["payload"].clone();
             let result = match name.as_str() {
                 "NeuronStatus" => serde_json::from_value::<s::NeuronStatus>(payload).map(drop),
+                "PrefixSummary" => serde_json::from_value::<s::PrefixSummary>(payload).map(drop),
                 "InferRequest" => serde_json::from_value::<s::InferRequest>(payload).map(drop),
                 "Frame" => serde_json::from_value::<s::Frame>(payload).map(drop),
                 "CancelRequest" => serde_json::from_value::<s::CancelRequest>(payload).map(drop),

@@ -181,7 +181,7 @@ async fn status_ids(client: &async_nats::Client) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn idle_copies_unload_and_deep_queues_scale_up() {
+async fn idle_copies_unload_and_deep_queues_spill_over_and_back() {
     let server = NatsServer::start();
     let dir = tempfile::tempdir().unwrap();
     let file = models_file(
@@ -199,10 +199,14 @@ source = "sim"
 vram_mb = 100
 max_replicas = 2
 max_concurrency = 1
+spill_after = "400ms"
 "#,
     );
     let mut config = placement_config(&server, "p1", Some(&file));
-    config.scale_up_after = 2;
+    // Spill-over after 400 ms of saturation (the catalogue's), not the
+    // default cycles; the extra copy goes after 1 s idle.
+    config.scale_up_after = 100;
+    config.scale_down_after = Duration::from_secs(1);
     let p = placement(config).await;
     // One slot, a queue, slow tokens: a burst makes a deep queue.
     let slow = |c: &mut cortex_neuron::NeuronConfig| {
@@ -244,6 +248,15 @@ max_concurrency = 1
     }
     for call in burst {
         assert_eq!(call.await.unwrap().status, 200);
+    }
+    // Idle again: the spilled-over copy is unloaded, the first one stays.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while ready_on(&client, "busy").await.len() != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the extra copy of busy never went"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     ingress.shutdown().await;
     n1.shutdown().await;

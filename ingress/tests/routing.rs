@@ -132,6 +132,8 @@ struct Run {
     /// Later turns' cached prompt tokens, and their times to first token.
     cached: Vec<u64>,
     ttft: Vec<Duration>,
+    /// Conversations by the neuron their first turn went to.
+    first: HashMap<String, usize>,
 }
 
 /// `TOPICS.len()` conversations of three turns, `clients` at a time;
@@ -178,8 +180,10 @@ async fn converse(base: &str, clients: usize, salt: &str) -> Run {
         stayed: 0,
         cached: Vec::new(),
         ttft: Vec::new(),
+        first: HashMap::new(),
     };
     for turns in &conversations {
+        *run.first.entry(turns[0].neuron.clone()).or_default() += 1;
         for pair in turns.windows(2) {
             run.later += 1;
             run.stayed += usize::from(pair[1].neuron == pair[0].neuron);
@@ -232,8 +236,8 @@ async fn conversations_stay_on_the_neuron_that_holds_their_prefix() {
     let show = |what: &str, run: &Run| {
         let cached = run.cached.iter().sum::<u64>() as f64 / run.cached.len() as f64;
         println!(
-            "{what}: {}/{} later turns stayed ({:.0}%), {cached:.0} cached prompt tokens on average, TTFT p50 {:?}",
-            run.stayed, run.later, 100.0 * share(run), p50(run.ttft.clone()),
+            "{what}: {}/{} later turns stayed ({:.0}%), {cached:.0} cached prompt tokens on average, TTFT p50 {:?}; conversations begun per neuron {:?}",
+            run.stayed, run.later, 100.0 * share(run), p50(run.ttft.clone()), run.first,
         );
     };
     let with = converse(&base, 6, "").await;
@@ -248,6 +252,10 @@ async fn conversations_stay_on_the_neuron_that_holds_their_prefix() {
         }
     }
     assert_eq!(with.later, 60);
+    // The shared system prompt does not pull every conversation to one
+    // replica: each neuron begins at least a sixth of them.
+    assert_eq!(with.first.len(), 3, "{with:?}");
+    assert!(with.first.values().all(|n| *n >= 5), "{with:?}");
     assert!(share(&with) >= 0.9, "{with:?}");
     // A turn that stayed read at least the turn before's prompt from the cache.
     let stayed_cached = with.cached.iter().filter(|n| **n >= 20).count();

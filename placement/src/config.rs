@@ -144,6 +144,7 @@ impl PlacementConfig {
             settings: Settings {
                 strategy: self.strategy,
                 scale_up_after: self.scale_up_after.max(1),
+                interval_ms: self.reconcile_interval.as_millis() as u64,
                 scale_down_after_ms: self.scale_down_after.as_millis() as u64,
                 defrag_after: self.defrag_after_cycles,
             },

@@ -96,6 +96,11 @@ pub struct ModelProfile {
     /// Unload after this long without requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_ttl_ms: Option<u64>,
+    /// Spill-over: once every replica has been saturated (twice its slots
+    /// in work) this long, placement loads one more, up to `max_replicas`.
+    /// Absent: placement's `--scale-up-after` cycles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spill_after_ms: Option<u64>,
     /// Concurrent sequences (slots) per replica: the batch one forward
     /// pass runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]

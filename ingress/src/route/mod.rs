@@ -40,10 +40,12 @@ const RECENT_HALF_LIFE: Duration = Duration::from_secs(5);
 /// How requests pick a replica (`--routing`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Routing {
-    /// By the prompt prefix each replica holds, against its load.
+    // (Plain comments: doc comments here would switch clap's help to its
+    // long form for every flag.)
+    // By the prompt prefix each replica holds, against its load.
     #[default]
     Cache,
-    /// The model's NATS queue group picks (random among replicas).
+    // The model's NATS queue group picks (random among replicas).
     Queue,
 }
 

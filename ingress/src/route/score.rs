@@ -19,11 +19,11 @@
 //! spread evenly even between heartbeats.
 
 /// What the cost adds per sequence a replica runs or queues.
-pub const LOAD_BLOCKS: f64 = 1.0;
+pub const LOAD_BLOCKS: f64 = 0.5;
 /// What it adds per request a full batch makes this one wait behind.
 pub const QUEUE_BLOCKS: f64 = 64.0;
 /// Costs closer than this are ties.
-pub const TIE: f64 = 0.5;
+pub const TIE: f64 = 0.25;
 
 /// One replica as the decision sees it.
 #[derive(Debug, Clone, Copy, PartialEq)]

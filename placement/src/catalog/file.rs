@@ -15,6 +15,7 @@
 //! min_replicas = 0
 //! max_replicas = 1
 //! idle_ttl = "10m"
+//! spill_after = "5s"           # saturated this long: one more replica (to max_replicas)
 //! max_concurrency = 4
 //! default_max_tokens = 512
 //! max_tokens_over_window = "clamp" # or "refuse": a max_tokens past the window
@@ -68,6 +69,7 @@ struct ModelEntry {
     min_replicas: u32,
     max_replicas: Option<u32>,
     idle_ttl: Option<String>,
+    spill_after: Option<String>,
     max_concurrency: Option<u32>,
     #[serde(default)]
     prefix_cache_mb: Option<u64>,
@@ -190,6 +192,14 @@ fn to_profile(entry: ModelEntry) -> Result<ModelProfile, String> {
             Some(ttl.as_millis() as u64)
         }
     };
+    let spill_after_ms = match &entry.spill_after {
+        None => None,
+        Some(text) => {
+            let after: Duration = humantime::parse_duration(text)
+                .map_err(|e| format!("spill_after: {text:?} is not a duration ({e})"))?;
+            Some(after.as_millis() as u64)
+        }
+    };
     Ok(ModelProfile {
         id: entry.id,
         aliases: entry.aliases,
@@ -203,6 +213,7 @@ fn to_profile(entry: ModelEntry) -> Result<ModelProfile, String> {
         min_replicas: entry.min_replicas,
         max_replicas,
         idle_ttl_ms,
+        spill_after_ms,
         max_concurrency: entry.max_concurrency,
         prefix_cache_mb: entry.prefix_cache_mb,
         chat_template: entry.chat_template,

@@ -4,8 +4,9 @@
 //! - at least `min_replicas` copies (1 for a pinned model), loaded where
 //!   they fit, evicting if needed (this also repairs a lost neuron);
 //! - no more than `max_replicas`;
-//! - one more copy when the queue stayed deep for `scale_up_after` cycles
-//!   (only where it fits without eviction);
+//! - one more copy when the queue stayed deep for `scale_up_after` cycles,
+//!   or for the model's `spill_after` (only where it fits without
+//!   eviction): spill-over;
 //! - a copy idle for the model's `idle_ttl` is unloaded, down to the floor;
 //! - a copy beyond one (and the floor) idle for `scale_down_after` goes;
 //! - after `defrag_after` evictions, the smallest scattered device is
@@ -25,8 +26,11 @@ use super::snapshot::Snapshot;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
     pub strategy: Strategy,
-    /// Cycles of a deep queue before one more copy is loaded.
+    /// Cycles of a deep queue before one more copy is loaded (a model's
+    /// `spill_after_ms` overrides it).
     pub scale_up_after: u32,
+    /// The reconcile period, turning `spill_after_ms` into cycles.
+    pub interval_ms: u64,
     /// Idle time after which a copy beyond the floor is unloaded.
     pub scale_down_after_ms: u64,
     /// Evictions between consolidation passes; 0 turns them off.
@@ -38,6 +42,7 @@ impl Default for Settings {
         Self {
             strategy: Strategy::Lru,
             scale_up_after: 3,
+            interval_ms: 1000,
             scale_down_after_ms: 120_000,
             defrag_after: 0,
         }
@@ -200,7 +205,13 @@ pub fn reconcile(
             }
             continue;
         }
-        let pressured = pressure.get(model).copied().unwrap_or(0) >= settings.scale_up_after;
+        let after = spec
+            .profile
+            .spill_after_ms
+            .map_or(settings.scale_up_after, |ms| {
+                ms.div_ceil(settings.interval_ms.max(1)).max(1) as u32
+            });
+        let pressured = pressure.get(model).copied().unwrap_or(0) >= after;
         if pressured && count < spec.profile.max_replicas {
             plan_load(
                 &mut work,

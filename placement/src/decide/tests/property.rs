@@ -71,6 +71,7 @@ fn world() -> impl Strategy<Value = World> {
                     min_replicas: min,
                     max_replicas: (min + extra).max(1),
                     idle_ttl_ms: idle,
+                    spill_after_ms: None,
                     max_concurrency: Some(1),
                     prefix_cache_mb: None,
                     chat_template: None,

@@ -174,6 +174,29 @@ fn a_deep_queue_scales_up_to_max_replicas() {
         ),
         "{actions:?}"
     );
+    // The catalogue's `spill_after` overrides the cycles: 2.5 s at 1 s a
+    // cycle is 3 cycles of saturation.
+    world
+        .models
+        .get_mut("small")
+        .unwrap()
+        .profile
+        .spill_after_ms = Some(2500);
+    let snap = world.snapshot();
+    let scaled = |pressure: &BTreeMap<String, u32>| {
+        reconcile(&snap, &settings, pressure, 0).iter().any(|a| {
+            matches!(
+                a,
+                Action::Load {
+                    reason: Reason::ScaleUp,
+                    ..
+                }
+            )
+        })
+    };
+    assert!(!scaled(&pressure));
+    update_pressure(&snap, &mut pressure);
+    assert!(scaled(&pressure));
 }
 
 #[test]
