@@ -13,7 +13,8 @@
 //!   requester side; [`serve`] → [`Incoming`] → [`Responder`] on the responder side; cancels.
 //! - [`control`]: [`control::call`], a JSON request to a micro-service endpoint with a deadline.
 //! - [`events`]: lifecycle events published as JSON.
-//! - [`heartbeat`]: heartbeats as followers take them (only for the neuron their subject names).
+//! - [`heartbeat`]: heartbeats as followers take them (only for the neuron their subject names);
+//!   [`fleet`]: [`fleet::FleetView`], the latest heartbeat of every neuron with a per-model index.
 //! - [`prefix`]: prompt prefixes as chained block hashes (what neurons publish, what ingress routes by).
 //! - [`kv`]: bucket open-or-create, compare-and-swap updates, a self-healing watch.
 //! - [`objects`]: the `cortex-models` object store: push files and folders, fetch them into a cache.
@@ -23,6 +24,7 @@ pub mod codec;
 pub mod connect;
 pub mod control;
 pub mod events;
+pub mod fleet;
 pub mod headers;
 pub mod heartbeat;
 pub mod kv;

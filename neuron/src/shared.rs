@@ -30,6 +30,9 @@ pub struct Shared {
     pub heartbeat_now: tokio::sync::Notify,
     /// Wakes the prefix publisher (a model's prefix index changed).
     pub prefixes_changed: tokio::sync::Notify,
+    /// Prompts rendered and tokenised at once on blocking threads (one per
+    /// core); more wait their turn, without holding a thread.
+    pub renders: tokio::sync::Semaphore,
     models: Mutex<BTreeMap<String, Arc<HeldModel>>>,
     state: Mutex<NeuronState>,
 }
@@ -54,6 +57,9 @@ impl Shared {
             fit_lock: Mutex::new(()),
             heartbeat_now: tokio::sync::Notify::new(),
             prefixes_changed: tokio::sync::Notify::new(),
+            renders: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            ),
             models: Mutex::new(BTreeMap::new()),
             state: Mutex::new(NeuronState::Starting),
         })

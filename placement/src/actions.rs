@@ -18,6 +18,7 @@ use cortex_schemas::{
 
 use crate::assignments;
 use crate::decide::Plan;
+use crate::fleet::Holders;
 use crate::shared::Shared;
 
 /// How long a neuron gets to answer an unload; it refuses at once while

@@ -22,6 +22,7 @@ use cortex_schemas::{EnsureReply, EnsureRequest, ErrorClass, WireError};
 
 use crate::actions::{carry_out, CarryError};
 use crate::decide::{place, NoPlace};
+use crate::fleet::Holders;
 use crate::shared::Shared;
 
 /// Neurons tried before giving up on a cold start.

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::actions::{carry_out, unload_copy};
 use crate::assignments;
 use crate::decide::place;
+use crate::fleet::Holders;
 use crate::shared::Shared;
 
 /// `reload` reply: what changed in the catalogue.

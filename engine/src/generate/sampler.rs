@@ -182,28 +182,22 @@ impl Sampler {
         }
         let truncating = self.cfg.top_k > 0 || self.cfg.top_p < 1.0 || self.cfg.min_p > 0.0;
         if truncating {
-            // Descending probability; ties by id so the order is stable.
-            let by_prob = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+            // Descending probability, ties by id so the order is stable;
+            // the vocabulary is never sorted whole, only the head that
+            // survives (see `top_p_head`).
             if self.cfg.top_k > 0 && self.cfg.top_k < cands.len() {
                 cands.select_nth_unstable_by(self.cfg.top_k - 1, by_prob);
                 cands.truncate(self.cfg.top_k);
             }
-            cands.sort_unstable_by(by_prob);
             if self.cfg.min_p > 0.0 {
-                let floor = cands[0].1 * self.cfg.min_p;
+                // The most likely token has weight 1 (logits shifted by their max).
+                let floor = self.cfg.min_p;
                 cands.retain(|c| c.1 >= floor);
             }
             if self.cfg.top_p < 1.0 {
-                let total: f32 = cands.iter().map(|c| c.1).sum();
-                let mut mass = 0.0;
-                let keep = cands
-                    .iter()
-                    .position(|c| {
-                        mass += c.1 / total;
-                        mass >= self.cfg.top_p
-                    })
-                    .map_or(cands.len(), |i| i + 1);
-                cands.truncate(keep);
+                top_p_head(&mut cands, self.cfg.top_p);
+            } else {
+                cands.sort_unstable_by(by_prob);
             }
         }
         let total: f32 = cands.iter().map(|c| c.1).sum();
@@ -215,6 +209,39 @@ impl Sampler {
             }
         }
         cands[cands.len() - 1].0
+    }
+}
+
+/// Descending weight, ties by id.
+fn by_prob(a: &(u32, f32), b: &(u32, f32)) -> std::cmp::Ordering {
+    b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
+}
+
+/// Keeps the smallest most-likely head of `cands` whose weight reaches
+/// `top_p` of the total, sorted. It sorts a head of 64, then 4 times more
+/// until the mass is reached, instead of the whole vocabulary: the head is
+/// what a full sort would put first, so the result is the same.
+fn top_p_head(cands: &mut Vec<(u32, f32)>, top_p: f32) {
+    let total: f32 = cands.iter().map(|c| c.1).sum();
+    let mut head = 64.min(cands.len());
+    loop {
+        if head < cands.len() {
+            cands.select_nth_unstable_by(head - 1, by_prob);
+        }
+        cands[..head].sort_unstable_by(by_prob);
+        let mut mass = 0.0;
+        let reached = cands[..head].iter().position(|c| {
+            mass += c.1 / total;
+            mass >= top_p
+        });
+        if let Some(i) = reached {
+            cands.truncate(i + 1);
+            return;
+        }
+        if head == cands.len() {
+            return;
+        }
+        head = (head * 4).min(cands.len());
     }
 }
 
@@ -273,6 +300,34 @@ impl SplitMix64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The partial selection keeps what sorting the whole vocabulary
+        /// and cutting at `top_p` keeps, in the same order.
+        #[test]
+        fn the_top_p_head_is_what_a_full_sort_keeps(
+            weights in proptest::collection::vec(0.0001f32..1.0, 1..3000),
+            top_p in 0.01f32..0.999,
+        ) {
+            let cands: Vec<(u32, f32)> = weights.iter().enumerate().map(|(i, w)| (i as u32, *w)).collect();
+            let mut full = cands.clone();
+            full.sort_unstable_by(by_prob);
+            let total: f32 = full.iter().map(|c| c.1).sum();
+            let mut mass = 0.0;
+            let cut = full.iter().position(|c| { mass += c.1 / total; mass >= top_p }).map_or(full.len(), |i| i + 1);
+            // A boundary within rounding of top_p may fall either way.
+            let near = |n: usize| {
+                let m: f32 = full[..n].iter().map(|c| c.1 / total).sum();
+                (m - top_p).abs() < 1e-4
+            };
+            let mut head = cands;
+            top_p_head(&mut head, top_p);
+            if !near(cut) && (cut < 2 || !near(cut - 1)) {
+                prop_assert_eq!(&head[..], &full[..cut]);
+            }
+        }
+    }
 
     fn cfg(temperature: f32, seed: u64) -> SamplingConfig {
         SamplingConfig {

@@ -4,6 +4,10 @@
 //! frame, so a neuron ahead of its publisher sends fewer, larger frames),
 //! then `Done` or `Error`. A cancel (from the requester, or a forced
 //! unload) reaches the engine, which frees the slot before its next step.
+//! Rendering the template and tokenising (the engine's `submit`, and a
+//! token count) run on a blocking thread, never on the runtime's.
+
+use std::sync::Arc;
 
 use cortex_bus::Responder;
 use cortex_engine::{ChatEngine, Event};
@@ -18,22 +22,34 @@ use crate::shared::Shared;
 pub async fn run(
     shared: &Shared,
     held: &HeldModel,
-    engine: &ChatEngine,
+    engine: Arc<ChatEngine>,
     mut request: GenerateRequest,
     responder: &Responder,
 ) -> Outcome {
     apply_profile_defaults(held, &mut request);
-    let mut generation = match engine.submit(&request) {
+    // What the prefix cache will hold: this prompt now, with its answer at the end.
+    let caching = engine.stats().prefix_cache.budget > 0;
+    let Ok(render) = shared.renders.acquire().await else {
+        return fail(responder, stopped()).await;
+    };
+    let submitting = tokio::task::spawn_blocking(move || {
+        let submitted = engine.submit(&request);
+        let blocks = caching.then(|| cortex_bus::prefix::request_blocks(&request));
+        (request, submitted, blocks)
+    });
+    let submitted = submitting.await;
+    drop(render);
+    let Ok((request, submitted, blocks)) = submitted else {
+        return fail(responder, stopped()).await;
+    };
+    let mut generation = match submitted {
         Ok(generation) => generation,
         // Refused before any work: bad parameters, prompt too long, or
         // every slot and the queue full (overloaded, answered at once).
         Err(error) => return fail(responder, error.to_wire()).await,
     };
-    // What the prefix cache will hold: this prompt now, with its answer at the end.
-    let caching = engine.stats().prefix_cache.budget > 0;
-    if caching {
-        held.prefixes
-            .record(&cortex_bus::prefix::request_blocks(&request));
+    if let Some(blocks) = blocks {
+        held.prefixes.record(&blocks);
         shared.prefixes_changed.notify_one();
     }
     let mut answer = (caching && request.resume.is_empty()).then(String::new);
@@ -122,11 +138,20 @@ pub async fn run(
 /// Counts the prompt's tokens as the model's template and tokenizer make
 /// them; answers with a `Done` carrying the count.
 pub async fn count(
-    model: &cortex_engine::chat_model::ChatModel,
-    request: &GenerateRequest,
+    shared: &Shared,
+    model: Arc<cortex_engine::chat_model::ChatModel>,
+    request: GenerateRequest,
     responder: &Responder,
 ) -> Outcome {
-    match model.prompt(request) {
+    let Ok(render) = shared.renders.acquire().await else {
+        return fail(responder, stopped()).await;
+    };
+    let prompt = tokio::task::spawn_blocking(move || model.prompt(&request)).await;
+    drop(render);
+    let Ok(prompt) = prompt else {
+        return fail(responder, stopped()).await;
+    };
+    match prompt {
         Ok((_, tokens)) => {
             let done = cortex_schemas::Done {
                 finish_reason: cortex_schemas::FinishReason::Stop,

@@ -131,13 +131,13 @@ pub async fn handle(shared: Arc<Shared>, admission: Admission) {
     };
     let outcome = match (held.backend(), request) {
         (Some(Backend::Chat(engine)), InferRequest::Generate(request)) => {
-            generate::run(&shared, &held, &engine, *request, &responder).await
+            generate::run(&shared, &held, engine, *request, &responder).await
         }
         (Some(Backend::Embed(engine)), InferRequest::Embed(request)) => {
             embed::run(&shared, &held, engine, request, &responder).await
         }
         (Some(Backend::Chat(engine)), InferRequest::CountTokens(request)) => {
-            generate::count(engine.model(), &request, &responder).await
+            generate::count(&shared, engine.model().clone(), *request, &responder).await
         }
         (Some(backend), _) => {
             let message = match backend {
