@@ -50,7 +50,7 @@ pub struct EngineConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
-            max_concurrency: 4,
+            max_concurrency: cortex_schemas::DEFAULT_MAX_CONCURRENCY as usize,
             max_queue: 16,
             event_buffer: 64,
             prefix_cache_bytes: None,

@@ -66,7 +66,7 @@ pub struct NeuronConfig {
           value_parser = humantime::parse_duration)]
     pub heartbeat_interval: Duration,
     /// Concurrent sequences per model when its profile does not say.
-    #[arg(long, env = "CORTEX_MAX_CONCURRENCY", default_value_t = 4)]
+    #[arg(long, env = "CORTEX_MAX_CONCURRENCY", default_value_t = cortex_schemas::DEFAULT_MAX_CONCURRENCY)]
     pub max_concurrency: u32,
     /// Requests that may wait for a slot, per model; beyond that `overloaded`.
     #[arg(long, env = "CORTEX_MAX_QUEUE", default_value_t = 16)]

@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use cortex_bus::Encoding;
 use tokio_util::sync::CancellationToken;
 
 use crate::shared::Shared;
@@ -30,21 +29,10 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
 
 /// Publishes one heartbeat now.
 pub async fn publish(shared: &Shared) {
-    let status = shared.status();
-    let encoding = Encoding::Json;
-    match encoding.encode(&status) {
-        Ok(payload) => {
-            let subject = shared.subjects.heartbeat(&shared.id);
-            if let Err(error) = shared
-                .client
-                .publish_with_headers(subject, encoding.headers(), payload)
-                .await
-            {
-                tracing::warn!(%error, "heartbeat not published");
-            }
-        }
-        Err(error) => tracing::error!(%error, "heartbeat not encodable"),
-    }
+    let subject = shared.subjects.heartbeat(&shared.id);
+    shared
+        .publish_json(subject, &shared.status(), "heartbeat")
+        .await;
 }
 
 /// Tokens per second of each model since the previous beat.

@@ -18,7 +18,6 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cortex_bus::Encoding;
 use cortex_schemas::PrefixSummary;
 use tokio_util::sync::CancellationToken;
 
@@ -124,21 +123,9 @@ async fn publish(shared: &Shared, published: &mut HashSet<String>) {
     *published = now;
     let subject = shared.subjects.prefix(&shared.id);
     for summary in summaries {
-        let encoding = Encoding::Json;
-        let payload = match encoding.encode(&summary) {
-            Ok(payload) => payload,
-            Err(error) => {
-                tracing::error!(%error, "prefix summary not encodable");
-                continue;
-            }
-        };
-        if let Err(error) = shared
-            .client
-            .publish_with_headers(subject.clone(), encoding.headers(), payload)
-            .await
-        {
-            tracing::warn!(%error, "prefix summary not published");
-        }
+        shared
+            .publish_json(subject.clone(), &summary, "prefix summary")
+            .await;
     }
 }
 

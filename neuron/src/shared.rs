@@ -166,4 +166,22 @@ impl Shared {
     pub async fn event(&self, detail: EventDetail) {
         cortex_bus::events::publish(&self.client, &self.subjects, &self.id, detail).await;
     }
+
+    /// Publishes `value` as JSON on `subject` (control-plane messages a
+    /// `nats sub` reads); a failure is logged as `what` and dropped.
+    pub async fn publish_json(&self, subject: String, value: &impl serde::Serialize, what: &str) {
+        let encoding = cortex_bus::Encoding::Json;
+        match encoding.encode(value) {
+            Ok(payload) => {
+                let published = self
+                    .client
+                    .publish_with_headers(subject, encoding.headers(), payload)
+                    .await;
+                if let Err(error) = published {
+                    tracing::warn!(%error, "{what} not published");
+                }
+            }
+            Err(error) => tracing::error!(%error, "{what} not encodable"),
+        }
+    }
 }

@@ -49,7 +49,9 @@ pub use frame::{
     ToolCallDelta, TopLogprob, Usage,
 };
 pub use infer::{CancelRequest, EmbedRequest, GenerateInput, GenerateRequest, InferRequest};
-pub use model::{ModelFormat, ModelKind, ModelProfile, OverWindow, Pinned};
+pub use model::{
+    ModelFormat, ModelKind, ModelProfile, OverWindow, Pinned, DEFAULT_MAX_CONCURRENCY,
+};
 pub use placement::{Assignment, Lease, Replica, ReplicaState};
 pub use prefix::PrefixSummary;
 pub use sampling::{ResponseFormat, SamplingParams};

@@ -63,6 +63,11 @@ pub enum OverWindow {
     Refuse,
 }
 
+/// Slots per replica when neither the catalogue entry (`max_concurrency`)
+/// nor the neuron (`--max-concurrency`) says: the one default the neuron,
+/// the engine and placement share.
+pub const DEFAULT_MAX_CONCURRENCY: u32 = 4;
+
 /// One catalogue entry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]

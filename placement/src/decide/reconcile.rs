@@ -123,7 +123,7 @@ fn queue_threshold(snap: &Snapshot, model: &str) -> u32 {
         .models
         .get(model)
         .and_then(|m| m.profile.max_concurrency)
-        .unwrap_or(4);
+        .unwrap_or(cortex_schemas::DEFAULT_MAX_CONCURRENCY);
     slots.saturating_mul(2).max(1)
 }
 
