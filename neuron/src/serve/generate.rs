@@ -5,7 +5,8 @@
 //! then `Done` or `Error`. A cancel (from the requester, or a forced
 //! unload) reaches the engine, which frees the slot before its next step.
 //! Rendering the template and tokenising (the engine's `submit`, and a
-//! token count) run on a blocking thread, never on the runtime's.
+//! token count) run on a blocking thread, never on the runtime's, unless
+//! the prompt is small enough that the trip costs more (`renders_inline`).
 
 use std::sync::Arc;
 
@@ -29,18 +30,24 @@ pub async fn run(
     apply_profile_defaults(held, &mut request);
     // What the prefix cache will hold: this prompt now, with its answer at the end.
     let caching = engine.stats().prefix_cache.budget > 0;
-    let Ok(render) = shared.renders.acquire().await else {
-        return fail(responder, stopped()).await;
-    };
-    let submitting = tokio::task::spawn_blocking(move || {
+    let inline = renders_inline(&request);
+    let submit = move || {
         let submitted = engine.submit(&request);
         let blocks = caching.then(|| cortex_bus::prefix::request_blocks(&request));
         (request, submitted, blocks)
-    });
-    let submitted = submitting.await;
-    drop(render);
-    let Ok((request, submitted, blocks)) = submitted else {
-        return fail(responder, stopped()).await;
+    };
+    let (request, submitted, blocks) = if inline {
+        submit()
+    } else {
+        let Ok(render) = shared.renders.acquire().await else {
+            return fail(responder, stopped()).await;
+        };
+        let submitted = tokio::task::spawn_blocking(submit).await;
+        drop(render);
+        let Ok(submitted) = submitted else {
+            return fail(responder, stopped()).await;
+        };
+        submitted
     };
     let mut generation = match submitted {
         Ok(generation) => generation,
@@ -133,6 +140,27 @@ pub async fn run(
             Event::Error(error) => return fail(responder, error.to_wire()).await,
         }
     }
+}
+
+/// Prompts this small (a few hundred tokens, no tools) render and
+/// tokenise in tens of microseconds: cheaper in place than a trip to a
+/// blocking thread and back. Longer ones would hold a runtime thread for
+/// milliseconds, so they go to one.
+const INLINE_RENDER_BYTES: usize = 2048;
+
+fn renders_inline(request: &GenerateRequest) -> bool {
+    if !request.tools.is_empty() || request.response_format.is_some() {
+        return false;
+    }
+    let bytes = match &request.input {
+        cortex_schemas::GenerateInput::Chat { messages } => messages
+            .iter()
+            .flat_map(|m| &m.content)
+            .map(|cortex_schemas::ContentPart::Text { text }| text.len())
+            .sum(),
+        cortex_schemas::GenerateInput::Text { prompt } => prompt.len(),
+    };
+    bytes <= INLINE_RENDER_BYTES
 }
 
 /// Counts the prompt's tokens as the model's template and tokenizer make
