@@ -33,8 +33,8 @@ pub struct Caller(pub usize);
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{flag}: {reason}")]
 pub struct KeyError {
-    flag: &'static str,
-    reason: String,
+    pub(crate) flag: &'static str,
+    pub(crate) reason: String,
 }
 
 /// The configured keys, as digests: API keys first, then operator keys.

@@ -122,14 +122,42 @@ impl std::str::FromStr for ApiKey {
     }
 }
 
-/// A configuration that cannot run; the message names the setting.
+/// A configuration that cannot run: the flag at fault and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid ingress configuration: {0}")]
-pub struct ConfigError(pub String);
+#[error("invalid ingress configuration: {flag}: {reason}")]
+pub struct ConfigError {
+    pub flag: &'static str,
+    pub reason: String,
+}
+
+impl ConfigError {
+    fn new(flag: &'static str, reason: impl std::fmt::Display) -> Self {
+        Self {
+            flag,
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// What [`IngressConfig::validate`] makes of the flags: the parsed forms
+/// a pod is built from, so that none is parsed again (or defaulted) later.
+#[derive(Debug)]
+pub struct Settings {
+    pub subjects: Subjects,
+    /// API and operator keys, as digests; empty: no authentication.
+    pub keys: crate::auth::Keys,
+    pub cors: crate::cors::Cors,
+}
 
 impl IngressConfig {
-    /// Defaults for `nats_url`, listening on a free loopback port (tests).
-    pub fn for_tests(nats_url: &str) -> Self {
+    /// Parses `args` as the subcommand's flags (environment variables
+    /// honoured, defaults filled in), as the command line would: how
+    /// `cortex up` builds the daemons it runs in-process.
+    pub fn from_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
         use clap::FromArgMatches;
         #[derive(clap::Parser)]
         struct Wrapper {
@@ -138,53 +166,109 @@ impl IngressConfig {
         }
         let matches = <Wrapper as clap::CommandFactory>::command()
             .no_binary_name(true)
-            .get_matches_from(["--nats-url", nats_url, "--listen", "127.0.0.1:0"]);
-        Wrapper::from_arg_matches(&matches)
-            .expect("default configuration parses")
-            .config
+            .try_get_matches_from(args)?;
+        Ok(Wrapper::from_arg_matches(&matches)?.config)
     }
 
-    /// Checks everything that can be checked without the network.
-    pub fn validate(&self) -> Result<Subjects, ConfigError> {
+    /// Defaults for a test: `nats_url: &str`, no metrics port.
+    pub fn for_tests(nats_url: &str) -> Self {
+        Self::from_args(["--nats-url", nats_url, "--listen", "127.0.0.1:0"])
+            .expect("default configuration parses")
+    }
+
+    /// Checks everything that can be checked without the network and
+    /// returns the parsed settings.
+    pub fn validate(&self) -> Result<Settings, ConfigError> {
         self.nats
             .validate()
-            .map_err(|e| ConfigError(e.to_string()))?;
+            .map_err(|e| ConfigError::new("--nats-*", e))?;
         if self.max_in_flight == 0 {
-            return Err(ConfigError("--max-in-flight must be at least 1".into()));
+            return Err(ConfigError::new("--max-in-flight", "must be at least 1"));
         }
-        self.keys()?;
         if self.max_header_bytes < 8192 {
-            return Err(ConfigError(
-                "--max-header-bytes must be at least 8192".into(),
+            return Err(ConfigError::new(
+                "--max-header-bytes",
+                "must be at least 8192",
             ));
         }
-        if self.max_connections == 0 || self.max_headers == 0 {
-            return Err(ConfigError(
-                "--max-connections and --max-headers must be at least 1".into(),
-            ));
+        if self.max_connections == 0 {
+            return Err(ConfigError::new("--max-connections", "must be at least 1"));
         }
-        if self.header_timeout.is_zero()
-            || self.body_timeout.is_zero()
-            || self.write_timeout.is_zero()
-        {
-            return Err(ConfigError(
-                "--header-timeout, --body-timeout and --write-timeout must be above zero".into(),
-            ));
+        if self.max_headers == 0 {
+            return Err(ConfigError::new("--max-headers", "must be at least 1"));
+        }
+        for (flag, timeout) in [
+            ("--header-timeout", self.header_timeout),
+            ("--body-timeout", self.body_timeout),
+            ("--write-timeout", self.write_timeout),
+        ] {
+            if timeout.is_zero() {
+                return Err(ConfigError::new(flag, "must be above zero"));
+            }
         }
         if self.attempts == 0 {
-            return Err(ConfigError("--attempts must be at least 1".into()));
+            return Err(ConfigError::new("--attempts", "must be at least 1"));
         }
-        crate::cors::Cors::parse(&self.cors_origins).map_err(|e| ConfigError(e.to_string()))?;
-        Subjects::new(&self.prefix).map_err(|e| ConfigError(format!("--prefix: {e}")))
+        let keys = self.keys()?;
+        let cors = crate::cors::Cors::parse(&self.cors_origins).map_err(|e| {
+            let reason = e.to_string();
+            let reason = reason.strip_prefix("--cors-origins: ").unwrap_or(&reason);
+            ConfigError::new("--cors-origins", reason)
+        })?;
+        let subjects = Subjects::new(&self.prefix).map_err(|e| ConfigError::new("--prefix", e))?;
+        Ok(Settings {
+            subjects,
+            keys,
+            cors,
+        })
     }
 
     /// The API keys as digests.
-    pub fn keys(&self) -> Result<crate::auth::Keys, ConfigError> {
+    fn keys(&self) -> Result<crate::auth::Keys, ConfigError> {
         let entries = |keys: &[ApiKey]| keys.iter().map(|k| k.0.clone()).collect::<Vec<_>>();
         crate::auth::Keys::parse_with_operators(
             &entries(&self.api_keys),
             &entries(&self.admin_keys),
         )
-        .map_err(|e| ConfigError(e.to_string()))
+        .map_err(|e| ConfigError {
+            flag: e.flag,
+            reason: e.reason,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_setting_is_named_by_its_flag() {
+        let config = |tune: fn(&mut IngressConfig)| {
+            let mut config = IngressConfig::for_tests("nats://127.0.0.1:4222");
+            tune(&mut config);
+            config.validate().unwrap_err()
+        };
+        assert_eq!(config(|c| c.attempts = 0).flag, "--attempts");
+        assert_eq!(
+            config(|c| c.write_timeout = Duration::ZERO).flag,
+            "--write-timeout"
+        );
+        assert_eq!(config(|c| c.max_headers = 0).flag, "--max-headers");
+        let keys = config(|c| c.api_keys = vec![ApiKey("sha256:zz".into())]);
+        assert_eq!(keys.flag, "--api-keys", "{keys}");
+        let prefix = config(|c| c.prefix = "a b".into());
+        assert_eq!(
+            prefix.to_string(),
+            format!("invalid ingress configuration: --prefix: {}", prefix.reason)
+        );
+    }
+
+    #[test]
+    fn validated_settings_carry_the_keys() {
+        let mut config = IngressConfig::for_tests("nats://127.0.0.1:4222");
+        config.api_keys = vec![ApiKey("k".into())];
+        let settings = config.validate().unwrap();
+        assert!(!settings.keys.is_empty());
+        assert!(!settings.cors.is_on());
     }
 }

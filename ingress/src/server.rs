@@ -79,8 +79,7 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             crate::auth::authenticate,
         ));
-    // Validated at start; an entry that is not an origin leaves CORS off.
-    let cors = crate::cors::Cors::parse(&state.config.cors_origins).unwrap_or_default();
+    let cors = (*state.cors).clone();
     let mut router = Router::new()
         .merge(api)
         .route("/healthz", get(healthz))
@@ -156,7 +155,7 @@ impl Ingress {
         config: IngressConfig,
         client: async_nats::Client,
     ) -> Result<Self, IngressError> {
-        let subjects = config.validate()?;
+        let settings = config.validate()?;
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -164,12 +163,12 @@ impl Ingress {
                     addr: config.listen,
                     source,
                 })?;
-        Self::launch(config, subjects, listener, client).await
+        Self::launch(config, settings, listener, client).await
     }
 
     async fn launch(
         config: IngressConfig,
-        subjects: cortex_bus::Subjects,
+        settings: crate::config::Settings,
         listener: TcpListener,
         client: async_nats::Client,
     ) -> Result<Self, IngressError> {
@@ -179,11 +178,12 @@ impl Ingress {
                 addr: config.listen,
                 source,
             })?;
-        let (fleet, fleet_task) = Fleet::follow(&client, &subjects).await?;
+        let subjects = &settings.subjects;
+        let (fleet, fleet_task) = Fleet::follow(&client, subjects).await?;
         let (routes, routes_task) =
-            crate::route::RouteView::follow(&client, &subjects, config.routing).await?;
+            crate::route::RouteView::follow(&client, subjects, config.routing).await?;
         let (catalog, catalog_task) = crate::catalog::Catalog::follow(&client);
-        let state = AppState::new(client, subjects, config, fleet, routes, catalog);
+        let state = AppState::new(client, settings, config, fleet, routes, catalog);
         let stop = CancellationToken::new();
         let app = router(state.clone());
         let limits = crate::accept::Limits::from_config(&state.config);
@@ -233,7 +233,7 @@ pub async fn run(
     config: IngressConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), IngressError> {
-    let subjects = config.validate()?;
+    let settings = config.validate()?;
     let listener =
         TcpListener::bind(config.listen)
             .await
@@ -243,7 +243,7 @@ pub async fn run(
             })?;
     tracing::info!(nats = ?config.nats, "starting ingress");
     let client = config.nats.connect("cortex-ingress").await?;
-    let ingress = Ingress::launch(config, subjects, listener, client).await?;
+    let ingress = Ingress::launch(config, settings, listener, client).await?;
     shutdown.await;
     tracing::info!("shutting down: finishing open requests");
     ingress.shutdown().await;

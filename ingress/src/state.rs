@@ -10,7 +10,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::auth::{Caller, Keys, Limits};
 use crate::catalog::Catalog;
-use crate::config::IngressConfig;
+use crate::config::{IngressConfig, Settings};
 use crate::error::{ApiError, Kind};
 use crate::fleet::Fleet;
 use crate::metrics::{Label, Metrics};
@@ -29,6 +29,8 @@ pub struct AppState {
     pub catalog: Catalog,
     pub metrics: Arc<Metrics>,
     pub keys: Arc<Keys>,
+    /// Cross-origin access (`--cors-origins`).
+    pub cors: Arc<crate::cors::Cors>,
     pub limits: Arc<Limits>,
     /// The last requests this pod finished (for the console).
     pub recent: Arc<Recent>,
@@ -36,16 +38,21 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// A pod's state from the settings its flags were validated into (so
+    /// authentication cannot be silently off: the keys come parsed).
     pub fn new(
         client: Client,
-        subjects: Subjects,
+        settings: Settings,
         config: IngressConfig,
         fleet: Fleet,
         routes: RouteView,
         catalog: Catalog,
     ) -> Self {
-        // Validated before: `run` and `Ingress::start` call `validate` first.
-        let keys = config.keys().unwrap_or_default();
+        let Settings {
+            subjects,
+            keys,
+            cors,
+        } = settings;
         let limits = Limits::new(
             keys_count(&keys),
             config.rate_limit_rpm,
@@ -54,6 +61,7 @@ impl AppState {
         let metrics = Arc::new(Metrics::new(fleet.clone(), catalog.clone()));
         Self {
             keys: Arc::new(keys),
+            cors: Arc::new(cors),
             limits: Arc::new(limits),
             recent: Arc::default(),
             limiter: Arc::new(Semaphore::new(config.max_in_flight)),

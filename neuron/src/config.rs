@@ -149,8 +149,14 @@ impl NeuronConfig {
         base.join("cortex").join("models")
     }
 
-    /// A configuration with every default, for tests and embedding.
-    pub fn for_tests(nats_url: &str, id: &str) -> Self {
+    /// Parses `args` as the subcommand's flags (environment variables
+    /// honoured, defaults filled in), as the command line would: how
+    /// `cortex up` builds the daemons it runs in-process.
+    pub fn from_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
         use clap::FromArgMatches;
         #[derive(clap::Parser)]
         struct Wrapper {
@@ -159,17 +165,21 @@ impl NeuronConfig {
         }
         let matches = <Wrapper as clap::CommandFactory>::command()
             .no_binary_name(true)
-            .get_matches_from([
-                "--nats-url",
-                nats_url,
-                "--id",
-                id,
-                "--metrics-listen",
-                "off",
-            ]);
-        Wrapper::from_arg_matches(&matches)
-            .expect("default configuration parses")
-            .config
+            .try_get_matches_from(args)?;
+        Ok(Wrapper::from_arg_matches(&matches)?.config)
+    }
+
+    /// Defaults for a test: `nats_url: &str, id: &str`, no metrics port.
+    pub fn for_tests(nats_url: &str, id: &str) -> Self {
+        Self::from_args([
+            "--nats-url",
+            nats_url,
+            "--id",
+            id,
+            "--metrics-listen",
+            "off",
+        ])
+        .expect("default configuration parses")
     }
 
     /// Checks everything that can be checked without the network.

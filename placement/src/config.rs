@@ -77,8 +77,14 @@ pub struct Validated {
 }
 
 impl PlacementConfig {
-    /// Defaults pointing at `nats_url`, metrics off: for tests.
-    pub fn for_tests(nats_url: &str, id: &str) -> Self {
+    /// Parses `args` as the subcommand's flags (environment variables
+    /// honoured, defaults filled in), as the command line would: how
+    /// `cortex up` builds the daemons it runs in-process.
+    pub fn from_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
         use clap::FromArgMatches;
         #[derive(clap::Parser)]
         struct Wrapper {
@@ -87,17 +93,21 @@ impl PlacementConfig {
         }
         let matches = <Wrapper as clap::CommandFactory>::command()
             .no_binary_name(true)
-            .get_matches_from([
-                "--nats-url",
-                nats_url,
-                "--id",
-                id,
-                "--metrics-listen",
-                "off",
-            ]);
-        Wrapper::from_arg_matches(&matches)
-            .expect("default configuration parses")
-            .config
+            .try_get_matches_from(args)?;
+        Ok(Wrapper::from_arg_matches(&matches)?.config)
+    }
+
+    /// Defaults for a test: `nats_url: &str, id: &str`, no metrics port.
+    pub fn for_tests(nats_url: &str, id: &str) -> Self {
+        Self::from_args([
+            "--nats-url",
+            nats_url,
+            "--id",
+            id,
+            "--metrics-listen",
+            "off",
+        ])
+        .expect("default configuration parses")
     }
 
     pub fn validate(&self) -> Result<Validated, ConfigError> {

@@ -128,9 +128,21 @@ async fn start_mesh(args: &UpArgs, url: &str) -> anyhow::Result<Mesh> {
             options.connect(name).await
         }
     };
-    let mut config = PlacementConfig::for_tests(url, "placement-local");
-    config.models = Some(catalog.clone());
-    config.reconcile_interval = Duration::from_millis(500);
+    // Each daemon is configured from flags, as `cortex <daemon>` would be
+    // (environment variables included); `up` only names what it decides.
+    let catalog_arg = catalog.display().to_string();
+    let config = PlacementConfig::from_args([
+        "--nats-url",
+        url,
+        "--id",
+        "placement-local",
+        "--models",
+        &catalog_arg,
+        "--reconcile-interval",
+        "500ms",
+        "--metrics-listen",
+        "off",
+    ])?;
     let placement = Placement::start(config, client("cortex-placement").await?).await?;
     status_line("placement ready (the catalogue is in KV bucket cortex-catalog)");
 
@@ -139,9 +151,18 @@ async fn start_mesh(args: &UpArgs, url: &str) -> anyhow::Result<Mesh> {
         Some(_) => format!("local-{}", std::process::id()),
         None => "local".to_string(),
     };
-    let mut config = NeuronConfig::for_tests(url, &id);
-    config.engine = args.engine;
-    config.heartbeat_interval = Duration::from_millis(500);
+    let config = NeuronConfig::from_args([
+        "--nats-url",
+        url,
+        "--id",
+        &id,
+        "--engine",
+        args.engine.as_str(),
+        "--heartbeat-interval",
+        "500ms",
+        "--metrics-listen",
+        "off",
+    ])?;
     let neuron = Neuron::start(config, client("cortex-neuron").await?).await?;
     status_line(&format!(
         "neuron   {id} ({} engine, {})",
@@ -149,8 +170,8 @@ async fn start_mesh(args: &UpArgs, url: &str) -> anyhow::Result<Mesh> {
         devices(&neuron)
     ));
 
-    let mut config = IngressConfig::for_tests(url);
-    config.listen = args.listen;
+    let listen = args.listen.to_string();
+    let config = IngressConfig::from_args(["--nats-url", url, "--listen", &listen])?;
     let ingress = Ingress::start(config, client("cortex-ingress").await?).await?;
 
     let wanted: Vec<String> = cortex_placement::catalog::file::read(&catalog)?
