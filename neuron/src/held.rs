@@ -10,6 +10,8 @@ use cortex_bus::ModelToken;
 use cortex_engine::embed::EmbedEngine;
 use cortex_engine::{ChatEngine, LoadProgress};
 use cortex_schemas::{ModelKind, ModelProfile, ModelState, ModelStatus};
+
+use crate::lifecycle::load_error::LoadError;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -68,7 +70,7 @@ impl Backend {
 pub enum LoadOutcome {
     Pending,
     Ready,
-    Failed(String),
+    Failed(LoadError),
 }
 
 #[derive(Debug)]
@@ -202,11 +204,11 @@ impl HeldModel {
     }
 
     /// The load failed; the entry stays (state `failed`) so operators see why.
-    pub fn set_failed(&self, error: String) {
+    pub fn set_failed(&self, error: LoadError) {
         {
             let mut phase = self.phase();
             phase.state = ModelState::Failed;
-            phase.error = Some(error.clone());
+            phase.error = Some(error.to_string());
             phase.backend = None;
             phase.memory_bytes = 0;
         }
@@ -225,14 +227,14 @@ impl HeldModel {
     }
 
     /// Waits for the load to end: ready, or failed with why.
-    pub async fn loaded(&self) -> Result<(), String> {
+    pub async fn loaded(&self) -> Result<(), LoadError> {
         let mut rx = self.outcome.subscribe();
         let outcome = match rx.wait_for(|o| *o != LoadOutcome::Pending).await {
             Ok(outcome) => match &*outcome {
                 LoadOutcome::Failed(why) => Err(why.clone()),
                 _ => Ok(()),
             },
-            Err(_) => Err("the load was abandoned".into()),
+            Err(_) => Err(LoadError::Abandoned),
         };
         outcome
     }

@@ -20,6 +20,7 @@ use cortex_schemas::{
 
 use crate::config::EngineKind;
 use crate::held::{Backend, HeldModel};
+use crate::lifecycle::load_error::LoadError;
 use crate::metrics::serde_name;
 use crate::shared::Shared;
 use crate::size::format_bytes;
@@ -114,7 +115,7 @@ pub async fn load(shared: &Arc<Shared>, request: LoadRequest) -> Result<LoadRepl
     };
     match tokio::time::timeout(LOAD_REPLY_TIMEOUT, held.loaded()).await {
         Ok(Ok(())) => Ok(reply(&held, started)),
-        Ok(Err(message)) => Err(unavailable(message)),
+        Ok(Err(error)) => Err(error.to_wire()),
         Err(_) => Err(unavailable(format!(
             "model {:?} is still loading after {LOAD_REPLY_TIMEOUT:?}",
             held.id()
@@ -142,7 +143,7 @@ struct Unfinished(Arc<HeldModel>);
 impl Drop for Unfinished {
     fn drop(&mut self) {
         if self.0.state() == ModelState::Loading {
-            self.0.set_failed("the load ended unexpectedly".into());
+            self.0.set_failed(LoadError::Ended);
         }
     }
 }
@@ -171,15 +172,12 @@ async fn perform(shared: Arc<Shared>, held: Arc<HeldModel>, device: Option<u32>)
                     Err(error) => {
                         let backend = held.take_backend();
                         tokio::task::spawn_blocking(move || drop(backend));
-                        Err(format!("cannot subscribe to the model's subject: {error}"))
+                        Err(LoadError::Subscribe(error.to_string()))
                     }
                 }
             } else {
                 tokio::task::spawn_blocking(move || drop(backend));
-                Err(format!(
-                    "neuron {} began draining during the load",
-                    shared.id
-                ))
+                Err(LoadError::Draining(shared.id.clone()))
             }
         }
         Err(message) => Err(message),
@@ -204,7 +202,7 @@ async fn perform(shared: Arc<Shared>, held: Arc<HeldModel>, device: Option<u32>)
                 .event(EventDetail::ModelFailed {
                     model,
                     neuron: shared.id.clone(),
-                    error,
+                    error: error.to_string(),
                 })
                 .await;
         }
@@ -217,7 +215,7 @@ async fn bring_up(
     shared: &Arc<Shared>,
     held: &Arc<HeldModel>,
     device: Option<u32>,
-) -> Result<Backend, String> {
+) -> Result<Backend, LoadError> {
     let profile = held.profile.clone();
     let (path, need) = match shared.config.engine {
         EngineKind::Sim => (
@@ -233,7 +231,7 @@ async fn bring_up(
                     let profile = profile.clone();
                     tokio::task::spawn_blocking(move || locate(&profile))
                         .await
-                        .map_err(|e| e.to_string())??
+                        .map_err(|e| LoadError::Panicked(e.to_string()))??
                 }
             };
             let need = cortex_engine::footprint::estimate(&path, &profile);
@@ -249,20 +247,27 @@ async fn bring_up(
 
 /// Downloads `store:<name>` from the `cortex-models` object store into the
 /// neuron's cache (digest-checked; a current cached copy is reused).
-async fn fetch_from_store(shared: &Shared, name: &str) -> Result<PathBuf, String> {
+async fn fetch_from_store(shared: &Shared, name: &str) -> Result<PathBuf, LoadError> {
+    let failed = |reason: String| LoadError::Store {
+        name: name.to_string(),
+        reason,
+    };
     let js = async_nats::jetstream::new(shared.client.clone());
     let store = js
         .get_object_store(cortex_bus::buckets::MODELS)
         .await
-        .map_err(|e| format!("source store:{name}: the model store is not available: {e}"))?;
+        .map_err(|e| failed(format!("the model store is not available: {e}")))?;
     cortex_bus::objects::fetch(&store, name, &shared.config.model_cache_dir())
         .await
-        .map_err(|e| format!("source store:{name}: {e}"))
+        .map_err(|e| failed(e.to_string()))
 }
 
-fn locate(profile: &ModelProfile) -> Result<PathBuf, String> {
-    let source = ModelSource::parse(&profile.source).map_err(|e| e.to_string())?;
-    source.resolve().map_err(|e| e.to_string())
+fn locate(profile: &ModelProfile) -> Result<PathBuf, LoadError> {
+    let source =
+        ModelSource::parse(&profile.source).map_err(|e| LoadError::Source(e.to_string()))?;
+    source
+        .resolve()
+        .map_err(|e| LoadError::Source(e.to_string()))
 }
 
 /// Picks the device (the one asked for, else the one with most free
@@ -272,7 +277,7 @@ fn reserve(
     held: &HeldModel,
     device: Option<u32>,
     need: u64,
-) -> Result<u32, String> {
+) -> Result<u32, LoadError> {
     let _serial = shared.fit_lock.lock().unwrap_or_else(|e| e.into_inner());
     let devices = shared.discovery.devices(|index| shared.memory_on(index));
     let free = |d: &cortex_schemas::DeviceStatus| shared.free_on(d);
@@ -280,11 +285,11 @@ fn reserve(
         Some(index) => {
             let found: Vec<_> = devices.iter().filter(|d| d.index == index).collect();
             if found.is_empty() {
-                return Err(format!(
-                    "device {index} does not exist on neuron {} ({} devices)",
-                    shared.id,
-                    devices.len()
-                ));
+                return Err(LoadError::NoSuchDevice {
+                    index,
+                    neuron: shared.id.clone(),
+                    count: devices.len(),
+                });
             }
             found
         }
@@ -293,25 +298,24 @@ fn reserve(
     let best = candidates
         .iter()
         .max_by_key(|d| free(d))
-        .ok_or_else(|| format!("neuron {} has no device", shared.id))?;
+        .ok_or_else(|| LoadError::NoDevice(shared.id.clone()))?;
     if free(best) < need {
-        return Err(format!(
-            "model {:?} needs {} but device {} ({}) has {} free",
-            held.id(),
-            format_bytes(need),
-            best.index,
-            best.name,
-            format_bytes(free(best))
-        ));
+        return Err(LoadError::NoRoom {
+            model: held.id().to_string(),
+            need: format_bytes(need),
+            index: best.index,
+            device: best.name.clone(),
+            free: format_bytes(free(best)),
+        });
     }
     held.reserve(best.index, need);
     Ok(best.index)
 }
 
-async fn bring_up_sim(shared: &Shared, held: &HeldModel, need: u64) -> Result<Backend, String> {
+async fn bring_up_sim(shared: &Shared, held: &HeldModel, need: u64) -> Result<Backend, LoadError> {
     let config = &shared.config;
     if held.profile.kind == cortex_schemas::ModelKind::Embedding {
-        return Err("the sim engine serves chat models only".into());
+        return Err(LoadError::SimServesChatOnly);
     }
     // Pretend to read the weights, so progress moves as on a real load.
     let steps = 20u32;
@@ -327,7 +331,7 @@ async fn bring_up_sim(shared: &Shared, held: &HeldModel, need: u64) -> Result<Ba
         reply_tokens: config.sim_reply_tokens as usize,
         context_length: held.profile.context_length.map_or(8192, |c| c as usize),
     })
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| LoadError::Engine(e.to_string()))?;
     Ok(Backend::Chat(Arc::new(ChatEngine::start(
         Arc::new(model),
         engine_config(shared, &held.profile),
@@ -339,7 +343,7 @@ async fn bring_up_candle(
     held: &HeldModel,
     path: PathBuf,
     index: u32,
-) -> Result<Backend, String> {
+) -> Result<Backend, LoadError> {
     let options = LoadOptions {
         device: shared.discovery.engine_device(index),
         chat_template: held.profile.chat_template.clone(),
@@ -350,8 +354,8 @@ async fn bring_up_candle(
     };
     let loaded = tokio::task::spawn_blocking(move || cortex_engine::load(&path, &options))
         .await
-        .map_err(|e| format!("the load panicked: {e}"))?
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| LoadError::Panicked(e.to_string()))?
+        .map_err(|e| LoadError::Engine(e.to_string()))?;
     let engine = engine_config(shared, &held.profile);
     Ok(match loaded {
         LoadedModel::Chat(model) => {

@@ -1,10 +1,12 @@
-//! A model's life on the neuron: [`load`] (single-flight, fit-checked),
+//! A model's life on the neuron: [`load`] (single-flight, fit-checked;
+//! [`load_error`] says why one failed),
 //! [`unload`] (refused while busy unless forced), [`drain`] (stop taking
 //! requests, finish those in flight). The memory estimate is the engine's
 //! `footprint`.
 
 pub mod drain;
 pub mod load;
+pub mod load_error;
 pub mod unload;
 
 use std::sync::Arc;
