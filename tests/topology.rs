@@ -172,10 +172,19 @@ async fn an_ingress_pod_killed_mid_run_costs_no_request() {
             }
         }));
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Every pod serves before one dies, and the rest go on after it.
+    until("40 requests served", Duration::from_secs(60), || {
+        served.load(Ordering::Relaxed) >= 40
+    })
+    .await;
     let before = served.load(Ordering::Relaxed);
     pods[1].kill();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    until(
+        "60 more served after the kill",
+        Duration::from_secs(60),
+        || served.load(Ordering::Relaxed) >= before + 60,
+    )
+    .await;
     stop.store(true, Ordering::Relaxed);
     for c in clients {
         c.await.unwrap();

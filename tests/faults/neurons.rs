@@ -325,7 +325,14 @@ async fn a_neuron_killed_before_its_first_token_is_retried_elsewhere() {
             tokio::task::spawn_blocking(move || request_chat(&base, i % 2 == 0, 16))
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // Kill the victim once it holds requests (its first token is 30 s off).
+    crate::wait_beats(&client, &["victim"], |status| {
+        status
+            .models
+            .iter()
+            .any(|m| m.slots_busy + m.queue_depth > 0)
+    })
+    .await;
     victim.kill();
     let killed = Instant::now();
     let mut outcomes = Vec::new();
