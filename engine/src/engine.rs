@@ -193,6 +193,12 @@ impl ChatEngine {
         self.cfg
     }
 
+    /// Tokens of KV the prefix cache may keep (its byte budget over the
+    /// model's KV bytes per token); 0 when it is off.
+    pub fn prefix_cache_tokens(&self) -> usize {
+        cache_budget(&self.model, self.cfg) / self.model.lm.kv_bytes_per_token().max(1)
+    }
+
     pub fn stats(&self) -> EngineStats {
         let state = self.shared.lock();
         EngineStats {
@@ -230,11 +236,21 @@ impl ChatEngine {
             };
             let _ = pushed_out.events.try_send(Event::Error(overloaded));
         }
-        if taken >= self.cfg.max_concurrency {
-            let position = (taken - self.cfg.max_concurrency) as u32 + 1;
-            let _ = job.events.try_send(Event::Queued { position });
-        }
+        let waits = taken >= self.cfg.max_concurrency;
+        let events = job.events.clone();
+        let id = job.request_id.clone();
         state.waiting.push(job);
+        if waits {
+            // Its place in the fair order, not in arrival order.
+            let order = state.waiting.in_order();
+            let position = order
+                .iter()
+                .position(|j| j.request_id == id)
+                .map_or(order.len(), |i| i + 1);
+            let _ = events.try_send(Event::Queued {
+                position: position as u32,
+            });
+        }
         drop(state);
         self.shared.wake.notify_one();
         Ok(Generation {
@@ -441,6 +457,7 @@ fn work(model: &ChatModel, shared: &Shared, cfg: EngineConfig) {
             });
             if progress == Progress::Finished {
                 let run = runs.swap_remove(i);
+                shared.lock().waiting.touch(run.tenant());
                 tracing::debug!(request_id = run.request_id(), "generation finished");
                 if let Some((tokens, seq)) = run.into_kv() {
                     cache.insert(tokens, seq);

@@ -5,9 +5,10 @@
 //! another tenant's request waits for one slot to free, not for the
 //! flood.
 //!
-//! Slots are shared too: while another tenant has asked within
-//! [`ACTIVE_WINDOW`] and runs fewer sequences than its share (the slots
-//! divided among the tenants active in that window), the last free slot
+//! Slots are shared too: while another tenant is active (it runs a
+//! sequence, or asked or had one end within [`ACTIVE_WINDOW`]) and runs
+//! fewer sequences than its share (the slots divided among the active
+//! tenants), the last free slot
 //! is kept for it rather than given to a tenant already at or over its
 //! share. So a tenant sending one request after another finds a slot at
 //! once however hard another floods, at the cost of at most one idle slot
@@ -24,9 +25,6 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::generate::run::Job;
-
-/// Priority (highest first), round, tenant last served, arrival.
-type OrderKey = (std::cmp::Reverse<i8>, usize, u64, usize);
 
 /// A tenant that asked this recently counts as active for slot shares.
 pub const ACTIVE_WINDOW: Duration = Duration::from_secs(1);
@@ -59,6 +57,18 @@ impl FairQueue {
         self.jobs.push(job);
     }
 
+    /// Marks `tenant` active now (its sequence just ended: its next
+    /// request is likely on its way).
+    pub fn touch(&mut self, tenant: &str) {
+        let now = Instant::now();
+        match self.asked.get_mut(tenant) {
+            Some(at) => *at = now,
+            None => {
+                self.asked.insert(tenant.to_string(), now);
+            }
+        }
+    }
+
     /// The job for a free slot, given how many slots are `free` of
     /// `slots` and the tenants of the running sequences; `None` when the
     /// queue is empty or the last free slot is kept for an active tenant
@@ -76,12 +86,18 @@ impl FairQueue {
                 *holds.entry(tenant).or_default() += 1;
             }
             let now = Instant::now();
-            let active: Vec<&str> = self
+            // Active: asked or finished within the window, or running now.
+            let mut active: Vec<&str> = self
                 .asked
                 .iter()
                 .filter(|(_, at)| now.duration_since(**at) < ACTIVE_WINDOW)
                 .map(|(tenant, _)| tenant.as_str())
                 .collect();
+            for tenant in holds.keys() {
+                if !active.contains(tenant) {
+                    active.push(tenant);
+                }
+            }
             let share = slots.div_ceil(active.len().max(1));
             let tenant = self.jobs[next].tenant.as_str();
             let held = |t: &str| holds.get(t).copied().unwrap_or(0);
@@ -165,19 +181,24 @@ impl FairQueue {
     }
 
     /// The jobs in the order [`FairQueue::pop`] would take them now (for
-    /// the queue positions told to each).
+    /// the queue positions told to each): `pop` replayed on a copy of the
+    /// tenants' turns.
     pub fn in_order(&self) -> Vec<&Job> {
-        // Round robin: a tenant's k-th job waits for the k-th round.
-        let mut round: HashMap<&str, usize> = HashMap::new();
-        let mut keyed: Vec<(OrderKey, &Job)> = Vec::with_capacity(self.jobs.len());
-        for (i, job) in self.jobs.iter().enumerate() {
-            let k = round.entry(job.tenant.as_str()).or_default();
-            let served = self.served.get(&job.tenant).copied().unwrap_or(0);
-            keyed.push(((std::cmp::Reverse(job.priority), *k, served, i), job));
-            *k += 1;
+        let mut served = self.served.clone();
+        let mut clock = self.clock;
+        let mut left: Vec<usize> = (0..self.jobs.len()).collect();
+        let mut order = Vec::with_capacity(left.len());
+        while let Some(at) = (0..left.len()).min_by_key(|k| {
+            let job = &self.jobs[left[*k]];
+            let turn = served.get(&job.tenant).copied().unwrap_or(0);
+            (std::cmp::Reverse(job.priority), turn, left[*k])
+        }) {
+            let job = &self.jobs[left.remove(at)];
+            clock += 1;
+            served.insert(job.tenant.clone(), clock);
+            order.push(job);
         }
-        keyed.sort_by_key(|(key, _)| *key);
-        keyed.into_iter().map(|(_, job)| job).collect()
+        order
     }
 }
 
@@ -229,6 +250,38 @@ mod tests {
             popped.push(job.request_id);
         }
         assert_eq!(popped, ["f1", "o1", "f2", "o2", "f3", "f4"]);
+    }
+
+    #[test]
+    fn tenants_never_served_still_take_turns() {
+        let mut queue = FairQueue::default();
+        for (id, tenant) in [("a1", "a"), ("b1", "b"), ("b2", "b"), ("a2", "a")] {
+            queue.push(job(id, tenant, 0));
+        }
+        assert_eq!(ids(queue.in_order()), ["a1", "b1", "a2", "b2"]);
+    }
+
+    proptest::proptest! {
+        /// The positions told to waiting jobs are the order they leave in.
+        #[test]
+        fn in_order_is_the_order_pop_takes(
+            jobs in proptest::collection::vec((0u8..3, -1i8..=1), 0..24),
+            popped_first in 0usize..6,
+        ) {
+            let mut queue = FairQueue::default();
+            for (i, (tenant, priority)) in jobs.iter().enumerate() {
+                queue.push(job(&i.to_string(), &tenant.to_string(), *priority));
+            }
+            for _ in 0..popped_first {
+                queue.pop();
+            }
+            let told: Vec<String> = queue.in_order().iter().map(|j| j.request_id.clone()).collect();
+            let mut taken = Vec::new();
+            while let Some(job) = queue.pop() {
+                taken.push(job.request_id);
+            }
+            proptest::prop_assert_eq!(told, taken);
+        }
     }
 
     #[test]

@@ -16,6 +16,15 @@ use tokio::task::JoinHandle;
 /// How often departed neurons are forgotten.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// The latest heartbeat of every live neuron (cheap to clone).
 #[derive(Debug, Clone, Default)]
 pub struct Fleet {
@@ -54,6 +63,8 @@ impl Fleet {
         let (view, follower) = FleetView::follow(client, subjects).await?;
         let sweeper = view.clone();
         let task = tokio::spawn(async move {
+            // Aborting this task (shutdown) stops the follower too.
+            let _follower = AbortOnDrop(follower.abort_handle());
             let mut tick = tokio::time::interval(SWEEP_EVERY);
             // Ends with the follower (its subscription closed), or is aborted with it.
             let sweeping = async {

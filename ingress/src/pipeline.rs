@@ -109,6 +109,13 @@ async fn serve<A: Api>(
     } = A::translate(request, deadline)?;
     generate.tenant = state.keys.tenant(caller);
     generate.priority = priority(headers)?;
+    if generate.priority > 0 && !state.keys.is_operator(caller) {
+        // A raised priority jumps every key's queue: operators only.
+        return Err(ApiError::new(
+            crate::error::Kind::Forbidden,
+            "a cortex-priority above 0 needs an operator key (--admin-keys); lower ones anyone may ask",
+        ));
+    }
     let context = Context::new(state, caller, A::DIALECT, started, model, stream);
     let (cold_tx, cold_rx) = oneshot::channel();
     let mut opening = Box::pin(open_generation(state.clone(), generate, deadline, cold_tx));
@@ -162,7 +169,8 @@ fn served_by(mut response: Response, neuron: &str) -> Response {
 }
 
 /// The `cortex-priority` header: an integer from -128 to 127 (default 0);
-/// higher goes first in a neuron's queue.
+/// higher goes first in a neuron's queue. Above 0 needs an operator key
+/// (or a mesh without keys), since it goes ahead of every tenant.
 fn priority(headers: &HeaderMap) -> Result<i8, ApiError> {
     let Some(value) = headers.get("cortex-priority") else {
         return Ok(0);

@@ -130,6 +130,7 @@ impl Opened {
                 self.stream = next.stream;
                 self.cancel = next.cancel;
                 self.first = next.first;
+                self.routed = next.routed;
                 self.accepted.neuron = next.accepted.neuron;
                 true
             }

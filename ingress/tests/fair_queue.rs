@@ -138,3 +138,32 @@ async fn a_bad_priority_header_is_refused_in_the_dialect() {
     .await;
     assert_eq!(reply.status, 200, "{}", reply.body);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_operators_raise_priority() {
+    let server = NatsServer::start();
+    let _neuron = sim_neuron(&server, "n", &["m"], |_| {}).await;
+    let pod = ingress(&server, &[], |c| {
+        c.api_keys = vec![ApiKey("user".into())];
+        c.admin_keys = vec![ApiKey("op".into())];
+    })
+    .await;
+    let url = format!("http://{}/v1/chat/completions", pod.addr);
+    let ask = |key: &'static str, priority: &'static str| {
+        let url = url.clone();
+        async move {
+            let auth = format!("Bearer {key}");
+            post(
+                &url,
+                &body("hi"),
+                &[("authorization", &auth), ("cortex-priority", priority)],
+            )
+            .await
+        }
+    };
+    let refused = ask("user", "5").await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert_eq!(refused.json()["error"]["type"], "permission_error");
+    assert_eq!(ask("user", "-3").await.status, 200);
+    assert_eq!(ask("op", "5").await.status, 200);
+}

@@ -4,9 +4,10 @@
 //! conversation's next turn), published as a [`PrefixSummary`] on
 //! `<prefix>.v1.prefix.<id>`.
 //!
-//! The index is bounded ([`MAX_BLOCKS`] hashes per model, the least
-//! recently used out first), so it tells what the engine's prefix cache
-//! most likely still holds; a hash whose KV the engine has already let go
+//! The index is bounded (about as many blocks as the engine's prefix
+//! cache holds tokens for, [`capacity_for`]; the least recently used out
+//! first, a prompt's leading blocks refreshed last so they go last), so it
+//! tells what the engine's prefix cache most likely still holds; a hash whose KV the engine has already let go
 //! costs the request a cache miss on a replica that was otherwise a fine
 //! choice, nothing more. A change goes out at once (a conversation's next
 //! turn follows its answer within milliseconds), then changes wait
@@ -27,6 +28,18 @@ use crate::shared::Shared;
 /// (a summary of about 70 KB of JSON).
 pub const MAX_BLOCKS: usize = 4096;
 
+/// Fewest kept, however small the cache.
+const MIN_BLOCKS: usize = 64;
+
+/// Tokens a 64-byte block stands for (English prose; code runs denser).
+const TOKENS_PER_BLOCK: usize = 16;
+
+/// The hashes worth keeping for a prefix cache of `tokens` tokens: about
+/// what it can hold, within [`MIN_BLOCKS`]..=[`MAX_BLOCKS`].
+pub fn capacity_for(tokens: usize) -> usize {
+    (tokens / TOKENS_PER_BLOCK).clamp(MIN_BLOCKS, MAX_BLOCKS)
+}
+
 /// After a summary goes out, changes wait this long for the next one
 /// (and go out together).
 pub const DEBOUNCE: Duration = Duration::from_millis(50);
@@ -46,13 +59,15 @@ struct Lru {
 }
 
 impl PrefixIndex {
-    /// Marks `blocks` as just used (new ones enter, old ones move up).
-    pub fn record(&self, blocks: &[u64]) {
+    /// Marks `blocks` as just used (new ones enter, old ones move up),
+    /// keeping at most `capacity`. The chain is taken from its end, so its
+    /// first blocks, which every longer prompt shares, are the freshest.
+    pub fn record(&self, blocks: &[u64], capacity: usize) {
         if blocks.is_empty() {
             return;
         }
         let mut lru = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        for hash in blocks {
+        for hash in blocks.iter().rev() {
             lru.clock += 1;
             let now = lru.clock;
             if let Some(old) = lru.by_hash.insert(*hash, now) {
@@ -60,7 +75,7 @@ impl PrefixIndex {
             }
             lru.by_age.insert(now, *hash);
         }
-        while lru.by_hash.len() > MAX_BLOCKS {
+        while lru.by_hash.len() > capacity {
             let Some((_, oldest)) = lru.by_age.pop_first() else {
                 break;
             };
@@ -146,15 +161,33 @@ mod tests {
     #[test]
     fn the_index_keeps_the_most_recent_blocks_within_its_bound() {
         let index = PrefixIndex::default();
-        let first: Vec<u64> = (0..MAX_BLOCKS as u64).collect();
-        index.record(&first);
-        // Block 0 used again: it outlives blocks 1 and 2.
-        index.record(&[0]);
-        index.record(&[u64::MAX - 1, u64::MAX]);
+        let first: Vec<u64> = (0..100).collect();
+        index.record(&first, 100);
+        // A chain's first block is its freshest; block 99 (its last) the oldest.
+        assert_eq!(index.blocks()[0], 99);
+        // Block 99 used again: it outlives blocks 98 and 97.
+        index.record(&[99], 100);
+        index.record(&[1000, 1001], 100);
         let blocks = index.blocks();
-        assert_eq!(blocks.len(), MAX_BLOCKS);
-        assert!(blocks.contains(&0));
-        assert!(!blocks.contains(&1) && !blocks.contains(&2));
-        assert_eq!(&blocks[blocks.len() - 3..], &[0, u64::MAX - 1, u64::MAX]);
+        assert_eq!(blocks.len(), 100);
+        assert!(blocks.contains(&99));
+        assert!(!blocks.contains(&98) && !blocks.contains(&97));
+        assert_eq!(&blocks[blocks.len() - 3..], &[99, 1001, 1000]);
+    }
+
+    #[test]
+    fn a_prompt_longer_than_the_index_keeps_its_start() {
+        let index = PrefixIndex::default();
+        let long: Vec<u64> = (0..500).collect();
+        index.record(&long, 100);
+        let blocks = index.blocks();
+        assert!(blocks.contains(&0) && blocks.contains(&99) && !blocks.contains(&100));
+    }
+
+    #[test]
+    fn the_capacity_follows_the_cache() {
+        assert_eq!(capacity_for(0), MIN_BLOCKS);
+        assert_eq!(capacity_for(8192), 512);
+        assert_eq!(capacity_for(10_000_000), MAX_BLOCKS);
     }
 }

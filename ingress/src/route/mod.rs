@@ -32,8 +32,11 @@ use crate::fleet::Fleet;
 pub use score::Reason;
 use score::{pick, Candidate};
 
-/// Summaries not refreshed for this long are dropped (their neuron is gone).
-const FORGET_AFTER: Duration = Duration::from_secs(60);
+/// Summaries not refreshed for this long are dropped (their neuron is
+/// gone; longer than any neuron's staleness, at most 3 minutes).
+const FORGET_AFTER: Duration = Duration::from_secs(300);
+/// How often forgotten summaries and idle call counters are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(30);
 /// Half-life of a replica's count of this pod's recent requests.
 const RECENT_HALF_LIFE: Duration = Duration::from_secs(5);
 
@@ -134,43 +137,52 @@ impl RouteView {
         }
     }
 
-    /// Follows `<prefix>.v1.prefix.*` in a task (not at all when routing is
-    /// left to the queue group).
+    /// Follows `<prefix>.v1.prefix.*` in a task (not when routing is left
+    /// to the queue group), which also prunes what is no longer needed.
     pub async fn follow(
         client: &Client,
         subjects: &Subjects,
         routing: Routing,
     ) -> Result<(Self, JoinHandle<()>), async_nats::SubscribeError> {
         let view = Self::new(routing);
-        if routing == Routing::Queue {
-            return Ok((view, tokio::spawn(async {})));
-        }
-        let mut summaries = client.subscribe(subjects.prefixes()).await?;
+        let mut summaries = match routing {
+            Routing::Cache => Some(client.subscribe(subjects.prefixes()).await?),
+            Routing::Queue => None,
+        };
         let writer = view.clone();
         let task = tokio::spawn(async move {
-            let mut taken = 0u64;
-            while let Some(message) = summaries.next().await {
-                match decode_message::<PrefixSummary>(message.headers.as_ref(), &message.payload) {
-                    Ok(summary)
-                        if cortex_bus::heartbeat::speaks_for(
-                            &message.subject,
-                            &summary.neuron_id,
-                        ) =>
-                    {
-                        writer.record(summary);
+            let mut prune = tokio::time::interval(PRUNE_EVERY);
+            loop {
+                let next = async {
+                    match summaries.as_mut() {
+                        Some(summaries) => summaries.next().await,
+                        None => std::future::pending().await,
                     }
-                    Ok(_) => {
-                        tracing::debug!(subject = %message.subject, "prefix summary for another subject ignored")
-                    }
-                    Err(error) => tracing::debug!(%error, "undecodable prefix summary ignored"),
-                }
-                taken += 1;
-                if taken % 256 == 0 {
-                    writer.forget_old();
+                };
+                tokio::select! {
+                    message = next => match message {
+                        Some(message) => writer.take(&message),
+                        None => return,
+                    },
+                    _ = prune.tick() => writer.forget_old(),
                 }
             }
         });
         Ok((view, task))
+    }
+
+    fn take(&self, message: &async_nats::Message) {
+        match decode_message::<PrefixSummary>(message.headers.as_ref(), &message.payload) {
+            Ok(summary)
+                if cortex_bus::heartbeat::speaks_for(&message.subject, &summary.neuron_id) =>
+            {
+                self.record(summary);
+            }
+            Ok(_) => {
+                tracing::debug!(subject = %message.subject, "prefix summary for another subject ignored")
+            }
+            Err(error) => tracing::debug!(%error, "undecodable prefix summary ignored"),
+        }
     }
 
     /// Takes a neuron's summary for one model, replacing the one before.

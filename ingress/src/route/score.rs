@@ -14,9 +14,9 @@
 //! prefix and room in its batch wins; one with the prefix and a full batch
 //! loses to an idle one unless the prefix is longer than the wait is
 //! worth. Candidates within [`TIE`] of the cheapest are alike: of those,
-//! two are drawn and the one this pod sent less to recently takes the
-//! request (power of two choices), so requests with nothing in common
-//! spread evenly even between heartbeats.
+//! two are drawn and the cheaper takes the request, the one this pod sent
+//! less to recently on equal cost (power of two choices), so requests with
+//! nothing in common spread evenly even between heartbeats.
 
 /// What the cost adds per sequence a replica runs or queues.
 pub const LOAD_BLOCKS: f64 = 0.5;

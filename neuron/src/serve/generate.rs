@@ -30,6 +30,7 @@ pub async fn run(
     apply_profile_defaults(held, &mut request);
     // What the prefix cache will hold: this prompt now, with its answer at the end.
     let caching = engine.stats().prefix_cache.budget > 0;
+    let engine_tokens = engine.prefix_cache_tokens();
     let inline = renders_inline(&request);
     let submit = move || {
         let submitted = engine.submit(&request);
@@ -55,8 +56,9 @@ pub async fn run(
         // every slot and the queue full (overloaded, answered at once).
         Err(error) => return fail(responder, error.to_wire()).await,
     };
+    let capacity = crate::prefixes::capacity_for(engine_tokens);
     if let Some(blocks) = blocks {
-        held.prefixes.record(&blocks);
+        held.prefixes.record(&blocks, capacity);
         shared.prefixes_changed.notify_one();
     }
     let mut answer = (caching && request.resume.is_empty()).then(String::new);
@@ -131,7 +133,7 @@ pub async fn run(
                 // Known before the client can send its next turn.
                 if let Some(text) = answer {
                     let blocks = cortex_bus::prefix::answered_blocks(&request, &text);
-                    held.prefixes.record(&blocks);
+                    held.prefixes.record(&blocks, capacity);
                     shared.prefixes_changed.notify_one();
                 }
                 let _ = responder.send(&Frame::Done(done)).await;
