@@ -241,12 +241,15 @@ impl ChatEngine {
         let id = job.request_id.clone();
         state.waiting.push(job);
         if waits {
-            // Its place in the fair order, not in arrival order.
+            // Its place in the fair order, not in arrival order; jobs the
+            // worker has not admitted yet take the free slots first.
             let order = state.waiting.in_order();
-            let position = order
+            let ahead = order
                 .iter()
                 .position(|j| j.request_id == id)
-                .map_or(order.len(), |i| i + 1);
+                .unwrap_or(order.len());
+            let free = self.cfg.max_concurrency.saturating_sub(state.busy);
+            let position = (ahead + 1).saturating_sub(free).max(1);
             let _ = events.try_send(Event::Queued {
                 position: position as u32,
             });
