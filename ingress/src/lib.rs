@@ -36,32 +36,32 @@
 //!   status and control calls); [`recent`]: the pod's last finished
 //!   requests it shows.
 
-pub mod accept;
+pub(crate) mod accept;
 pub mod anthropic;
-pub mod auth;
+pub(crate) mod auth;
 pub mod body;
-pub mod call;
-pub mod catalog;
-pub mod cold;
+pub(crate) mod call;
+pub(crate) mod catalog;
+pub(crate) mod cold;
 pub mod config;
-pub mod console;
-pub mod cors;
+pub(crate) mod console;
+pub(crate) mod cors;
 pub mod error;
 pub mod fleet;
-pub mod generation;
-pub mod ids;
-pub mod metrics;
+pub(crate) mod generation;
+pub(crate) mod ids;
+pub(crate) mod metrics;
 pub mod openai;
-pub mod pipeline;
-pub mod recent;
-pub mod resume;
+pub(crate) mod pipeline;
+pub(crate) mod recent;
+pub(crate) mod resume;
 pub mod route;
 pub mod server;
-pub mod sse;
-pub mod stall;
+pub(crate) mod sse;
+pub(crate) mod stall;
 pub mod state;
-pub mod trace;
-pub mod validate;
+pub(crate) mod trace;
+pub(crate) mod validate;
 
 #[cfg(test)]
 mod encoder_tests;

@@ -9,11 +9,7 @@ use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response;
 
-/// The id of an HTTP request, in its extensions.
-#[derive(Debug, Clone)]
-pub struct RequestId(pub String);
-
-pub async fn log(mut request: Request, next: Next) -> Response {
+pub async fn log(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let id = request
         .headers()
@@ -23,7 +19,6 @@ pub async fn log(mut request: Request, next: Next) -> Response {
         .map_or_else(crate::ids::new_id, str::to_string);
     let method = request.method().clone();
     let path = request.uri().path().to_string();
-    request.extensions_mut().insert(RequestId(id.clone()));
     let mut response = next.run(request).await;
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-request-id", value);

@@ -25,18 +25,18 @@
 
 pub mod config;
 pub mod config_file;
-pub mod control;
+pub(crate) mod control;
 pub mod discovery;
-pub mod heartbeat;
-pub mod held;
-pub mod http;
-pub mod lifecycle;
-pub mod metrics;
+pub(crate) mod heartbeat;
+pub(crate) mod held;
+pub(crate) mod http;
+pub(crate) mod lifecycle;
+pub(crate) mod metrics;
 pub mod neuron;
-pub mod prefixes;
-pub mod serve;
+pub(crate) mod prefixes;
+pub(crate) mod serve;
 pub mod shared;
-pub mod size;
+pub(crate) mod size;
 
 pub use config::{EngineKind, NeuronConfig};
 pub use neuron::{run, Neuron, NeuronError};

@@ -22,20 +22,20 @@
 //! - [`metrics`]: Prometheus metrics and `/healthz`.
 //! - [`config`], [`shared`], [`placement`]: settings, shared state, start and shutdown.
 
-pub mod actions;
-pub mod assignments;
+pub(crate) mod actions;
+pub(crate) mod assignments;
 pub mod catalog;
 pub mod config;
 pub mod decide;
-pub mod ensure;
+pub(crate) mod ensure;
 pub mod fleet;
-pub mod lease;
-pub mod metrics;
+pub(crate) mod lease;
+pub(crate) mod metrics;
 pub mod placement;
-pub mod reconciler;
-pub mod service;
+pub(crate) mod reconciler;
+pub(crate) mod service;
 pub mod shared;
-pub mod verbs;
+pub(crate) mod verbs;
 
 pub use catalog::CatalogView;
 pub use config::PlacementConfig;
