@@ -11,6 +11,7 @@
 //! - [`headers`]: header names (`Cortex-Seq`, `Cortex-Request-Id`, ...).
 //! - [`stream`]: streamed request/reply: [`stream_request`] → [`FrameStream`] on the
 //!   requester side; [`serve`] → [`Incoming`] → [`Responder`] on the responder side; cancels.
+//! - [`flags`]: a daemon's flags parsed from a list of arguments (`cortex up`, tests).
 //! - [`control`]: [`control::call`], a JSON request to a micro-service endpoint with a deadline.
 //! - [`events`]: lifecycle events published as JSON.
 //! - [`heartbeat`]: heartbeats as followers take them (only for the neuron their subject names);
@@ -24,6 +25,7 @@ pub mod codec;
 pub mod connect;
 pub mod control;
 pub mod events;
+pub mod flags;
 pub mod fleet;
 pub mod headers;
 pub mod heartbeat;

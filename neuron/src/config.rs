@@ -157,16 +157,7 @@ impl NeuronConfig {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        use clap::FromArgMatches;
-        #[derive(clap::Parser)]
-        struct Wrapper {
-            #[command(flatten)]
-            config: NeuronConfig,
-        }
-        let matches = <Wrapper as clap::CommandFactory>::command()
-            .no_binary_name(true)
-            .try_get_matches_from(args)?;
-        Ok(Wrapper::from_arg_matches(&matches)?.config)
+        cortex_bus::flags::parse(args)
     }
 
     /// Defaults for a test: `nats_url: &str, id: &str`, no metrics port.
