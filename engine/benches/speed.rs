@@ -30,13 +30,6 @@ fn env_usize(key: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// `BENCH_WIDEN`: the loader's widen fraction (its default when unset).
-fn widen() -> Option<f64> {
-    std::env::var("BENCH_WIDEN")
-        .ok()
-        .and_then(|v| v.parse().ok())
-}
-
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -52,7 +45,6 @@ struct Speed {
 fn time_ours(path: &Path, prompt: usize, gen: usize, reps: usize, fast_prompt: bool) -> Speed {
     let opts = LoadOptions {
         fast_prompt,
-        widen_fraction: widen(),
         ..LoadOptions::default()
     };
     let LoadedModel::Chat(model) = load(path, &opts).expect("load") else {
@@ -85,7 +77,6 @@ fn time_ours(path: &Path, prompt: usize, gen: usize, reps: usize, fast_prompt: b
 fn time_batched(path: &Path, batch: usize, gen: usize) -> f64 {
     use cortex_engine::models::Step;
     let opts = LoadOptions {
-        widen_fraction: widen(),
         ..LoadOptions::default()
     };
     let LoadedModel::Chat(model) = load(path, &opts).expect("load") else {

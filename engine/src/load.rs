@@ -37,10 +37,6 @@ pub struct LoadOptions {
     /// about twice as fast, logits as llama.cpp computes them (8-bit
     /// activations). See `models::cpu`.
     pub fast_prompt: bool,
-    /// Memory the CPU decoder may add, as a fraction of the weight files,
-    /// to run 4-bit matrices on faster 8-bit kernels (default 0.25; 0 keeps
-    /// memory at the file size).
-    pub widen_fraction: Option<f64>,
     pub progress: LoadProgress,
 }
 
@@ -150,7 +146,7 @@ pub fn load_gguf(path: &Path, device: &Device, opts: &LoadOptions) -> Result<Cha
             file: &mut file,
             device: device.clone(),
         };
-        llama(cfg, &mut source, device, opts, weight_bytes)?
+        llama(cfg, &mut source, device, opts)?
     } else if WRAPPED_GGUF.contains(&arch.as_str()) {
         Arc::new(WrappedLm::load(&arch, file, device)?)
     } else {
@@ -169,17 +165,9 @@ fn llama(
     source: &mut dyn WeightSource,
     device: &Device,
     opts: &LoadOptions,
-    weight_bytes: u64,
 ) -> Result<Arc<dyn CausalLm>> {
     if device.is_cpu() && !opts.tensor_decoder {
-        let fraction = opts.widen_fraction.unwrap_or(0.25).max(0.0);
-        let widen = (weight_bytes as f64 * fraction) as u64;
-        Ok(Arc::new(CpuLlama::load(
-            cfg,
-            source,
-            !opts.fast_prompt,
-            widen,
-        )?))
+        Ok(Arc::new(CpuLlama::load(cfg, source, !opts.fast_prompt)?))
     } else {
         Ok(Arc::new(Llama::load(cfg, source)?))
     }
@@ -287,7 +275,7 @@ fn load_safetensors(
         device: device.clone(),
         dtype,
     };
-    let lm = llama(cfg, &mut source, device, opts, weight_bytes)?;
+    let lm = llama(cfg, &mut source, device, opts)?;
 
     let mut tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
     let tok_config = read_json(&dir.join("tokenizer_config.json")).unwrap_or(Json::Null);

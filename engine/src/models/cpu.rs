@@ -36,7 +36,7 @@ use std::sync::Arc;
 
 use candle_core::Device;
 
-use super::cpu_linear::{CpuLinear, WidenBudget};
+use super::cpu_linear::CpuLinear;
 use super::llama::{rope_angles, LlamaConfig};
 use super::simd;
 use super::weights::{Slot, WeightSource};
@@ -67,7 +67,7 @@ struct Inner {
     sin: Vec<f32>,
     /// Correct the activations' rounding on prompt passes.
     precise_prompt: bool,
-    /// Memory beyond the file's weights (widened codes).
+    /// Memory beyond the file's weights (tile padding).
     extra_bytes: u64,
     device: Device,
 }
@@ -93,28 +93,20 @@ fn vector(source: &mut dyn WeightSource, slot: Slot) -> Result<Vec<f32>> {
         .to_vec1::<f32>()?)
 }
 
-fn fused(
-    source: &mut dyn WeightSource,
-    slots: &[Slot],
-    budget: &mut WidenBudget,
-) -> Result<CpuLinear> {
+fn fused(source: &mut dyn WeightSource, slots: &[Slot]) -> Result<CpuLinear> {
     let mut parts = Vec::with_capacity(slots.len());
     for &slot in slots {
         parts.push((source.qtensor(slot)?, source.bias(slot)?));
     }
-    CpuLinear::fuse(parts, budget)
+    CpuLinear::fuse(parts)
 }
 
 impl CpuLlama {
-    /// `widen_bytes`: memory the loader may add to run 4-bit matrices on
-    /// faster kernels ([`WidenBudget`]).
     pub fn load(
         cfg: LlamaConfig,
         source: &mut dyn WeightSource,
         precise_prompt: bool,
-        widen_bytes: u64,
     ) -> Result<Self> {
-        let mut budget = WidenBudget::new(widen_bytes);
         // Read once: a tied output head reuses the embedding matrix as stored.
         let embed_q = source.qtensor(Slot::Embed)?;
         let embed = embed_q
@@ -133,23 +125,29 @@ impl CpuLlama {
             };
             blocks.push(Block {
                 attn_norm: vector(source, Slot::AttnNorm(i))?,
-                qkv: fused(source, &[Slot::Q(i), Slot::K(i), Slot::V(i)], &mut budget)?,
-                o: fused(source, &[Slot::O(i)], &mut budget)?,
+                qkv: fused(source, &[Slot::Q(i), Slot::K(i), Slot::V(i)])?,
+                o: fused(source, &[Slot::O(i)])?,
                 q_norm,
                 k_norm,
                 ffn_norm: vector(source, Slot::FfnNorm(i))?,
-                gate_up: fused(source, &[Slot::Gate(i), Slot::Up(i)], &mut budget)?,
-                down: fused(source, &[Slot::Down(i)], &mut budget)?,
+                gate_up: fused(source, &[Slot::Gate(i), Slot::Up(i)])?,
+                down: fused(source, &[Slot::Down(i)])?,
             });
         }
         let norm = vector(source, Slot::FinalNorm)?;
         let tied = !source.has(Slot::LmHead);
         let lm_head = if tied {
-            CpuLinear::fuse(vec![(embed_q, None)], &mut budget)?
+            CpuLinear::fuse(vec![(embed_q, None)])?
         } else {
-            fused(source, &[Slot::LmHead], &mut budget)?
+            fused(source, &[Slot::LmHead])?
         };
         let (cos, sin) = rope_angles(&cfg);
+        let extra_bytes = lm_head.extra_bytes()
+            + blocks
+                .iter()
+                .flat_map(|b| [&b.qkv, &b.o, &b.gate_up, &b.down])
+                .map(|l| l.extra_bytes())
+                .sum::<u64>();
         Ok(Self {
             inner: Arc::new(Inner {
                 cfg,
@@ -161,7 +159,7 @@ impl CpuLlama {
                 cos,
                 sin,
                 precise_prompt,
-                extra_bytes: budget.spent,
+                extra_bytes,
                 device: Device::Cpu,
             }),
         })

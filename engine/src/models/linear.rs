@@ -102,7 +102,7 @@ fn split_q4_1(tensor: &QTensor) -> Result<Weight> {
 /// Q4_1 blocks `(d, m, 16 bytes of nibbles)` → Q4_0 blocks `(d, the same
 /// nibbles)` and the per-block offsets `m + 8d`.
 pub(crate) fn split_q4_1_bytes(raw: &[u8]) -> Result<(Vec<u8>, Vec<f32>)> {
-    if raw.len() % Q4_1_BYTES != 0 {
+    if !raw.len().is_multiple_of(Q4_1_BYTES) {
         return Err(bad("Q4_1 data of the wrong size"));
     }
     let blocks = raw.len() / Q4_1_BYTES;

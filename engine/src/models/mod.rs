@@ -9,6 +9,7 @@ pub mod cpu_linear;
 pub mod linear;
 pub mod llama;
 pub mod simd;
+pub mod tiles;
 pub mod weights;
 pub mod wrapped;
 
