@@ -341,20 +341,8 @@ impl CpuLlama {
                     r.seq.keys[l].extend_from_slice(kr);
                     r.seq.values[l].extend_from_slice(vr);
                 }
-                // Row by row, each over the positions up to its own: a
-                // row's result does not depend on how the prompt was cut
-                // into chunks, or on what the prefix cache supplied.
-                let out = &mut attn[r.start * q_dim..(r.start + r.len) * q_dim];
-                let (keys, values) = (&r.seq.keys[l], &r.seq.values[l]);
-                for (i, (row, o)) in part
-                    .chunks_exact(width)
-                    .zip(out.chunks_exact_mut(q_dim))
-                    .enumerate()
-                {
-                    let seen = (pos + i + 1) * kv_dim;
-                    attend_one(cfg, &row[..q_dim], &keys[..seen], &values[..seen], o);
-                }
             }
+            attend_rows(cfg, l, rows, &qkv, &mut attn);
             let o = block.o.forward_rows(&attn, n, precise_from)?;
             add_in_place(&mut x, &o);
             rms_norm_rows(&x, &block.ffn_norm, eps, &mut xn);
@@ -492,36 +480,74 @@ fn rope(row: &mut [f32], hd: usize, pos: usize, cos: &[f32], sin: &[f32], interl
     }
 }
 
-/// One query row against every position of `keys` / `values`.
-fn attend_one(cfg: &LlamaConfig, q: &[f32], keys: &[f32], values: &[f32], out: &mut [f32]) {
+/// Attention for every row of the batch, spread over the matmul pool's
+/// threads one head of one row per work item (so a single decode row is
+/// spread too). Row by row, each over the positions up to its own: a row's
+/// result does not depend on how the prompt was cut into chunks, or on
+/// what the prefix cache supplied.
+fn attend_rows(cfg: &LlamaConfig, layer: usize, rows: &[Rows<'_>], qkv: &[f32], attn: &mut [f32]) {
+    let (hd, heads) = (cfg.head_dim, cfg.heads);
+    let q_dim = heads * hd;
+    let kv_dim = cfg.kv_heads * hd;
+    let width = q_dim + 2 * kv_dim;
+    // (keys, values, positions seen) per batch row, in row order.
+    let mut work = Vec::with_capacity(attn.len() / q_dim);
+    for r in rows {
+        let (keys, values) = (&r.seq.keys[layer][..], &r.seq.values[layer][..]);
+        let pos = r.seq.position;
+        work.extend((0..r.len).map(|i| (keys, values, pos + i + 1)));
+    }
+    let outs: Vec<std::sync::Mutex<&mut [f32]>> = attn
+        .chunks_exact_mut(hd)
+        .map(std::sync::Mutex::new)
+        .collect();
+    candle_core::utils::barrier_pool().execute_chunked(outs.len(), |range| {
+        let mut scores = Vec::new();
+        for item in range {
+            let (row, head) = (item / heads, item % heads);
+            let (keys, values, seen) = work[row];
+            let q = &qkv[row * width + head * hd..row * width + (head + 1) * hd];
+            let mut out = outs[item].lock().unwrap_or_else(|e| e.into_inner());
+            attend_head(cfg, head, q, keys, values, seen, &mut scores, &mut out);
+        }
+    });
+}
+
+/// One head of one query row against the first `seen` positions.
+#[allow(clippy::too_many_arguments)]
+fn attend_head(
+    cfg: &LlamaConfig,
+    head: usize,
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    seen: usize,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
     let hd = cfg.head_dim;
     let kv_dim = cfg.kv_heads * hd;
-    let len = keys.len() / kv_dim;
-    let rep = cfg.heads / cfg.kv_heads;
+    let g = head / (cfg.heads / cfg.kv_heads);
     let scale = 1.0 / (hd as f32).sqrt();
+    scores.clear();
+    let mut max = f32::NEG_INFINITY;
+    for t in 0..seen {
+        let k = &keys[t * kv_dim + g * hd..t * kv_dim + (g + 1) * hd];
+        let s = simd::dot(q, k) * scale;
+        max = max.max(s);
+        scores.push(s);
+    }
+    let mut total = 0.0;
+    for s in scores.iter_mut() {
+        *s = (*s - max).exp();
+        total += *s;
+    }
     out.fill(0.0);
-    let mut scores = vec![0f32; len];
-    for head in 0..cfg.heads {
-        let g = head / rep;
-        let qh = &q[head * hd..(head + 1) * hd];
-        let mut max = f32::NEG_INFINITY;
-        for (t, s) in scores.iter_mut().enumerate() {
-            let k = &keys[t * kv_dim + g * hd..t * kv_dim + (g + 1) * hd];
-            *s = simd::dot(qh, k) * scale;
-            max = max.max(*s);
-        }
-        let mut total = 0.0;
-        for s in scores.iter_mut() {
-            *s = (*s - max).exp();
-            total += *s;
-        }
-        let oh = &mut out[head * hd..(head + 1) * hd];
-        for (t, s) in scores.iter().enumerate() {
-            let w = s / total;
-            let v = &values[t * kv_dim + g * hd..t * kv_dim + (g + 1) * hd];
-            for (o, v) in oh.iter_mut().zip(v) {
-                *o += w * v;
-            }
+    for (t, s) in scores.iter().enumerate() {
+        let w = s / total;
+        let v = &values[t * kv_dim + g * hd..t * kv_dim + (g + 1) * hd];
+        for (o, v) in out.iter_mut().zip(v) {
+            *o += w * v;
         }
     }
 }

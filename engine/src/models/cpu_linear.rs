@@ -188,7 +188,7 @@ impl CpuLinear {
                     let (a, fix) = rounded.get_or_insert_with(|| {
                         let a = Activations::quantize(x, n, self.cols);
                         let fix = (precise_from < n).then(|| {
-                            let r = a.residual(&x[precise_from * self.cols..]);
+                            let r = a.residual(x, precise_from);
                             Activations::quantize(&r, n - precise_from, self.cols)
                         });
                         (a, fix)
@@ -495,6 +495,12 @@ mod tests {
                 .flat_map(|row| fused.forward(row, 1).unwrap())
                 .collect();
             assert_eq!(fast, alone, "{level:?}: rows depend on their batch");
+            // The precision pass on the last rows only: the first row as
+            // fast, the others as precise.
+            let mixed = fused.forward_rows(&xs, n, 1).unwrap();
+            assert_eq!(mixed[..total], fast[..total], "{level:?}: row 0 fast");
+            let tail = fused.forward_with(&xs[cols..], n - 1, true).unwrap();
+            assert_eq!(mixed[total..], tail[..], "{level:?}: rows 1.. precise");
         }
     }
 }

@@ -14,10 +14,13 @@
 //! dot products run on VNNI (`vpdpbusd`, AVX-512) or AVX2 (`vpmaddubsw`),
 //! picked at run time ([`Level`]), and a scalar path computes the same
 //! integers everywhere else. A 4-bit value is `d·q + m` with `q` in 0..16
-//! (Q4_0 is `m = −8d`), so its block is `d·da·Σq·a + m·Σx`, the offset term
-//! from the exact `f32` block sum. An 8-bit weight is stored `+128` as a
-//! byte, corrected by `128·Σa`. The precision pass runs the rounding's
-//! residual through the same tiles ([`Tiles::matmul`] with `offsets` off),
+//! (Q4_0 is `m = −8d`), so its block is `d·Σq·x + m·Σx`, the offset term
+//! from the exact `f32` block sum. The kernels compute it centred, as
+//! `d·da·Σ(q−8)·a + (m+8d)·Σx` (`Σ(q−8)·a = Σq·a − 8·Σa`): centred codes
+//! keep the activations' rounding error at that of signed weights (with
+//! `0..16` codes it was twice candle's on a random net). An 8-bit weight
+//! is stored `+128` as a byte, corrected by `128·Σa`. The precision pass
+//! runs the rounding's residual through the same tiles ([`Tiles::matmul`] with `offsets` off),
 //! bringing the product to within ~1/127² of the exact one.
 //!
 //! This is the one module with `unsafe`: the intrinsics in [`x86`] and the
@@ -378,14 +381,17 @@ impl Job<'_> {
                 let (q, da, asum, xsum) = self.a.block(row, b);
                 for lane in 0..TILE {
                     let dot: i32 = match self.tiles.codes {
-                        Codes::Q4 => (0..4)
-                            .flat_map(|g| (0..4).map(move |j| (g, j)))
-                            .map(|(g, j)| {
-                                let byte = tile[(g * TILE + lane) * 4 + j];
-                                (byte & 0x0F) as i32 * q[4 * g + j] as i32
-                                    + (byte >> 4) as i32 * q[16 + 4 * g + j] as i32
-                            })
-                            .sum(),
+                        Codes::Q4 => {
+                            (0..4)
+                                .flat_map(|g| (0..4).map(move |j| (g, j)))
+                                .map(|(g, j)| {
+                                    let byte = tile[(g * TILE + lane) * 4 + j];
+                                    (byte & 0x0F) as i32 * q[4 * g + j] as i32
+                                        + (byte >> 4) as i32 * q[16 + 4 * g + j] as i32
+                                })
+                                .sum::<i32>()
+                                - 8 * asum
+                        }
                         Codes::Q8 => {
                             (0..8)
                                 .flat_map(|g| (0..4).map(move |j| (g, j)))
@@ -399,7 +405,8 @@ impl Job<'_> {
                     let dw = d[b * TILE + lane].to_f32();
                     acc[lane] = (dot as f32).mul_add(dw * da, acc[lane]);
                     if self.offsets {
-                        acc[lane] = m[b * TILE + lane].to_f32().mul_add(xsum, acc[lane]);
+                        let offset = 8f32.mul_add(dw, m[b * TILE + lane].to_f32());
+                        acc[lane] = offset.mul_add(xsum, acc[lane]);
                     }
                 }
             }
@@ -455,13 +462,16 @@ impl Activations {
         self.n
     }
 
-    /// What the rounding lost: `x − x̂`, the precision pass's input.
-    pub fn residual(&self, x: &[f32]) -> Vec<f32> {
-        let mut out = Vec::with_capacity(x.len());
-        for ((src, q), &d) in x
+    /// What the rounding lost, `x − x̂`, over rows `from..` (the precision
+    /// pass's input); `x` is the whole input these were rounded from.
+    pub fn residual(&self, x: &[f32], from: usize) -> Vec<f32> {
+        assert_eq!(x.len(), self.n * self.cols, "not the rounded input");
+        let skip = from * self.cols;
+        let mut out = Vec::with_capacity(x.len() - skip);
+        for ((src, q), &d) in x[skip..]
             .chunks_exact(BLOCK)
-            .zip(self.q.chunks_exact(BLOCK))
-            .zip(&self.scale)
+            .zip(self.q[skip..].chunks_exact(BLOCK))
+            .zip(&self.scale[skip / BLOCK..])
         {
             out.extend(src.iter().zip(q).map(|(&v, &q)| v - q as f32 * d));
         }

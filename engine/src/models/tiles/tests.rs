@@ -83,7 +83,7 @@ fn run(tiles: &Tiles, level: Level, x: &[f32], n: usize, precise: bool, init: &[
     let stride = init.len() / n;
     tiles.matmul(level, &a, true, &mut out, stride, 1);
     if precise {
-        let r = a.residual(x);
+        let r = a.residual(x, 0);
         let ra = Activations::quantize(&r, n, tiles.cols());
         tiles.matmul(level, &ra, false, &mut out, stride, 1);
     }
