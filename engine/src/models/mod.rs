@@ -1,7 +1,10 @@
 //! Decoders and encoders: [`llama`] is ours (Llama, Mistral, SmolLM, Qwen 2
-//! and 3, from GGUF or safetensors) on candle tensors, [`cpu`] the same
-//! decoder with the framework overhead taken out, used on the CPU; [`wrapped`] runs candle's own GGUF
-//! models (phi3, gemma3) one clone per sequence; [`bert`] embeds.
+//! and 3, from GGUF or safetensors) on candle tensors; [`cpu`] the same
+//! decoder with the framework overhead taken out, used on the CPU, its
+//! matmuls in [`cpu_linear`] (fused projections) over [`tiles`] (our
+//! quantized kernels, picked at run time) or candle's; [`linear`] candle's
+//! quantized matmul for the tensor decoder; [`wrapped`] runs candle's own
+//! GGUF models (phi3, gemma3) one clone per sequence; [`bert`] embeds.
 
 pub mod bert;
 pub mod cpu;
