@@ -248,6 +248,7 @@ mod tests {
                     tokens_per_second: 0.0,
                     last_used_ms: None,
                     prefix_cache: None,
+                    batch_kv: None,
                 })
                 .collect(),
         }

@@ -42,6 +42,13 @@ pub struct EngineConfig {
     /// Bytes of KV the prefix cache may keep (`Some(0)` turns it off;
     /// `None`: one full context window).
     pub prefix_cache_bytes: Option<u64>,
+    /// Bytes of KV the running sequences may hold together (`None`: one
+    /// full context window, what `footprint/src/estimate.rs` counts for
+    /// the batch). When growing sequences would pass it, the newest gives
+    /// its KV up and waits, keeping its slot, until the older ones end
+    /// ([`crate::generate::run::Run::suspend`]); new requests wait for room
+    /// too. A sequence alone always runs, up to the window.
+    pub kv_budget_bytes: Option<u64>,
     /// Refuse a `max_tokens` beyond what the prompt leaves of the window
     /// (`false`: generate up to the window's end instead).
     pub refuse_over_window: bool,
@@ -54,6 +61,7 @@ impl Default for EngineConfig {
             max_queue: 16,
             event_buffer: 64,
             prefix_cache_bytes: None,
+            kv_budget_bytes: None,
             refuse_over_window: false,
         }
     }
@@ -70,6 +78,13 @@ pub struct EngineStats {
     pub queued: usize,
     pub tokens_generated: u64,
     pub prefix_cache: CacheStats,
+    /// Tokens of KV the running sequences hold, the most they held
+    /// together, and how often one gave its KV up for the budget.
+    pub batch_kv_tokens: usize,
+    pub batch_kv_peak: usize,
+    pub suspensions: u64,
+    /// The budget in tokens (`None`: the model's KV cannot be counted).
+    pub batch_kv_budget: Option<usize>,
 }
 
 #[derive(Debug, Default)]
@@ -86,6 +101,15 @@ struct Shared {
     wake: Condvar,
     tokens: AtomicU64,
     cache: Mutex<CacheStats>,
+    kv: Mutex<BatchKv>,
+}
+
+/// The running batch's KV, for [`EngineStats`].
+#[derive(Debug, Default, Clone, Copy)]
+struct BatchKv {
+    tokens: usize,
+    peak: usize,
+    suspensions: u64,
 }
 
 impl Shared {
@@ -200,6 +224,7 @@ impl ChatEngine {
     }
 
     pub fn stats(&self) -> EngineStats {
+        let kv = *self.shared.kv.lock().unwrap_or_else(|p| p.into_inner());
         let state = self.shared.lock();
         EngineStats {
             busy: state.busy,
@@ -207,6 +232,10 @@ impl ChatEngine {
             queued: state.waiting.len(),
             tokens_generated: self.shared.tokens.load(Ordering::Relaxed),
             prefix_cache: *self.shared.cache.lock().unwrap_or_else(|p| p.into_inner()),
+            batch_kv_tokens: kv.tokens,
+            batch_kv_peak: kv.peak,
+            suspensions: kv.suspensions,
+            batch_kv_budget: Some(kv_budget(&self.model, self.cfg)).filter(|&b| b != usize::MAX),
         }
     }
 
@@ -396,6 +425,8 @@ fn work(model: &ChatModel, shared: &Shared, cfg: EngineConfig) {
     let mut runs: Vec<Run> = Vec::new();
     let mut cache = PrefixCache::new(cache_budget(model, cfg));
     *shared.cache.lock().unwrap_or_else(|p| p.into_inner()) = cache.stats();
+    let kv_budget = kv_budget(model, cfg);
+    let mut suspensions = 0u64;
     loop {
         {
             let mut state = shared.lock();
@@ -415,8 +446,11 @@ fn work(model: &ChatModel, shared: &Shared, cfg: EngineConfig) {
                 !gone
             });
             let mut admitted = state.waiting.len() != queued;
+            // Suspended runs come back first, oldest first, as the KV
+            // budget allows; new requests wait behind them.
+            let room = resume(model, &mut runs, &mut cache, kv_budget);
             // Runs that gave their slot back only deliver their last events.
-            while computing(&runs) < cfg.max_concurrency {
+            while room && computing(&runs) < cfg.max_concurrency {
                 let free = cfg.max_concurrency - computing(&runs);
                 let running = runs.iter().filter(|r| !r.released()).map(Run::tenant);
                 let Some(job) = state.waiting.pop_for(free, cfg.max_concurrency, running) else {
@@ -425,6 +459,16 @@ fn work(model: &ChatModel, shared: &Shared, cfg: EngineConfig) {
                 if job.cancel.load(Ordering::Relaxed) || job.events.is_closed() {
                     let _ = job.events.try_send(Event::Error(EngineError::Cancelled));
                     continue;
+                }
+                let used: usize = runs.iter().map(Run::kv_need).sum();
+                let alone = runs.iter().all(|r| r.kv_need() == 0);
+                if used + job.prompt.len() + 1 > kv_budget && !alone {
+                    // Admitted into its slot, but waits there for KV room.
+                    let mut run = Run::new(model, job, model.lm.start(), 0);
+                    let _ = run.suspend(model.lm.start());
+                    runs.push(run);
+                    admitted = true;
+                    break;
                 }
                 let (seq, cached) = cache
                     .lookup(&job.prompt)
@@ -445,7 +489,19 @@ fn work(model: &ChatModel, shared: &Shared, cfg: EngineConfig) {
                 continue;
             }
         }
+        suspensions += fit(model, &mut runs, &mut cache, kv_budget);
         let computed = step(model, &mut runs);
+        {
+            let held: usize = runs
+                .iter()
+                .filter(|r| !r.suspended())
+                .map(|r| r.kv_need().saturating_sub(1))
+                .sum();
+            let mut kv = shared.kv.lock().unwrap_or_else(|p| p.into_inner());
+            kv.tokens = held;
+            kv.peak = kv.peak.max(held);
+            kv.suspensions = suspensions;
+        }
         let mut only_delivering = true;
         let mut i = 0;
         while i < runs.len() {
@@ -490,6 +546,70 @@ fn cache_budget(model: &ChatModel, cfg: EngineConfig) -> usize {
     cfg.prefix_cache_bytes.map_or(window, |b| b as usize)
 }
 
+/// The batch's KV budget in tokens: the configured bytes, else one window.
+/// None for models that cannot tell their KV size (candle's own phi3 and
+/// gemma3, `models/wrapped.rs`: a clone per sequence, and no multi-token
+/// pass after the first, which a suspended sequence's recompute needs).
+fn kv_budget(model: &ChatModel, cfg: EngineConfig) -> usize {
+    let per_token = model.lm.kv_bytes_per_token();
+    if per_token == 0 {
+        return usize::MAX;
+    }
+    cfg.kv_budget_bytes
+        .map_or(model.context_length(), |b| b as usize / per_token)
+}
+
+/// Brings suspended runs back, oldest first, while their KV fits beside the
+/// running ones' (or nothing else runs). Returns whether none is left
+/// waiting (new requests may be admitted).
+fn resume(model: &ChatModel, runs: &mut [Run], cache: &mut PrefixCache, budget: usize) -> bool {
+    let mut order: Vec<usize> = (0..runs.len()).filter(|&i| runs[i].suspended()).collect();
+    order.sort_by_key(|&i| runs[i].started());
+    for i in order {
+        let used: usize = runs.iter().map(Run::kv_need).sum();
+        if used > 0 && used + runs[i].resume_need() > budget {
+            return false;
+        }
+        let (seq, hit) = cache
+            .lookup(runs[i].prompt())
+            .unwrap_or_else(|| (model.lm.start(), 0));
+        runs[i].resume(seq, hit);
+    }
+    true
+}
+
+/// Before a step: while the running sequences' KV (with this step's
+/// growth) would pass the budget, the newest gives its KV up (into the
+/// prefix cache, where its resume may find it). One always runs. Returns
+/// how many were suspended.
+fn fit(model: &ChatModel, runs: &mut [Run], cache: &mut PrefixCache, budget: usize) -> u64 {
+    let mut suspended = 0;
+    loop {
+        let used: usize = runs.iter().map(Run::kv_need).sum();
+        let active = runs.iter().filter(|r| r.kv_need() > 0).count();
+        if used <= budget || active <= 1 {
+            return suspended;
+        }
+        let Some(newest) = (0..runs.len())
+            .filter(|&i| runs[i].kv_need() > 0)
+            .max_by_key(|&i| runs[i].started())
+        else {
+            return suspended;
+        };
+        tracing::debug!(
+            request_id = runs[newest].request_id(),
+            used,
+            budget,
+            "KV budget reached: suspending the newest sequence"
+        );
+        if let Some((tokens, mut seq)) = runs[newest].suspend(model.lm.start()) {
+            seq.shrink();
+            cache.insert(tokens, seq);
+        }
+        suspended += 1;
+    }
+}
+
 /// One engine step: a single forward pass over the decode token of every
 /// running sequence and, within [`STEP_TOKENS`], prompt chunks of those
 /// still reading their prompt (oldest first). Returns the tokens generated.
@@ -497,14 +617,14 @@ fn step(model: &ChatModel, runs: &mut [Run]) -> u64 {
     let mut budget = STEP_TOKENS;
     let mut share = vec![0usize; runs.len()];
     for (i, run) in runs.iter_mut().enumerate() {
-        if run.check() && run.prompt_left() == 0 {
+        if run.check() && !run.suspended() && run.prompt_left() == 0 {
             share[i] = 1;
             budget = budget.saturating_sub(1);
         }
     }
     for (i, run) in runs.iter_mut().enumerate() {
         let left = run.prompt_left();
-        if budget > 0 && left > 0 && !run.finishing() {
+        if budget > 0 && left > 0 && !run.finishing() && !run.suspended() {
             share[i] = left.min(budget);
             budget -= share[i];
         }

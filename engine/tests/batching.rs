@@ -266,3 +266,74 @@ fn a_prompt_is_reused_while_its_first_request_still_runs() {
         assert_eq!(rest.done.usage.cached_tokens, 0, "{name}");
     }
 }
+
+/// A KV budget smaller than the batch needs: the newest sequences give
+/// their KV up and wait (keeping their slots), come back when older ones
+/// end, and still say what each says alone; the running KV never passes
+/// the budget, with the prefix cache on (a suspended sequence's KV waits
+/// there) or off (it is computed again).
+#[test]
+fn a_batch_over_its_kv_budget_suspends_the_newest_and_answers_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, model, _) in models(dir.path()) {
+        let reqs: Vec<_> = ["hi", "hello there", "what is this", "a b c d e f g", "zz"]
+            .iter()
+            .map(|text| {
+                let mut r = request(12);
+                if let cortex_schemas::infer::GenerateInput::Chat { messages } = &mut r.input {
+                    messages[0] = cortex_schemas::chat::ChatMessage::text(
+                        cortex_schemas::chat::Role::User,
+                        *text,
+                    );
+                }
+                r
+            })
+            .collect();
+        let alone = ChatEngine::start(model.clone(), EngineConfig::default());
+        let solo: Vec<_> = reqs
+            .iter()
+            .map(|r| alone.submit(r).unwrap().collect_blocking().unwrap())
+            .collect();
+        let longest = solo
+            .iter()
+            .map(|o| (o.done.usage.prompt_tokens + o.done.usage.completion_tokens) as usize)
+            .max()
+            .unwrap();
+        // Room for about two sequences at once, five asking.
+        let budget_tokens = 2 * longest + 2;
+        for cache in [Some(0), None] {
+            let engine = ChatEngine::start(
+                model.clone(),
+                EngineConfig {
+                    max_concurrency: 5,
+                    prefix_cache_bytes: cache,
+                    kv_budget_bytes: Some((budget_tokens * model.lm.kv_bytes_per_token()) as u64),
+                    ..EngineConfig::default()
+                },
+            );
+            let handles: Vec<_> = reqs.iter().map(|r| engine.submit(r).unwrap()).collect();
+            let together: Vec<_> = handles
+                .into_iter()
+                .map(|h| h.collect_blocking().unwrap())
+                .collect();
+            for (a, b) in solo.iter().zip(&together) {
+                assert_eq!(a.text, b.text, "{name}, cache {cache:?}");
+                assert_eq!(a.done.usage.prompt_tokens, b.done.usage.prompt_tokens);
+                assert_eq!(
+                    a.done.usage.completion_tokens,
+                    b.done.usage.completion_tokens
+                );
+            }
+            let stats = engine.stats();
+            assert!(stats.suspensions > 0, "{name}: nothing was suspended");
+            assert_eq!(stats.batch_kv_budget, Some(budget_tokens), "{name}");
+            assert!(
+                stats.batch_kv_peak <= budget_tokens,
+                "{name}: {} tokens of KV held against a budget of {budget_tokens}",
+                stats.batch_kv_peak
+            );
+            assert!(stats.batch_kv_peak > longest, "{name}: it never batched");
+            assert_eq!(stats.batch_kv_tokens, 0);
+        }
+    }
+}

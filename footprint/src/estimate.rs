@@ -6,11 +6,11 @@
 //! the KV cache of one full context window (keys and values in f32 for
 //! every layer and KV head) for the running batch, plus the prefix cache's
 //! budget (`prefix_cache_mb`, by default one more window: what the engine
-//! keeps, see the engine's `prefix_cache.rs`). Concurrent sequences share the
-//! window in practice, and a neuron with more memory than that admits them
-//! anyway; placement, which knows the fleet, can ask for more with
-//! `vram_mb`. The neuron and placement both call [`estimate`], so they
-//! agree.
+//! keeps, see the engine's `prefix_cache.rs`). Concurrent sequences share
+//! the window: the engine holds the running batch's KV to it, suspending
+//! the newest sequence when growing ones would pass it (the engine's
+//! `EngineConfig::kv_budget_bytes`). The neuron and placement both call
+//! [`estimate`], so they agree.
 
 use std::path::Path;
 

@@ -49,6 +49,20 @@ impl Backend {
 }
 
 impl Backend {
+    /// The chat engine's running KV against its budget, where it counts one.
+    pub fn batch_kv(&self) -> Option<cortex_schemas::BatchKvStatus> {
+        let Self::Chat(engine) = self else {
+            return None;
+        };
+        let s = engine.stats();
+        Some(cortex_schemas::BatchKvStatus {
+            tokens: s.batch_kv_tokens as u64,
+            peak_tokens: s.batch_kv_peak as u64,
+            budget_tokens: s.batch_kv_budget? as u64,
+            suspensions: s.suspensions,
+        })
+    }
+
     /// The chat engine's prefix cache, where it keeps one.
     pub fn prefix_cache(&self) -> Option<cortex_schemas::PrefixCacheStatus> {
         let Self::Chat(engine) = self else {
@@ -299,6 +313,7 @@ impl HeldModel {
             tokens_per_second: f64::from_bits(self.tokens_per_second.load(Ordering::Relaxed)),
             last_used_ms: (last_used > 0).then_some(last_used),
             prefix_cache: phase.backend.as_ref().and_then(Backend::prefix_cache),
+            batch_kv: phase.backend.as_ref().and_then(Backend::batch_kv),
         }
     }
 }

@@ -64,6 +64,9 @@ pub struct Metrics {
     cache_hit_tokens: Family<Model, Counter>,
     cache_bytes: Family<Model, Gauge>,
     cache_budget: Family<Model, Gauge>,
+    batch_kv: Family<Model, Gauge>,
+    batch_kv_budget: Family<Model, Gauge>,
+    suspensions: Family<Model, Counter>,
 }
 
 impl Metrics {
@@ -91,6 +94,9 @@ impl Metrics {
             cache_hit_tokens: Family::default(),
             cache_bytes: Family::default(),
             cache_budget: Family::default(),
+            batch_kv: Family::default(),
+            batch_kv_budget: Family::default(),
+            suspensions: Family::default(),
         };
         let m = &metrics;
         registry.register(
@@ -178,6 +184,21 @@ impl Metrics {
             "KV bytes the prefix cache may keep, per model",
             m.cache_budget.clone(),
         );
+        registry.register(
+            "batch_kv_tokens",
+            "Tokens of KV the running sequences hold, per model",
+            m.batch_kv.clone(),
+        );
+        registry.register(
+            "batch_kv_budget_tokens",
+            "Tokens of KV the running sequences may hold together, per model",
+            m.batch_kv_budget.clone(),
+        );
+        registry.register(
+            "batch_kv_suspensions",
+            "Sequences that gave their KV up to keep the batch within its budget, per model",
+            m.suspensions.clone(),
+        );
         *metrics.registry.lock().unwrap_or_else(|e| e.into_inner()) = registry;
         metrics
     }
@@ -215,11 +236,18 @@ impl Metrics {
             &self.model_memory,
             &self.cache_bytes,
             &self.cache_budget,
+            &self.batch_kv,
+            &self.batch_kv_budget,
         ] {
             family.clear();
         }
         // Counters rebuilt from the engines' totals in the status.
-        for family in [&self.cache_hits, &self.cache_misses, &self.cache_hit_tokens] {
+        for family in [
+            &self.cache_hits,
+            &self.cache_misses,
+            &self.cache_hit_tokens,
+            &self.suspensions,
+        ] {
             family.clear();
         }
         self.tokens_per_second.clear();
@@ -276,6 +304,15 @@ impl Metrics {
                 self.cache_budget
                     .get_or_create(&labels)
                     .set(cache.budget_bytes as i64);
+            }
+            if let Some(kv) = &model.batch_kv {
+                self.batch_kv.get_or_create(&labels).set(kv.tokens as i64);
+                self.batch_kv_budget
+                    .get_or_create(&labels)
+                    .set(kv.budget_tokens as i64);
+                self.suspensions
+                    .get_or_create(&labels)
+                    .inc_by(kv.suspensions);
             }
             self.model_state
                 .get_or_create(&ModelInState {

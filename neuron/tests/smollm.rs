@@ -45,6 +45,17 @@ async fn smollm_answers_a_streamed_request_on_the_queue_subject() {
         done.finish_reason,
         FinishReason::Stop | FinishReason::Length
     ));
+    // The heartbeat's batch KV: one window of budget (the footprint's),
+    // the answer's KV held at its peak, none once it ended.
+    let status = neuron.status();
+    let kv = status.models[0].batch_kv.expect("a batch KV status");
+    let prefix = status.models[0].prefix_cache.expect("a prefix cache");
+    assert_eq!(kv.budget_tokens, 8192, "{kv:?}");
+    // The prefix cache's default budget is one window too, in bytes.
+    assert_eq!(prefix.budget_bytes % kv.budget_tokens, 0, "{prefix:?}");
+    let used = u64::from(done.usage.prompt_tokens + done.usage.completion_tokens);
+    assert!(kv.peak_tokens + 1 >= used, "{kv:?} after {used} tokens");
+    assert_eq!((kv.tokens, kv.suspensions), (0, 0), "{kv:?}");
     neuron.shutdown().await;
 }
 

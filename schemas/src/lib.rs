@@ -56,7 +56,8 @@ pub use placement::{Assignment, Lease, Replica, ReplicaState};
 pub use prefix::PrefixSummary;
 pub use sampling::{ResponseFormat, SamplingParams};
 pub use status::{
-    DeviceKind, DeviceStatus, ModelState, ModelStatus, NeuronState, NeuronStatus, PrefixCacheStatus,
+    BatchKvStatus, DeviceKind, DeviceStatus, ModelState, ModelStatus, NeuronState, NeuronStatus,
+    PrefixCacheStatus,
 };
 
 /// Version of this wire vocabulary; also the `v1` token of every subject.

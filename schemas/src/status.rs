@@ -109,6 +109,22 @@ pub struct ModelStatus {
     /// The model's prefix cache (chat models that keep one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix_cache: Option<PrefixCacheStatus>,
+    /// The KV the running sequences hold against their budget (chat
+    /// models whose KV the engine can count).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_kv: Option<BatchKvStatus>,
+}
+
+/// The running batch's KV cache: what it holds, the most it held, its
+/// budget (all in tokens), and how often a sequence gave its KV up to stay
+/// within it (it waits, keeping its slot, and is computed again).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+pub struct BatchKvStatus {
+    pub tokens: u64,
+    pub peak_tokens: u64,
+    pub budget_tokens: u64,
+    pub suspensions: u64,
 }
 
 /// What a model's prefix cache holds and has served since it loaded.

@@ -86,6 +86,12 @@ pub struct Run {
     terminal: Option<Event>,
     /// The slot was given back (just before the terminal event went out).
     released: bool,
+    /// Its KV cache was given up for older runs ([`Self::suspend`]): it
+    /// holds its slot and waits for [`Self::resume`].
+    suspended: bool,
+    /// Its tokens are being computed again after a suspension (no
+    /// prefill progress, no prefix-cache copy, usage unchanged).
+    recompute: bool,
     started: Instant,
     prefill_ms: u64,
     queue_ms: u64,
@@ -123,6 +129,8 @@ impl Run {
             pending: Delta::default(),
             terminal: None,
             released: false,
+            suspended: false,
+            recompute: false,
             started: Instant::now(),
             prefill_ms: 0,
             queue_ms,
@@ -220,14 +228,18 @@ impl Run {
                 .extend_from_slice(&self.job.prompt[self.prefilled..self.prefilled + ran]);
             self.prefilled += ran;
             if self.prefilled < total {
-                let _ = self.job.events.try_send(Event::Prefill {
-                    done: self.prefilled as u32,
-                    total: total as u32,
-                });
+                if !self.recompute {
+                    let _ = self.job.events.try_send(Event::Prefill {
+                        done: self.prefilled as u32,
+                        total: total as u32,
+                    });
+                }
                 return;
             }
-            self.prefill_ms = self.started.elapsed().as_millis() as u64;
-            self.prompt_done = self.prefilled > self.cached;
+            if self.prefill_ms == 0 {
+                self.prefill_ms = self.started.elapsed().as_millis() as u64;
+            }
+            self.prompt_done = !self.recompute && self.prefilled > self.cached;
         } else if let Some(last) = self.last {
             self.fed.push(last);
         }
@@ -276,6 +288,72 @@ impl Run {
         let mut seq = self.seq.fork(tokens.len())?;
         seq.shrink();
         Some((tokens.to_vec(), seq))
+    }
+
+    /// Tokens of KV this run holds or is about to (its whole prompt, and
+    /// the next token): 0 while suspended or only delivering.
+    pub fn kv_need(&self) -> usize {
+        if self.suspended || self.finishing() {
+            return 0;
+        }
+        self.seq.position().max(self.job.prompt.len()) + 1
+    }
+
+    /// Tokens of KV a suspended run needs to come back.
+    pub fn resume_need(&self) -> usize {
+        self.job.prompt.len() + 1
+    }
+
+    /// The tokens to compute on [`Self::resume`] (for a prefix-cache lookup).
+    pub fn prompt(&self) -> &[u32] {
+        &self.job.prompt
+    }
+
+    /// When the run was admitted (the newest is suspended first).
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    pub fn suspended(&self) -> bool {
+        self.suspended
+    }
+
+    /// Gives up the KV cache so that older runs can grow within the
+    /// batch's KV budget (`engine.rs`). The run keeps its slot, sampler,
+    /// grammar and parsers; the tokens its KV held, and the token sampled
+    /// last, become the prompt [`Self::resume`] computes again, the
+    /// generated ones at decode precision like a resume's replay, so the
+    /// greedy continuation is the one it had. Returns the KV given up and
+    /// its tokens (for the prefix cache), unless a pass failed.
+    pub fn suspend(&mut self, fresh: Box<dyn Sequence>) -> Option<(Vec<u32>, Box<dyn Sequence>)> {
+        let asked = self.job.prompt.len() - self.job.replay;
+        if self.prefilled == self.job.prompt.len() {
+            if let Some(last) = self.last.take() {
+                let mut prompt = self.fed.clone();
+                prompt.push(last);
+                self.job.replay = prompt.len() - asked;
+                self.job.prompt = prompt;
+            }
+        }
+        self.recompute |= self.seq.position() > 0;
+        let seq = std::mem::replace(&mut self.seq, fresh);
+        let fed = std::mem::take(&mut self.fed);
+        self.prefilled = 0;
+        self.suspended = true;
+        (!self.failed && !fed.is_empty() && seq.position() == fed.len()).then_some((fed, seq))
+    }
+
+    /// Back from [`Self::suspend`]: `seq` holds the KV of the first `hit`
+    /// tokens of [`Self::prompt`].
+    pub fn resume(&mut self, seq: Box<dyn Sequence>, hit: usize) {
+        if !self.recompute {
+            // Suspended before it ran anything: a prefix hit is a real one.
+            self.cached = hit;
+        }
+        self.fed = self.job.prompt[..hit].to_vec();
+        self.prefilled = hit;
+        self.seq = seq;
+        self.suspended = false;
     }
 
     /// Whether the run gave its slot back (it only delivers from now on).

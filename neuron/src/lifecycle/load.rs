@@ -377,6 +377,9 @@ fn engine_config(shared: &Shared, profile: &ModelProfile) -> EngineConfig {
         max_queue: shared.config.max_queue as usize,
         event_buffer: EVENT_BUFFER,
         prefix_cache_bytes: profile.prefix_cache_mb.map(|mb| mb.saturating_mul(1 << 20)),
+        // One context window for the running batch: what the footprint
+        // estimate (`cortex_footprint::estimate`) reserves for it.
+        kv_budget_bytes: None,
         refuse_over_window: profile.max_tokens_over_window == OverWindow::Refuse,
     }
 }
