@@ -5,7 +5,7 @@
 export NATS_SERVER_BIN := $(CURDIR)/.cache/bin/nats-server
 export CORTEX_MODELS_DIR := $(CURDIR)/.cache/models
 
-.PHONY: setup test up bench bench-engine bench-ingress bench-placement soak build-cuda gpu-bundle
+.PHONY: setup test up bench bench-engine bench-mesh bench-ingress bench-placement soak build-cuda gpu-bundle
 
 setup:
 	scripts/setup.sh
@@ -26,6 +26,11 @@ bench: setup
 # Engine speed beside llama.cpp: LLAMA_BENCH=/path/to/llama-bench make bench-engine
 bench-engine: setup
 	cargo bench -p cortex-engine --bench speed
+
+# The whole mesh beside llama-server on the same GGUF, 1 / 4 / 8 clients:
+# LLAMA_SERVER=/path/to/llama-server make bench-mesh
+bench-mesh: setup
+	scripts/bench-mesh.sh
 
 # Ingress overhead beside a direct engine call, and beside LiteLLM's proxy
 # when LITELLM points at its script: LITELLM=/path/to/litellm make bench-ingress
