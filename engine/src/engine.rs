@@ -28,6 +28,7 @@ use crate::generate::run::{Job, Progress, Run, STEP_TOKENS};
 use crate::generate::sampler::{Sampler, SamplingConfig};
 use crate::generate::think::ThinkParser;
 use crate::generate::Event;
+use crate::kv_budget;
 use crate::prefix_cache::{CacheStats, PrefixCache};
 
 /// Sizing of an engine.
@@ -220,7 +221,8 @@ impl ChatEngine {
     /// Tokens of KV the prefix cache may keep (its byte budget over the
     /// model's KV bytes per token); 0 when it is off.
     pub fn prefix_cache_tokens(&self) -> usize {
-        cache_budget(&self.model, self.cfg) / self.model.lm.kv_bytes_per_token().max(1)
+        kv_budget::prefix_cache_bytes(&self.model, self.cfg)
+            / self.model.lm.kv_bytes_per_token().max(1)
     }
 
     pub fn stats(&self) -> EngineStats {
@@ -235,7 +237,8 @@ impl ChatEngine {
             batch_kv_tokens: kv.tokens,
             batch_kv_peak: kv.peak,
             suspensions: kv.suspensions,
-            batch_kv_budget: Some(kv_budget(&self.model, self.cfg)).filter(|&b| b != usize::MAX),
+            batch_kv_budget: Some(kv_budget::tokens(&self.model, self.cfg))
+                .filter(|&b| b != usize::MAX),
         }
     }
 
@@ -423,9 +426,9 @@ fn computing(runs: &[Run]) -> usize {
 /// sequence, deliver, repeat; sleep when idle.
 fn work(model: &ChatModel, shared: &Shared, cfg: EngineConfig) {
     let mut runs: Vec<Run> = Vec::new();
-    let mut cache = PrefixCache::new(cache_budget(model, cfg));
+    let mut cache = PrefixCache::new(kv_budget::prefix_cache_bytes(model, cfg));
     *shared.cache.lock().unwrap_or_else(|p| p.into_inner()) = cache.stats();
-    let kv_budget = kv_budget(model, cfg);
+    let kv_budget = kv_budget::tokens(model, cfg);
     let mut suspensions = 0u64;
     loop {
         {
@@ -448,7 +451,7 @@ fn work(model: &ChatModel, shared: &Shared, cfg: EngineConfig) {
             let mut admitted = state.waiting.len() != queued;
             // Suspended runs come back first, oldest first, as the KV
             // budget allows; new requests wait behind them.
-            let room = resume(model, &mut runs, &mut cache, kv_budget);
+            let room = kv_budget::resume(model, &mut runs, &mut cache, kv_budget);
             // Runs that gave their slot back only deliver their last events.
             while room && computing(&runs) < cfg.max_concurrency {
                 let free = cfg.max_concurrency - computing(&runs);
@@ -460,9 +463,7 @@ fn work(model: &ChatModel, shared: &Shared, cfg: EngineConfig) {
                     let _ = job.events.try_send(Event::Error(EngineError::Cancelled));
                     continue;
                 }
-                let used: usize = runs.iter().map(Run::kv_need).sum();
-                let alone = runs.iter().all(|r| r.kv_need() == 0);
-                if used + job.prompt.len() + 1 > kv_budget && !alone {
+                if !kv_budget::fits(&runs, job.prompt.len() + 1, kv_budget) {
                     // Admitted into its slot, but waits there for KV room.
                     let mut run = Run::new(model, job, model.lm.start(), 0);
                     let _ = run.suspend(model.lm.start());
@@ -489,14 +490,10 @@ fn work(model: &ChatModel, shared: &Shared, cfg: EngineConfig) {
                 continue;
             }
         }
-        suspensions += fit(model, &mut runs, &mut cache, kv_budget);
+        suspensions += kv_budget::fit(model, &mut runs, &mut cache, kv_budget);
         let computed = step(model, &mut runs);
         {
-            let held: usize = runs
-                .iter()
-                .filter(|r| !r.suspended())
-                .map(|r| r.kv_need().saturating_sub(1))
-                .sum();
+            let held = kv_budget::held(&runs);
             let mut kv = shared.kv.lock().unwrap_or_else(|p| p.into_inner());
             kv.tokens = held;
             kv.peak = kv.peak.max(held);
@@ -537,77 +534,6 @@ fn work(model: &ChatModel, shared: &Shared, cfg: EngineConfig) {
         run.abort();
     }
     shared.lock().busy = 0;
-}
-
-/// The prefix cache's budget: the configured one, else one full context
-/// window of KV (what [`crate::footprint`] accounts for it).
-fn cache_budget(model: &ChatModel, cfg: EngineConfig) -> usize {
-    let window = model.lm.kv_bytes_per_token() * model.context_length();
-    cfg.prefix_cache_bytes.map_or(window, |b| b as usize)
-}
-
-/// The batch's KV budget in tokens: the configured bytes, else one window.
-/// None for models that cannot tell their KV size (candle's own phi3 and
-/// gemma3, `models/wrapped.rs`: a clone per sequence, and no multi-token
-/// pass after the first, which a suspended sequence's recompute needs).
-fn kv_budget(model: &ChatModel, cfg: EngineConfig) -> usize {
-    let per_token = model.lm.kv_bytes_per_token();
-    if per_token == 0 {
-        return usize::MAX;
-    }
-    cfg.kv_budget_bytes
-        .map_or(model.context_length(), |b| b as usize / per_token)
-}
-
-/// Brings suspended runs back, oldest first, while their KV fits beside the
-/// running ones' (or nothing else runs). Returns whether none is left
-/// waiting (new requests may be admitted).
-fn resume(model: &ChatModel, runs: &mut [Run], cache: &mut PrefixCache, budget: usize) -> bool {
-    let mut order: Vec<usize> = (0..runs.len()).filter(|&i| runs[i].suspended()).collect();
-    order.sort_by_key(|&i| runs[i].started());
-    for i in order {
-        let used: usize = runs.iter().map(Run::kv_need).sum();
-        if used > 0 && used + runs[i].resume_need() > budget {
-            return false;
-        }
-        let (seq, hit) = cache
-            .lookup(runs[i].prompt())
-            .unwrap_or_else(|| (model.lm.start(), 0));
-        runs[i].resume(seq, hit);
-    }
-    true
-}
-
-/// Before a step: while the running sequences' KV (with this step's
-/// growth) would pass the budget, the newest gives its KV up (into the
-/// prefix cache, where its resume may find it). One always runs. Returns
-/// how many were suspended.
-fn fit(model: &ChatModel, runs: &mut [Run], cache: &mut PrefixCache, budget: usize) -> u64 {
-    let mut suspended = 0;
-    loop {
-        let used: usize = runs.iter().map(Run::kv_need).sum();
-        let active = runs.iter().filter(|r| r.kv_need() > 0).count();
-        if used <= budget || active <= 1 {
-            return suspended;
-        }
-        let Some(newest) = (0..runs.len())
-            .filter(|&i| runs[i].kv_need() > 0)
-            .max_by_key(|&i| runs[i].started())
-        else {
-            return suspended;
-        };
-        tracing::debug!(
-            request_id = runs[newest].request_id(),
-            used,
-            budget,
-            "KV budget reached: suspending the newest sequence"
-        );
-        if let Some((tokens, mut seq)) = runs[newest].suspend(model.lm.start()) {
-            seq.shrink();
-            cache.insert(tokens, seq);
-        }
-        suspended += 1;
-    }
 }
 
 /// One engine step: a single forward pass over the decode token of every

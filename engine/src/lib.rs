@@ -21,6 +21,7 @@
 //!   that runs every sequence in one batched forward pass per step;
 //!   [`fair_queue`]: its wait queue, fair between tenants, by priority;
 //!   [`prefix_cache`]: KV of earlier prompts reused by new ones;
+//!   `kv_budget`: the running batch's KV held within its budget;
 //!   [`embed`]: the embedding service; [`sim`]: a simulated engine for
 //!   fleet and load tests.
 
@@ -35,6 +36,7 @@ pub mod fair_queue;
 pub use cortex_footprint as footprint;
 pub mod generate;
 pub mod gguf;
+mod kv_budget;
 pub mod load;
 pub mod models;
 pub mod prefix_cache;
