@@ -319,7 +319,7 @@ impl Run {
     }
 
     /// Gives up the KV cache so that older runs can grow within the
-    /// batch's KV budget (`engine.rs`). The run keeps its slot, sampler,
+    /// batch's KV budget (`kv_budget.rs`). The run keeps its slot, sampler,
     /// grammar and parsers; the tokens its KV held, and the token sampled
     /// last, become the prompt [`Self::resume`] computes again, the
     /// generated ones at decode precision like a resume's replay, so the
