@@ -136,7 +136,19 @@ async fn openapi_paths_are_the_routes_and_examples_are_answered() {
         ready(&chat) && ready(&embed)
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let models = format!("{base}/v1/models");
+    cortex_testkit::eventually(
+        "the ingress lists both models",
+        Duration::from_secs(10),
+        || {
+            let models = models.clone();
+            async move {
+                let listed = cortex_testkit::http::get(&models).await.body;
+                (listed.contains("\"smollm2\"") && listed.contains("\"minilm\"")).then_some(())
+            }
+        },
+    )
+    .await;
     for (path, item) in paths {
         // The console's verbs need a placement service and a catalogue:
         // tests/console.rs answers them.
@@ -148,15 +160,7 @@ async fn openapi_paths_are_the_routes_and_examples_are_answered() {
         }
         if item.get("get").is_some() {
             let url = format!("{base}{}", path.replace("{id}", "smollm2"));
-            let status = tokio::task::spawn_blocking(move || {
-                let agent: ureq::Agent = ureq::Agent::config_builder()
-                    .http_status_as_error(false)
-                    .build()
-                    .into();
-                agent.get(&url).call().unwrap().status().as_u16()
-            })
-            .await
-            .unwrap();
+            let status = cortex_testkit::http::get(&url).await.status;
             assert_eq!(status, 200, "GET {path}");
         }
     }

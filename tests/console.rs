@@ -146,32 +146,15 @@ async fn until_listed(base: &str) {
 
 /// `method` on `url` with an optional bearer key: status and body.
 async fn call(method: &'static str, url: String, key: Option<&str>, body: Value) -> (u16, Value) {
-    let key = key.map(str::to_string);
-    tokio::task::spawn_blocking(move || {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into();
-        // No key: an empty bearer, which the ingress treats as none.
-        let bearer = format!("Bearer {}", key.as_deref().unwrap_or_default());
-        let mut response = match method {
-            "GET" => agent.get(&url).header("authorization", &bearer).call(),
-            _ => agent
-                .post(&url)
-                .header("authorization", &bearer)
-                .header("content-type", "application/json")
-                .send(body.to_string()),
-        }
-        .expect("HTTP");
-        let status = response.status().as_u16();
-        let text = response.body_mut().read_to_string().unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    })
-    .await
-    .unwrap()
+    // No key: an empty bearer, which the ingress treats as none.
+    let bearer = format!("Bearer {}", key.unwrap_or_default());
+    let headers = [("authorization", bearer.as_str())];
+    let reply = match method {
+        "GET" => cortex_testkit::http::get_with(&url, &headers).await,
+        _ => cortex_testkit::http::post(&url, &body.to_string(), &headers).await,
+    };
+    let value = serde_json::from_str(&reply.body).unwrap_or(Value::String(reply.body));
+    (reply.status, value)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

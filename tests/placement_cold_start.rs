@@ -60,8 +60,10 @@ async fn twenty_first_requests_through_two_replicas_cause_one_load() {
             .unwrap()
             .is_empty());
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let seen = drain(&mut events);
+    let seen = events_until(&mut events, "m ready", Duration::from_secs(5), |seen| {
+        count_kind(seen, "model.ready", "m") >= 1
+    })
+    .await;
     assert_eq!(count_kind(&seen, "model.loading", "m"), 1, "{seen:#?}");
     assert_eq!(count_kind(&seen, "model.ready", "m"), 1);
     let on = ready_on(&client, "m").await;

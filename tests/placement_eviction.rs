@@ -8,7 +8,7 @@ mod support;
 use std::time::Duration;
 
 use cortex_bus::PlacementOp;
-use cortex_schemas::{Assignment, PinRequest, UnpinRequest};
+use cortex_schemas::{Assignment, Event, PinRequest, UnpinRequest};
 use cortex_testkit::NatsServer;
 use serde_json::json;
 use support::*;
@@ -69,13 +69,14 @@ async fn alternating_requests_evict_and_reload() {
             .collect();
         assert_eq!(held, vec![model.to_string()], "only the last one is held");
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let seen = drain(&mut events);
-    assert_eq!(
-        count_kind(&seen, "model.evicted", "a") + count_kind(&seen, "model.evicted", "b"),
-        3,
-        "{seen:#?}"
-    );
+    let evicted = |seen: &[Event]| {
+        count_kind(seen, "model.evicted", "a") + count_kind(seen, "model.evicted", "b")
+    };
+    let seen = events_until(&mut events, "3 evictions", Duration::from_secs(5), |seen| {
+        evicted(seen) >= 3
+    })
+    .await;
+    assert_eq!(evicted(&seen), 3, "{seen:#?}");
     let device = &n.status().devices[0];
     assert!(device.memory_used_bytes <= device.memory_total_bytes);
     i.shutdown().await;

@@ -16,68 +16,93 @@ const MAX_FIRST_CONNECT_DELAY: Duration = Duration::from_secs(5);
 
 /// How to reach and authenticate to NATS. Every daemon flattens this into
 /// its command line (`--nats-*` flags, `CORTEX_NATS_*` variables).
-#[derive(Clone, clap::Args)]
+#[derive(Clone)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct NatsOptions {
     /// NATS server URLs, comma-separated; the client fails over between them.
-    #[arg(
-        long = "nats-url",
-        env = "CORTEX_NATS_URL",
-        value_delimiter = ',',
-        default_value = "nats://127.0.0.1:4222"
+    #[cfg_attr(
+        feature = "cli",
+        arg(
+            long = "nats-url",
+            env = "CORTEX_NATS_URL",
+            value_delimiter = ',',
+            default_value = "nats://127.0.0.1:4222"
+        )
     )]
     pub servers: Vec<String>,
     /// User name for user/password authentication.
-    #[arg(long = "nats-user", env = "CORTEX_NATS_USER")]
+    #[cfg_attr(feature = "cli", arg(long = "nats-user", env = "CORTEX_NATS_USER"))]
     pub user: Option<String>,
     /// Password for user/password authentication.
-    #[arg(
-        long = "nats-password",
-        env = "CORTEX_NATS_PASSWORD",
-        hide_env_values = true
+    #[cfg_attr(
+        feature = "cli",
+        arg(
+            long = "nats-password",
+            env = "CORTEX_NATS_PASSWORD",
+            hide_env_values = true
+        )
     )]
     pub password: Option<String>,
     /// Token authentication.
-    #[arg(long = "nats-token", env = "CORTEX_NATS_TOKEN", hide_env_values = true)]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "nats-token", env = "CORTEX_NATS_TOKEN", hide_env_values = true)
+    )]
     pub token: Option<String>,
     /// File holding an NKey seed (`SU...`) for NKey authentication.
-    #[arg(long = "nats-nkey-file", env = "CORTEX_NATS_NKEY_FILE")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "nats-nkey-file", env = "CORTEX_NATS_NKEY_FILE")
+    )]
     pub nkey_file: Option<PathBuf>,
     /// JWT credentials file (`.creds`) for decentralised authentication.
-    #[arg(long = "nats-creds", env = "CORTEX_NATS_CREDS")]
+    #[cfg_attr(feature = "cli", arg(long = "nats-creds", env = "CORTEX_NATS_CREDS"))]
     pub creds_file: Option<PathBuf>,
     /// CA certificate (PEM) to verify the server's TLS certificate.
-    #[arg(long = "nats-tls-ca", env = "CORTEX_NATS_TLS_CA")]
+    #[cfg_attr(feature = "cli", arg(long = "nats-tls-ca", env = "CORTEX_NATS_TLS_CA"))]
     pub tls_ca: Option<PathBuf>,
     /// Client certificate (PEM) for mutual TLS; needs `--nats-tls-key`.
-    #[arg(
-        long = "nats-tls-cert",
-        env = "CORTEX_NATS_TLS_CERT",
-        requires = "tls_key"
+    #[cfg_attr(
+        feature = "cli",
+        arg(
+            long = "nats-tls-cert",
+            env = "CORTEX_NATS_TLS_CERT",
+            requires = "tls_key"
+        )
     )]
     pub tls_cert: Option<PathBuf>,
     /// Client private key (PEM) for mutual TLS.
-    #[arg(
-        long = "nats-tls-key",
-        env = "CORTEX_NATS_TLS_KEY",
-        requires = "tls_cert"
+    #[cfg_attr(
+        feature = "cli",
+        arg(
+            long = "nats-tls-key",
+            env = "CORTEX_NATS_TLS_KEY",
+            requires = "tls_cert"
+        )
     )]
     pub tls_key: Option<PathBuf>,
     /// Refuse to connect without TLS.
-    #[arg(long = "nats-tls-required", env = "CORTEX_NATS_TLS_REQUIRED")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "nats-tls-required", env = "CORTEX_NATS_TLS_REQUIRED")
+    )]
     pub tls_required: bool,
     /// Prefix of this connection's reply inboxes. Defaults to `_INBOX.<user>`
     /// with `--nats-user` (so a server can let each user read only its own
     /// replies, as `compose/nats-auth.conf` does), else `_INBOX`; with NKey,
     /// `.creds` or token auth, set it to the inboxes your server permits.
-    #[arg(long = "nats-inbox-prefix", env = "CORTEX_NATS_INBOX_PREFIX")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "nats-inbox-prefix", env = "CORTEX_NATS_INBOX_PREFIX")
+    )]
     pub inbox_prefix: Option<String>,
     /// How long to keep retrying the first connection before giving up.
-    #[arg(
+    #[cfg_attr(feature = "cli", arg(
         long = "nats-connect-timeout",
         env = "CORTEX_NATS_CONNECT_TIMEOUT",
         default_value = "30s",
         value_parser = humantime::parse_duration
-    )]
+    ))]
     pub connect_timeout: Duration,
 }
 

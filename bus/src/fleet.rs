@@ -14,7 +14,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use async_nats::Client;
 use cortex_schemas::{ModelStatus, NeuronState, NeuronStatus};
@@ -287,15 +289,18 @@ mod tests {
         assert!(!fleet.read().by_model.contains_key("m"));
     }
 
-    #[test]
-    fn a_neuron_silent_for_three_intervals_is_lost() {
+    /// On tokio's paused clock (the view keeps tokio's `Instant`).
+    #[tokio::test(start_paused = true)]
+    async fn a_neuron_silent_for_three_intervals_is_lost() {
         let fleet = FleetView::default();
         let mut beat = status("a", NeuronState::Ready, &[("m", ModelState::Ready)]);
         beat.interval_ms = 1;
         fleet.record(beat);
         assert!(fleet.is_live("a"));
         // Intervals under 100 ms count as 100 ms: lost after 300 ms.
-        std::thread::sleep(Duration::from_millis(320));
+        tokio::time::advance(Duration::from_millis(299)).await;
+        assert!(fleet.is_live("a") && fleet.holds("m"));
+        tokio::time::advance(Duration::from_millis(1)).await;
         assert!(!fleet.is_live("a") && !fleet.holds("m"));
         assert_eq!(fleet.sweep(), [("a".to_string(), 1, true)]);
     }

@@ -5,13 +5,15 @@
 //! its own error enum whose variants are the kinds callers match on.
 //!
 //! ## Layout
-//! - [`connect`]: [`NatsOptions`] (servers, auth, TLS; clap flags) and `connect()` with first-connect retry.
+//! - [`connect`]: [`NatsOptions`] (servers, auth, TLS; clap flags with the
+//!   `cli` feature) and `connect()` with first-connect retry.
 //! - [`subject`]: [`Subjects`] builder and the [`ModelToken`] rule.
 //! - [`codec`]: [`Encoding`] JSON / MessagePack chosen by `Content-Type`.
 //! - [`headers`]: header names (`Cortex-Seq`, `Cortex-Request-Id`, ...).
 //! - [`stream`]: streamed request/reply: [`stream_request`] → [`FrameStream`] on the
 //!   requester side; [`serve`] → [`Incoming`] → [`Responder`] on the responder side; cancels.
-//! - [`flags`]: a daemon's flags parsed from a list of arguments (`cortex up`, tests).
+//! - `flags` (feature `cli`): a daemon's flags parsed from a list of
+//!   arguments (`cortex up`, tests).
 //! - [`control`]: [`control::call`], a JSON request to a micro-service endpoint with a deadline.
 //! - [`events`]: lifecycle events published as JSON.
 //! - [`heartbeat`]: heartbeats as followers take them (only for the neuron their subject names);
@@ -25,6 +27,7 @@ pub mod codec;
 pub mod connect;
 pub mod control;
 pub mod events;
+#[cfg(feature = "cli")]
 pub mod flags;
 pub mod fleet;
 pub mod headers;
@@ -48,7 +51,8 @@ pub use sync::{sync_with_server, SyncError};
 /// Queue group every neuron joins on `infer` subjects.
 pub const QUEUE_GROUP: &str = "neurons";
 
-/// The KV buckets and object store of DESIGN.md.
+/// The KV buckets and object store (ARCHITECTURE.md, "Control plane and
+/// state").
 pub mod buckets {
     /// Catalogue: model token → `ModelProfile`.
     pub const CATALOG: &str = "cortex-catalog";

@@ -169,7 +169,7 @@ impl PlacementOp {
     }
 }
 
-/// Builds every subject of DESIGN.md under one prefix.
+/// Builds every subject (ARCHITECTURE.md, "Subjects") under one prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subjects {
     root: String,

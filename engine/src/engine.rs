@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use crate::chat_model::{active_tools, ChatModel};
 use crate::error::{EngineError, Result};
 use crate::fair_queue::FairQueue;
-use crate::generate::run::{Job, Progress, Run, STEP_TOKENS};
+use crate::generate::run::{Job, Progress, Run};
 use crate::generate::sampler::{Sampler, SamplingConfig};
 use crate::generate::think::ThinkParser;
 use crate::generate::Event;
@@ -50,6 +50,9 @@ pub struct EngineConfig {
     /// ([`crate::generate::run::Run::suspend`]); new requests wait for room
     /// too. A sequence alone always runs, up to the window.
     pub kv_budget_bytes: Option<u64>,
+    /// Prompt tokens one step reads at most (`None`: the model's
+    /// [`crate::models::CausalLm::prompt_tokens_per_step`]).
+    pub prompt_tokens_per_step: Option<usize>,
     /// Refuse a `max_tokens` beyond what the prompt leaves of the window
     /// (`false`: generate up to the window's end instead).
     pub refuse_over_window: bool,
@@ -63,6 +66,7 @@ impl Default for EngineConfig {
             event_buffer: 64,
             prefix_cache_bytes: None,
             kv_budget_bytes: None,
+            prompt_tokens_per_step: None,
             refuse_over_window: false,
         }
     }
@@ -80,7 +84,9 @@ pub struct EngineStats {
     pub tokens_generated: u64,
     pub prefix_cache: CacheStats,
     /// Tokens of KV the running sequences hold, the most they held
-    /// together, and how often one gave its KV up for the budget.
+    /// together, and how often one was held out of the batch for the
+    /// budget (gave its KV up mid-way, or waited in its slot from the
+    /// start).
     pub batch_kv_tokens: usize,
     pub batch_kv_peak: usize,
     pub suspensions: u64,
@@ -140,7 +146,9 @@ pub struct Generation {
     cancel: Arc<AtomicBool>,
 }
 
-/// A whole generation gathered (tests, non-streaming callers).
+/// A whole generation gathered, for tests and benches (feature
+/// `test-support`); the neuron streams every generation.
+#[cfg(any(test, feature = "test-support"))]
 #[derive(Debug, Clone, PartialEq)]
 pub struct Collected {
     pub text: String,
@@ -156,6 +164,7 @@ impl Generation {
     }
 
     /// Blocks until the terminal event (not from inside an async runtime).
+    #[cfg(any(test, feature = "test-support"))]
     pub fn collect_blocking(mut self) -> Result<Collected> {
         let mut text = String::new();
         let mut reasoning = String::new();
@@ -429,6 +438,10 @@ fn work(model: &ChatModel, shared: &Shared, cfg: EngineConfig) {
     let mut cache = PrefixCache::new(kv_budget::prefix_cache_bytes(model, cfg));
     *shared.cache.lock().unwrap_or_else(|p| p.into_inner()) = cache.stats();
     let kv_budget = kv_budget::tokens(model, cfg);
+    let prompt_budget = cfg
+        .prompt_tokens_per_step
+        .unwrap_or_else(|| model.lm.prompt_tokens_per_step())
+        .max(1);
     let mut suspensions = 0u64;
     loop {
         {
@@ -468,6 +481,7 @@ fn work(model: &ChatModel, shared: &Shared, cfg: EngineConfig) {
                     let mut run = Run::new(model, job, model.lm.start(), 0);
                     let _ = run.suspend(model.lm.start());
                     runs.push(run);
+                    suspensions += 1;
                     admitted = true;
                     break;
                 }
@@ -491,7 +505,7 @@ fn work(model: &ChatModel, shared: &Shared, cfg: EngineConfig) {
             }
         }
         suspensions += kv_budget::fit(model, &mut runs, &mut cache, kv_budget);
-        let computed = step(model, &mut runs);
+        let computed = step(model, &mut runs, prompt_budget);
         {
             let held = kv_budget::held(&runs);
             let mut kv = shared.kv.lock().unwrap_or_else(|p| p.into_inner());
@@ -537,15 +551,14 @@ fn work(model: &ChatModel, shared: &Shared, cfg: EngineConfig) {
 }
 
 /// One engine step: a single forward pass over the decode token of every
-/// running sequence and, within [`STEP_TOKENS`], prompt chunks of those
-/// still reading their prompt (oldest first). Returns the tokens generated.
-fn step(model: &ChatModel, runs: &mut [Run]) -> u64 {
-    let mut budget = STEP_TOKENS;
+/// running sequence and, within `budget` prompt tokens, prompt chunks of
+/// those still reading their prompt (oldest first). Returns the tokens
+/// generated.
+fn step(model: &ChatModel, runs: &mut [Run], mut budget: usize) -> u64 {
     let mut share = vec![0usize; runs.len()];
     for (i, run) in runs.iter_mut().enumerate() {
         if run.check() && !run.suspended() && run.prompt_left() == 0 {
             share[i] = 1;
-            budget = budget.saturating_sub(1);
         }
     }
     for (i, run) in runs.iter_mut().enumerate() {

@@ -47,7 +47,9 @@ pub mod template;
 pub mod tokenizer;
 
 pub use device::DeviceSpec;
-pub use engine::{ChatEngine, Collected, EngineConfig, EngineStats, Generation};
+#[cfg(any(test, feature = "test-support"))]
+pub use engine::Collected;
+pub use engine::{ChatEngine, EngineConfig, EngineStats, Generation};
 pub use error::{EngineError, Result};
 pub use generate::Event;
 pub use load::{load, LoadOptions, LoadedModel};

@@ -161,6 +161,14 @@ impl CausalLm for SimLm {
         &self.device
     }
 
+    /// Every waiting prompt in one step: reading a prompt costs the
+    /// simulator nothing but its time to first token, as on an engine with
+    /// prefill to spare (a fleet test's prompts would otherwise queue
+    /// behind a CPU engine's chunk size, one step per decode interval).
+    fn prompt_tokens_per_step(&self) -> usize {
+        usize::MAX
+    }
+
     /// As the default, but each sequence is told whether it got a prompt
     /// chunk or a decode step: the token fed back may not be the one it
     /// chose (a grammar masked that one out).

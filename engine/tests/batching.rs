@@ -154,6 +154,9 @@ fn the_engine_batches_requests_and_reuses_prefixes() {
             EngineConfig {
                 max_concurrency: 5,
                 prefix_cache_bytes: Some(0),
+                // Prompts come in chunks of a few tokens beside the
+                // others' decode steps.
+                prompt_tokens_per_step: Some(7),
                 ..EngineConfig::default()
             },
         );

@@ -1,6 +1,8 @@
 //! Fuzzing the GGUF reader: a model file is input from outside (a path an
 //! operator names, an object pushed to the store), so no byte sequence may
-//! panic, abort or make it allocate beyond the file's size. Seeds in
+//! panic or abort. (Its heap is not bounded by the file's size: a counting
+//! allocator found a 960-byte input taking 54 MB while read; see the
+//! serving-engine issue's notes.) Seeds in
 //! `fuzz/corpus/gguf/` (rebuild the generated ones with
 //! `CORTEX_UPDATE_CORPUS=1`); `PROPTEST_CASES` runs longer campaigns.
 
@@ -88,7 +90,7 @@ fn read(path: &std::path::Path, bytes: &[u8]) {
 }
 
 #[test]
-fn no_gguf_input_panics_or_overallocates() {
+fn no_gguf_input_panics() {
     let generated = [
         ("seed-small.gguf".to_string(), seed(32)),
         ("found-alignment-zero.gguf".to_string(), seed(0)),

@@ -1,4 +1,5 @@
-//! One inference call over the bus, as DESIGN.md's stream protocol asks:
+//! One inference call over the bus, as the stream protocol asks
+//! (`cortex_bus::stream`):
 //! publish on the model's queue subject; before the first output, retry an
 //! overloaded, cancelled or vanished replica on another one (directed
 //! subject) within the attempts and the deadline. "No responders" means no

@@ -15,7 +15,7 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use cortex_schemas::{ErrorClass, TooLong, WireError};
-use serde_json::json;
+use serde::Serialize;
 
 /// Which API shape the client speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,21 +174,22 @@ impl ApiError {
     }
 
     /// The error body, as the dialect writes it (also used for error events in streams).
-    pub fn body(&self, dialect: Dialect) -> serde_json::Value {
+    pub fn body(&self, dialect: Dialect) -> ErrorBody<'_> {
         let message = self.message_for(dialect);
+        let kind = self.type_name(dialect);
         match dialect {
-            Dialect::OpenAi => json!({
-                "error": {
-                    "message": message,
-                    "type": self.type_name(dialect),
-                    "param": self.param.as_deref().or(self.too_long.map(|_| "messages")),
-                    "code": self.code(),
-                }
-            }),
-            Dialect::Anthropic => json!({
-                "type": "error",
-                "error": { "type": self.type_name(dialect), "message": message }
-            }),
+            Dialect::OpenAi => ErrorBody::OpenAi {
+                error: OpenAiError {
+                    message,
+                    kind,
+                    param: self.param.as_deref().or(self.too_long.map(|_| "messages")),
+                    code: self.code(),
+                },
+            },
+            Dialect::Anthropic => ErrorBody::Anthropic {
+                kind: "error",
+                error: AnthropicError { kind, message },
+            },
         }
     }
 
@@ -214,6 +215,36 @@ impl IntoResponse for DialectError {
     }
 }
 
+/// An error response's body in each dialect.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum ErrorBody<'a> {
+    /// `{"error": {"message", "type", "param", "code"}}`.
+    OpenAi { error: OpenAiError<'a> },
+    /// `{"type": "error", "error": {"type", "message"}}`.
+    Anthropic {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        error: AnthropicError,
+    },
+}
+
+#[derive(Debug, Serialize)]
+pub struct OpenAiError<'a> {
+    pub message: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub param: Option<&'a str>,
+    pub code: Option<&'static str>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AnthropicError {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub message: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,8 +261,14 @@ mod tests {
         ] {
             let error = ApiError::from_wire(&WireError::new(class, "m"));
             assert_eq!(error.status().as_u16(), status);
-            assert_eq!(error.body(Dialect::OpenAi)["error"]["message"], "m");
-            assert_eq!(error.body(Dialect::Anthropic)["type"], "error");
+            assert_eq!(
+                serde_json::to_value(error.body(Dialect::OpenAi)).unwrap()["error"]["message"],
+                "m"
+            );
+            assert_eq!(
+                serde_json::to_value(error.body(Dialect::Anthropic)).unwrap()["type"],
+                "error"
+            );
         }
         let mut overloaded = WireError::new(ErrorClass::Overloaded, "full");
         overloaded.retry_after_ms = Some(250);
@@ -254,10 +291,10 @@ mod tests {
         let prompt = too_long(3000, 1);
         assert_eq!(prompt.status().as_u16(), 400);
         assert_eq!(
-            prompt.body(Dialect::Anthropic)["error"]["message"],
+            serde_json::to_value(prompt.body(Dialect::Anthropic)).unwrap()["error"]["message"],
             "prompt is too long: 3000 tokens > 2047 maximum"
         );
-        let openai = prompt.body(Dialect::OpenAi);
+        let openai = serde_json::to_value(prompt.body(Dialect::OpenAi)).unwrap();
         assert_eq!(openai["error"]["code"], "context_length_exceeded");
         assert_eq!(openai["error"]["param"], "messages");
         assert!(openai["error"]["message"]
@@ -266,7 +303,7 @@ mod tests {
             .starts_with("This model's maximum context length is 2048 tokens. However, you requested 3001 tokens"));
         let both = too_long(1000, 32000);
         assert_eq!(
-            both.body(Dialect::Anthropic)["error"]["message"],
+            serde_json::to_value(both.body(Dialect::Anthropic)).unwrap()["error"]["message"],
             "input length and `max_tokens` exceed context limit: 1000 + 32000 > 2048, decrease input length or `max_tokens` and try again"
         );
     }

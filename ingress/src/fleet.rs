@@ -51,6 +51,8 @@ pub struct ReplicaLoad {
     pub capacity: u32,
     /// How old what the neuron publishes may be before it counts as stale.
     pub stale_after: Duration,
+    /// When the heartbeat these figures come from was taken (Unix ms).
+    pub at_ms: u64,
 }
 
 impl Fleet {
@@ -139,6 +141,7 @@ impl Fleet {
                 load: m.slots_busy + m.queue_depth,
                 capacity: m.slots_total,
                 stale_after: cortex_bus::fleet::stale_after(neuron),
+                at_ms: neuron.at_ms,
             })
         })
     }

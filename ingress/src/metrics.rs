@@ -1,5 +1,6 @@
-//! Prometheus metrics of one ingress pod (names from DESIGN.md, `cortex_`
-//! prefix), in a registry of its own so several pods can share a process.
+//! Prometheus metrics of one ingress pod (`cortex_` prefix, each named
+//! and described where it is registered below), in a registry of its own
+//! so several pods can share a process.
 
 use std::sync::Mutex;
 use std::time::Duration;

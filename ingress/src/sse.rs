@@ -167,7 +167,8 @@ async fn loaded<'w>(
         context.finish(state, cancelled(), (0, 0));
         return None;
     }
-    let notes = with_keepalives(opening, LOAD_NOTES, encoder, waiting, tx, deadline);
+    let timer = std::pin::pin!(tokio::time::sleep(LOAD_NOTES));
+    let notes = with_keepalives(opening, LOAD_NOTES, timer, encoder, waiting, tx, deadline);
     let status = match notes.await {
         Some(Ok(opened)) => {
             context.first_token(state);
@@ -184,23 +185,28 @@ async fn loaded<'w>(
 }
 
 /// Awaits `work`, sending `encoder`'s keepalive after each `every` of
-/// silence; `None` when the client went away meanwhile.
+/// silence; `None` when the client went away meanwhile. `timer` is the
+/// stream's one keepalive timer, reset here rather than made anew for
+/// every token.
 async fn with_keepalives<'w, T>(
     work: impl Future<Output = T>,
     every: Duration,
+    mut timer: Pin<&mut tokio::time::Sleep>,
     encoder: &mut impl Encoder,
     waiting: impl Fn() -> Waiting<'w>,
     tx: &mpsc::Sender<Event>,
     deadline: tokio::time::Instant,
 ) -> Option<T> {
     let mut work = std::pin::pin!(work);
+    timer.as_mut().reset(tokio::time::Instant::now() + every);
     loop {
         tokio::select! {
             output = &mut work => return Some(output),
-            () = tokio::time::sleep(every) => {
+            () = timer.as_mut() => {
                 if !send_all(tx, encoder.keepalive(&waiting()).into_iter(), deadline).await {
                     return None;
                 }
+                timer.as_mut().reset(tokio::time::Instant::now() + every);
             }
             () = tx.closed() => return None,
         }
@@ -220,6 +226,7 @@ async fn pump(
     let mut status = 200;
     let mut done = None;
     let mut events = encoder.start(&opened.accepted);
+    let mut timer = std::pin::pin!(tokio::time::sleep(KEEPALIVE));
     loop {
         if !send_all(tx, events.drain(..), deadline).await {
             // The client went away (or stopped reading): dropping `opened`
@@ -230,6 +237,7 @@ async fn pump(
         let next = with_keepalives(
             opened.next(),
             KEEPALIVE,
+            timer.as_mut(),
             &mut encoder,
             || Waiting::Output,
             tx,
@@ -334,4 +342,82 @@ pub fn parse(text: &str) -> Vec<(Option<String>, serde_json::Value)> {
             (name, value)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::openai::chat::ChunkEncoder;
+
+    /// On tokio's paused clock: 3.5 s of silence before the work ends get
+    /// three keepalives, one a second, and then the work's output.
+    #[tokio::test(start_paused = true)]
+    async fn silence_gets_a_keepalive_each_period_until_the_work_ends() {
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut encoder = ChunkEncoder {
+            id: "chatcmpl-1".into(),
+            model: "m".into(),
+            created: 1,
+            include_usage: false,
+            logprobs: false,
+        };
+        let started = tokio::time::Instant::now();
+        let work = async {
+            tokio::time::sleep(Duration::from_millis(3_500)).await;
+            "done"
+        };
+        let timer = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
+        let deadline = started + Duration::from_secs(60);
+        let every = Duration::from_secs(1);
+        let output = with_keepalives(
+            work,
+            every,
+            timer,
+            &mut encoder,
+            || Waiting::Output,
+            &tx,
+            deadline,
+        );
+        assert_eq!(output.await, Some("done"));
+        assert_eq!(started.elapsed(), Duration::from_millis(3_500));
+        drop(tx);
+        let mut keepalives = Vec::new();
+        while let Some(event) = rx.recv().await {
+            keepalives.push(event);
+        }
+        assert_eq!(keepalives.len(), 3);
+        let text = render(keepalives).await;
+        assert!(
+            text.lines().all(|l| l.is_empty() || l.starts_with(':')),
+            "{text:?}"
+        );
+    }
+
+    /// A client gone while the work waits ends the wait at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_client_gone_ends_the_wait() {
+        let (tx, rx) = mpsc::channel(16);
+        drop(rx);
+        let mut encoder = ChunkEncoder {
+            id: "chatcmpl-1".into(),
+            model: "m".into(),
+            created: 1,
+            include_usage: false,
+            logprobs: false,
+        };
+        let work = std::future::pending::<()>();
+        let timer = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let every = Duration::from_secs(1);
+        let output = with_keepalives(
+            work,
+            every,
+            timer,
+            &mut encoder,
+            || Waiting::Output,
+            &tx,
+            deadline,
+        );
+        assert_eq!(output.await, None);
+    }
 }

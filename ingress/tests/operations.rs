@@ -45,7 +45,7 @@ async fn api_keys_and_per_key_limits() {
     }
     let limited = post(&chat, &body, &[("authorization", "Bearer secret")]).await;
     assert_eq!(limited.status, 429, "{}", limited.body);
-    assert!(limited.retry_after.is_some());
+    assert!(limited.header("retry-after").is_some());
     // Another key has its own budget.
     let other_key = post(
         &messages,

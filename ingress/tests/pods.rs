@@ -95,14 +95,18 @@ async fn two_pods_behind_one_balancer_answer_alike() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_finishes_open_streams() {
     let server = NatsServer::start();
-    let _neuron = sim_neuron(&server, "n1", &["m"], |c| c.sim_tokens_per_second = 20.0).await;
+    let neuron = sim_neuron(&server, "n1", &["m"], |c| c.sim_tokens_per_second = 20.0).await;
     let pod = ingress(&server, &["m"], |_| {}).await;
     let url = format!("http://{}/v1/chat/completions", pod.addr);
     let body = json!({"model": "m", "max_tokens": 20, "stream": true,
                       "messages": [{"role": "user", "content": "hi"}]})
     .to_string();
     let open = tokio::spawn(async move { post(&url, &body, &[]).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The stream is open: the neuron is generating it.
+    until("the stream is under way", Duration::from_secs(10), || {
+        neuron.status().models[0].slots_busy == 1
+    })
+    .await;
     pod.shutdown().await;
     let reply = open.await.unwrap();
     assert_eq!(reply.status, 200);

@@ -305,7 +305,7 @@ async fn unrelated_requests_spread_evenly() {
                 *counts
                     .lock()
                     .await
-                    .entry(reply.neuron.unwrap())
+                    .entry(reply.header("cortex-neuron").unwrap().to_string())
                     .or_default() += 1;
             }
         }));

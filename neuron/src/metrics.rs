@@ -196,7 +196,7 @@ impl Metrics {
         );
         registry.register(
             "batch_kv_suspensions",
-            "Sequences that gave their KV up to keep the batch within its budget, per model",
+            "Sequences held out of the batch to keep its KV within budget (given up mid-way or waiting from the start), per model",
             m.suspensions.clone(),
         );
         *metrics.registry.lock().unwrap_or_else(|e| e.into_inner()) = registry;

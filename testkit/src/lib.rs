@@ -9,7 +9,9 @@
 //!   or the setup script's cache).
 //! - [`server`]: [`NatsServer`], one server process; `restart()` keeps port and store.
 //! - [`cluster`]: [`NatsCluster`], several routed servers with clustered JetStream.
-//! - [`wait`]: [`eventually`], polling with a deadline.
+//! - [`wait`]: [`eventually`] and [`until`], polling with a deadline.
+//! - [`http`]: a plain HTTP client (any status is an answer), SSE parsing,
+//!   and clients that hang up or give up.
 //! - [`models`]: paths of the real models the setup script installs.
 //! - [`fuzz`]: committed seed corpora and proptest mutation strategies.
 //! - [`partition`]: [`PartitionProxy`], a loopback TCP relay that can cut
@@ -18,6 +20,7 @@
 pub mod binary;
 pub mod cluster;
 pub mod fuzz;
+pub mod http;
 pub mod models;
 pub mod partition;
 mod ports;
@@ -29,4 +32,4 @@ pub use cluster::NatsCluster;
 pub use partition::PartitionProxy;
 pub use ports::free_port;
 pub use server::{NatsServer, ServerOptions};
-pub use wait::eventually;
+pub use wait::{eventually, until};

@@ -21,3 +21,9 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Polls `check` every 20 ms until it holds, or panics with `what` after
+/// `timeout`: [`eventually`] for a condition that yields nothing.
+pub async fn until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    eventually(what, timeout, || std::future::ready(check().then_some(()))).await
+}

@@ -1,5 +1,7 @@
 //! NATS faults: a restart, a cluster node lost, a server gone at shutdown.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cortex_bus::kv::get;
@@ -175,19 +177,25 @@ async fn losing_one_node_of_three_fails_only_requests_in_flight_on_it() {
         .find(|i| cluster.url(*i).ends_with(&format!(":{port}")))
         .expect("the ingress's node");
     let stop_at = Instant::now() + Duration::from_secs(8);
+    let answered = Arc::new(AtomicUsize::new(0));
     let workers: Vec<_> = (0..6)
         .map(|i| {
-            let base = base.clone();
+            let (base, answered) = (base.clone(), answered.clone());
             tokio::task::spawn_blocking(move || {
                 let mut seen = Vec::new();
                 while Instant::now() < stop_at {
                     seen.push(request_chat(&base, i % 2 == 0, 20));
+                    answered.fetch_add(1, Ordering::Relaxed);
                 }
                 seen
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Under load: every worker has had an answer and is on its next.
+    until("12 answers before the kill", Duration::from_secs(6), || {
+        answered.load(Ordering::Relaxed) >= 12
+    })
+    .await;
     cluster.kill(victim);
     let killed = Instant::now();
     let mut outcomes = Vec::new();

@@ -1,5 +1,6 @@
 //! Shared by the end-to-end tests: a real nats-server, daemons in-process
-//! or as child processes of the `cortex` binary, and a plain HTTP client.
+//! or as child processes of the `cortex` binary; the HTTP client and the
+//! waits are testkit's.
 
 #![allow(dead_code, unused_imports)]
 
@@ -182,6 +183,25 @@ pub fn drain(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Event>) -> Vec<Event>
     out
 }
 
+/// The events received from now until `enough` holds of all of them
+/// (panics with `what` after `timeout`).
+pub async fn events_until(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Event>,
+    what: &str,
+    timeout: Duration,
+    enough: impl Fn(&[Event]) -> bool,
+) -> Vec<Event> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut seen = drain(rx);
+    while !enough(&seen) {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(event)) => seen.push(event),
+            _ => panic!("timed out after {timeout:?} waiting for {what}: {seen:#?}"),
+        }
+    }
+    seen
+}
+
 pub fn count_kind(events: &[Event], kind: &str, model: &str) -> usize {
     events
         .iter()
@@ -190,55 +210,19 @@ pub fn count_kind(events: &[Event], kind: &str, model: &str) -> usize {
         .count()
 }
 
-/// An HTTP answer.
-#[derive(Debug)]
-pub struct Answer {
-    pub status: u16,
-    pub body: String,
-}
-
-impl Answer {
-    pub fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
-    }
-}
+pub use cortex_testkit::http::Reply as Answer;
+pub use cortex_testkit::until;
 
 /// POSTs a JSON body.
 pub async fn post(url: &str, body: Value) -> Answer {
-    let url = url.to_string();
-    tokio::task::spawn_blocking(move || {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(120)))
-            .build()
-            .into();
-        let mut response = agent
-            .post(&url)
-            .header("content-type", "application/json")
-            .send(body.to_string())
-            .expect("HTTP POST");
-        Answer {
-            status: response.status().as_u16(),
-            body: response.body_mut().read_to_string().unwrap_or_default(),
-        }
-    })
-    .await
-    .unwrap()
+    cortex_testkit::http::post_json(url, &body).await
 }
 
 /// GETs `url` and returns the body (status 200 expected).
 pub async fn get_text(url: &str) -> String {
-    let url = url.to_string();
-    tokio::task::spawn_blocking(move || {
-        ureq::get(&url)
-            .call()
-            .unwrap()
-            .body_mut()
-            .read_to_string()
-            .unwrap()
-    })
-    .await
-    .unwrap()
+    let reply = cortex_testkit::http::get(url).await;
+    assert_eq!(reply.status, 200, "GET {url}: {}", reply.body);
+    reply.body
 }
 
 /// A chat completion for `model` through the ingress at `base`.
@@ -254,16 +238,4 @@ pub async fn chat(base: &str, model: &str, extra: Value) -> Answer {
         }
     }
     post(&format!("{base}/v1/chat/completions"), body).await
-}
-
-/// Waits until `check` holds, up to `timeout`.
-pub async fn until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
 }

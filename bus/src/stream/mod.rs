@@ -1,4 +1,5 @@
-//! The data plane's streamed request/reply (DESIGN.md, "Streamed request/reply").
+//! The data plane's streamed request/reply (ARCHITECTURE.md, "A chat
+//! request, end to end", steps 4 to 7).
 //!
 //! A requester subscribes to a fresh inbox, then publishes the request with
 //! that inbox as reply subject; the responder answers with ordered frames,
@@ -43,8 +44,8 @@ pub fn clamp_keepalive(period: Duration) -> Duration {
 /// default period). A live responder is never silent for much more than one
 /// period (its keepalive timer runs apart from the model), so this leaves
 /// 1.5 periods for scheduling and network delay, and a requester notices a
-/// dead responder in under 3 s: DESIGN.md's 3 full periods would put
-/// detection at 3 s plus timer lateness, never within it.
+/// dead responder in under 3 s: 3 full periods would put detection at
+/// 3 s plus timer lateness, never within it.
 pub fn idle_limit(keepalive: Duration) -> Duration {
     keepalive * 5 / 2
 }

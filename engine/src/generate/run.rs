@@ -20,9 +20,10 @@ use crate::error::{EngineError, Result};
 use crate::models::{Sequence, Step};
 use crate::tokenizer::DecodeStream;
 
-/// Tokens one engine step runs at most (decode tokens of every running
-/// sequence first, then prompt chunks), so that a long prompt is read in
-/// chunks while other sequences keep decoding.
+/// Prompt tokens one engine step reads at most by default, beside the one
+/// decode token of every running sequence, so that a long prompt is read in
+/// chunks while other sequences keep decoding
+/// ([`crate::models::CausalLm::prompt_tokens_per_step`]).
 pub const STEP_TOKENS: usize = 256;
 
 /// A request after validation, waiting for or holding a slot.

@@ -38,6 +38,13 @@ pub trait CausalLm: Send + Sync + std::fmt::Debug {
     fn kv_bytes_per_token(&self) -> usize {
         0
     }
+    /// Prompt tokens one engine step may read, shared by the sequences
+    /// still reading theirs (chunked prefill); decode tokens come on top,
+    /// one per running sequence, so decoders never starve a new prompt nor
+    /// a long prompt the decoders.
+    fn prompt_tokens_per_step(&self) -> usize {
+        crate::generate::run::STEP_TOKENS
+    }
     /// One forward pass over the tokens of several sequences (continuous
     /// batching): every step's rows go through each weight matrix together,
     /// so the weights stream from memory once per pass, not once per

@@ -7,7 +7,7 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use cortex_schemas::{Frame, InferRequest};
-use serde_json::json;
+use serde::Serialize;
 
 use super::messages::translate;
 use super::types::MessagesRequest;
@@ -15,9 +15,15 @@ use crate::error::{ApiError, Dialect, DialectError, Kind};
 use crate::ids::new_id;
 use crate::state::AppState;
 
+/// Anthropic's `count_tokens` answer.
+#[derive(Debug, Serialize)]
+struct TokenCount {
+    input_tokens: u32,
+}
+
 pub async fn handle(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     match count(&state, &headers, body).await {
-        Ok(tokens) => Json(json!({ "input_tokens": tokens })).into_response(),
+        Ok(input_tokens) => Json(TokenCount { input_tokens }).into_response(),
         Err(error) => DialectError(Dialect::Anthropic, error).into_response(),
     }
 }

@@ -11,7 +11,7 @@ use axum::Extension;
 use axum::Json;
 use base64::Engine;
 use cortex_schemas::{EmbedRequest, Frame, InferRequest};
-use serde_json::{json, Value};
+use serde::Serialize;
 
 use super::types::{EmbeddingInput, EmbeddingsRequest};
 use crate::auth::Caller;
@@ -122,27 +122,62 @@ async fn embed(
             "the neuron answered an embedding request with text",
         ));
     };
-    let data: Vec<Value> = response
+    let data = response
         .embeddings
         .iter()
         .enumerate()
-        .map(|(index, vector)| {
-            let embedding = if base64 {
+        .map(|(index, vector)| Embedding {
+            object: "embedding",
+            index,
+            embedding: if base64 {
                 let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
-                json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+                Vector::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
             } else {
-                json!(vector)
-            };
-            json!({ "object": "embedding", "index": index, "embedding": embedding })
+                Vector::Floats(vector)
+            },
         })
         .collect();
     let label = state.metrics.label(&request.model);
     state.record_tokens(caller, &label, response.usage.prompt_tokens, 0);
-    Ok(Json(json!({
-        "object": "list",
-        "data": data,
-        "model": request.model,
-        "usage": { "prompt_tokens": response.usage.prompt_tokens, "total_tokens": response.usage.prompt_tokens },
-    }))
+    let tokens = response.usage.prompt_tokens;
+    Ok(Json(EmbeddingList {
+        object: "list",
+        data,
+        model: &request.model,
+        usage: EmbeddingUsage {
+            prompt_tokens: tokens,
+            total_tokens: tokens,
+        },
+    })
     .into_response())
+}
+
+/// OpenAI's embeddings answer.
+#[derive(Debug, Serialize)]
+struct EmbeddingList<'a> {
+    object: &'static str,
+    data: Vec<Embedding<'a>>,
+    model: &'a str,
+    usage: EmbeddingUsage,
+}
+
+#[derive(Debug, Serialize)]
+struct Embedding<'a> {
+    object: &'static str,
+    index: usize,
+    embedding: Vector<'a>,
+}
+
+/// Floats, or their little-endian bytes in base64 (`encoding_format`).
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum Vector<'a> {
+    Floats(&'a [f32]),
+    Base64(String),
+}
+
+#[derive(Debug, Serialize)]
+struct EmbeddingUsage {
+    prompt_tokens: u32,
+    total_tokens: u32,
 }

@@ -9,7 +9,7 @@ use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use cortex_schemas::ModelProfile;
-use serde_json::{json, Value};
+use serde::Serialize;
 
 use crate::error::{ApiError, Dialect, DialectError, Kind};
 use crate::fleet::ServedModel;
@@ -17,7 +17,7 @@ use crate::metrics_name;
 use crate::state::AppState;
 
 /// Every known model, by id.
-fn listing(state: &AppState) -> BTreeMap<String, Value> {
+fn listing(state: &AppState) -> BTreeMap<String, ModelEntry> {
     let served: BTreeMap<String, ServedModel> = state
         .fleet
         .models()
@@ -37,23 +37,48 @@ fn listing(state: &AppState) -> BTreeMap<String, Value> {
     models
 }
 
-fn entry(id: &str, served: Option<&ServedModel>, profile: Option<&ModelProfile>) -> Value {
-    json!({
-        "id": id,
-        "object": "model",
-        "created": served.map_or(0, |m| m.since_ms / 1000),
-        "owned_by": "cortex",
-        "kind": profile.map(|p| metrics_name(&p.kind)),
-        "aliases": profile.map_or_else(Vec::new, |p| p.aliases.clone()),
-        "context_length": profile.and_then(|p| p.context_length),
-        "loaded": served.is_some(),
-        "neurons": served.map_or_else(Vec::new, |m| m.neurons.clone()),
-    })
+/// One model as `/v1/models` lists it: OpenAI's fields, then ours.
+#[derive(Debug, Serialize)]
+struct ModelEntry {
+    id: String,
+    object: &'static str,
+    created: u64,
+    owned_by: &'static str,
+    kind: Option<String>,
+    aliases: Vec<String>,
+    context_length: Option<u32>,
+    loaded: bool,
+    neurons: Vec<String>,
+}
+
+/// `{"object": "list", "data": [...]}`.
+#[derive(Debug, Serialize)]
+struct ModelList {
+    object: &'static str,
+    data: Vec<ModelEntry>,
+}
+
+fn entry(id: &str, served: Option<&ServedModel>, profile: Option<&ModelProfile>) -> ModelEntry {
+    ModelEntry {
+        id: id.to_string(),
+        object: "model",
+        created: served.map_or(0, |m| m.since_ms / 1000),
+        owned_by: "cortex",
+        kind: profile.map(|p| metrics_name(&p.kind)),
+        aliases: profile.map_or_else(Vec::new, |p| p.aliases.clone()),
+        context_length: profile.and_then(|p| p.context_length),
+        loaded: served.is_some(),
+        neurons: served.map_or_else(Vec::new, |m| m.neurons.clone()),
+    }
 }
 
 pub async fn list(State(state): State<AppState>) -> Response {
-    let data: Vec<Value> = listing(&state).into_values().collect();
-    Json(json!({ "object": "list", "data": data })).into_response()
+    let data = listing(&state).into_values().collect();
+    Json(ModelList {
+        object: "list",
+        data,
+    })
+    .into_response()
 }
 
 pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Response {

@@ -6,10 +6,13 @@
 //! no fresh view (no ready replica known, or routing turned off) the
 //! request goes to the model's queue group as before, and NATS picks.
 //!
-//! Load is the larger of a replica's last heartbeat (running and queued
-//! sequences, all pods' requests) and this pod's own calls to it, which
-//! it knows at once: a burst between two heartbeats does not all land on
-//! the replica that looked idle.
+//! Load is a replica's last heartbeat (running and queued sequences, all
+//! pods' requests) corrected by how this pod's own calls to it changed
+//! since, which it knows at once, scaled by the pods' share: if this pod's
+//! calls were a third of the load the heartbeats counted, two other pods
+//! like it are taken to send as it does. So between two heartbeats (2 s
+//! by default, hundreds of requests at load) the pods do not all pile
+//! onto the replica that looked idle in the last one ([`estimate`]).
 //!
 //! - [`score`]: the decision as a pure function.
 
@@ -28,7 +31,7 @@ use futures::StreamExt;
 use rand::Rng;
 use tokio::task::JoinHandle;
 
-use crate::fleet::Fleet;
+use crate::fleet::{Fleet, ReplicaLoad};
 pub use score::Reason;
 use score::{pick, Candidate};
 
@@ -78,6 +81,9 @@ struct Calls {
     in_flight: u32,
     recent: f64,
     at: Instant,
+    /// The replica's last heartbeat seen (`at_ms`) and this pod's calls
+    /// in flight when it was first seen: the heartbeat counted those.
+    baseline: (u64, u32),
 }
 
 impl Calls {
@@ -85,6 +91,47 @@ impl Calls {
         let halvings = now.duration_since(self.at).as_secs_f64() / RECENT_HALF_LIFE.as_secs_f64();
         self.recent * 0.5f64.powf(halvings)
     }
+}
+
+/// This pod's calls to one replica.
+#[derive(Debug, Clone, Copy, Default)]
+struct Mine {
+    /// In flight now.
+    now: u32,
+    /// In flight when its last heartbeat was first seen.
+    then: u32,
+    /// Sent lately (decaying).
+    recent: f64,
+}
+
+/// Most pods like this one the estimate assumes.
+const MAX_PEERS: f64 = 64.0;
+/// This pod's calls in the heartbeats' count below which its share says
+/// too little to tell how many pods there are (it is taken as alone).
+const MIN_PART: f64 = 16.0;
+
+/// Each replica's load now, as this pod can tell: its heartbeat's figure
+/// plus the change in this pod's calls since, times how many pods like
+/// this one the heartbeats suggest (all replicas' load over this pod's
+/// part of it, 1 to [`MAX_PEERS`], 1 while its part is under
+/// [`MIN_PART`]); at least this pod's own calls.
+fn estimate(replicas: &[ReplicaLoad], mine: &[Mine]) -> Vec<u32> {
+    let counted: f64 = replicas.iter().map(|r| f64::from(r.load)).sum();
+    let part: f64 = mine.iter().map(|m| f64::from(m.then)).sum();
+    let pods = if part >= MIN_PART {
+        (counted / part).clamp(1.0, MAX_PEERS)
+    } else {
+        1.0
+    };
+    replicas
+        .iter()
+        .zip(mine)
+        .map(|(replica, mine)| {
+            let since = f64::from(mine.now) - f64::from(mine.then);
+            let load = (f64::from(replica.load) + pods * since).max(f64::from(mine.now));
+            load.round().clamp(0.0, f64::from(u32::MAX)) as u32
+        })
+        .collect()
 }
 
 /// Where one request goes.
@@ -237,21 +284,39 @@ impl RouteView {
         let now = Instant::now();
         let candidates: Vec<Candidate> = {
             let held = self.inner.held.read().unwrap_or_else(|e| e.into_inner());
-            let calls = self.inner.calls.lock().unwrap_or_else(|e| e.into_inner());
+            let mut calls = self.inner.calls.lock().unwrap_or_else(|e| e.into_inner());
+            let mine: Vec<Mine> = replicas
+                .iter()
+                .map(|replica| match calls.get_mut(&replica.neuron) {
+                    Some(c) => {
+                        if c.baseline.0 != replica.at_ms {
+                            c.baseline = (replica.at_ms, c.in_flight);
+                        }
+                        Mine {
+                            now: c.in_flight,
+                            then: c.baseline.1,
+                            recent: c.decayed(now),
+                        }
+                    }
+                    None => Mine::default(),
+                })
+                .collect();
+            let loads = estimate(&replicas, &mine);
             replicas
                 .iter()
-                .map(|replica| {
+                .zip(&mine)
+                .zip(loads)
+                .map(|((replica, mine), load)| {
                     let holds = held
                         .get(&replica.neuron)
                         .and_then(|models| models.get(model))
                         .filter(|h| h.seen.elapsed() < replica.stale_after);
                     let matched = holds.map_or(0, |h| matched(&blocks, |b| h.blocks.contains(&b)));
-                    let mine = calls.get(&replica.neuron);
                     Candidate {
                         matched,
-                        load: replica.load.max(mine.map_or(0, |c| c.in_flight)),
+                        load,
                         capacity: replica.capacity,
-                        recent: mine.map_or(0.0, |c| c.decayed(now)),
+                        recent: mine.recent,
                     }
                 })
                 .collect()
@@ -278,6 +343,7 @@ impl RouteView {
             in_flight: 0,
             recent: 0.0,
             at: now,
+            baseline: (0, 0),
         });
         c.recent = c.decayed(now) + 1.0;
         c.at = now;
@@ -288,3 +354,6 @@ impl RouteView {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,9 +1,8 @@
 //! Shared by the ingress tests: a real nats-server, sim (or real) neurons
-//! in-process, an ingress pod in-process, and a plain HTTP client.
+//! in-process, an ingress pod in-process; the HTTP client is testkit's.
 
 #![allow(dead_code, unused_imports)]
 
-use std::io::{BufRead, BufReader};
 use std::time::Duration;
 
 use cortex_ingress::{Ingress, IngressConfig};
@@ -130,141 +129,15 @@ pub async fn until_queue_full(pod: &Ingress, model: &str, queued: u32) {
     .await;
 }
 
-/// A response: status, headers of interest, body.
-#[derive(Debug)]
-pub struct Reply {
-    pub status: u16,
-    pub retry_after: Option<String>,
-    pub content_type: String,
-    /// The `cortex-neuron` header: which neuron took the request.
-    pub neuron: Option<String>,
-    pub body: String,
-}
+pub use cortex_testkit::http::{
+    parse_sse, post, post_and_give_up, post_and_hang_up, Reply, SseEvent,
+};
+pub use cortex_testkit::until;
 
-impl Reply {
-    pub fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
-    }
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(60)))
-        .build()
-        .into()
-}
-
+/// GETs `url`: (status, body).
 pub async fn get(url: &str) -> (u16, String) {
-    let url = url.to_string();
-    tokio::task::spawn_blocking(move || {
-        let mut response = agent().get(&url).call().expect("HTTP GET");
-        let status = response.status().as_u16();
-        (
-            status,
-            response.body_mut().read_to_string().unwrap_or_default(),
-        )
-    })
-    .await
-    .unwrap()
-}
-
-/// POSTs `body` (raw text) with `headers`.
-pub async fn post(url: &str, body: &str, headers: &[(&str, &str)]) -> Reply {
-    let (url, body) = (url.to_string(), body.to_string());
-    let headers: Vec<(String, String)> = headers
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    tokio::task::spawn_blocking(move || {
-        let mut request = agent()
-            .post(&url)
-            .header("content-type", "application/json");
-        for (name, value) in &headers {
-            request = request.header(name, value);
-        }
-        let mut response = request.send(body.as_str()).expect("HTTP POST");
-        let header = |name: &str| {
-            response
-                .headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        };
-        let retry_after = header("retry-after");
-        let content_type = header("content-type").unwrap_or_default();
-        let neuron = header("cortex-neuron");
-        Reply {
-            status: response.status().as_u16(),
-            retry_after,
-            content_type,
-            neuron,
-            body: response
-                .body_mut()
-                .with_config()
-                .limit(64 << 20)
-                .read_to_string()
-                .unwrap_or_default(),
-        }
-    })
-    .await
-    .unwrap()
-}
-
-/// One server-sent event.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SseEvent {
-    pub event: Option<String>,
-    pub data: String,
-}
-
-/// Parses an SSE body into events (comments skipped).
-pub fn parse_sse(body: &str) -> Vec<SseEvent> {
-    let mut events = Vec::new();
-    let mut event = None;
-    let mut data: Vec<String> = Vec::new();
-    for line in body.lines() {
-        if line.is_empty() {
-            if !data.is_empty() {
-                events.push(SseEvent {
-                    event: event.take(),
-                    data: data.join("\n"),
-                });
-            }
-            data.clear();
-            event = None;
-        } else if let Some(value) = line.strip_prefix("event:") {
-            event = Some(value.trim().to_string());
-        } else if let Some(value) = line.strip_prefix("data:") {
-            data.push(value.strip_prefix(' ').unwrap_or(value).to_string());
-        }
-    }
-    events
-}
-
-/// Streams a POST and stops reading after `events` events (the connection is
-/// then dropped, as a client that goes away).
-pub async fn post_and_hang_up(url: &str, body: &str, events: usize) -> Vec<String> {
-    let (url, body) = (url.to_string(), body.to_string());
-    tokio::task::spawn_blocking(move || {
-        let response = agent()
-            .post(&url)
-            .header("content-type", "application/json")
-            .send(body.as_str())
-            .expect("HTTP POST");
-        let mut reader = BufReader::new(response.into_body().into_reader());
-        let mut seen = Vec::new();
-        let mut line = String::new();
-        while seen.len() < events && reader.read_line(&mut line).unwrap_or(0) > 0 {
-            if let Some(data) = line.trim_end().strip_prefix("data: ") {
-                seen.push(data.to_string());
-            }
-            line.clear();
-        }
-        seen
-    })
-    .await
-    .unwrap()
+    let reply = cortex_testkit::http::get(url).await;
+    (reply.status, reply.body)
 }
 
 /// An OpenAI chat body (system and user message, 6 tokens) with `extra` fields.
@@ -291,26 +164,4 @@ pub fn messages_body(model: &str, stream: bool) -> String {
         "stream": stream,
     })
     .to_string()
-}
-
-/// POSTs and gives up after `after` (the connection is dropped), as a
-/// client tired of waiting.
-pub async fn post_and_give_up(url: &str, body: &str, after: Duration) {
-    let (url, body) = (url.to_string(), body.to_string());
-    tokio::task::spawn_blocking(move || {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(after))
-            .build()
-            .into();
-        let result = agent
-            .post(&url)
-            .header("content-type", "application/json")
-            .send(body.as_str());
-        assert!(
-            result.is_err(),
-            "the request was expected to outlast {after:?}"
-        );
-    })
-    .await
-    .unwrap()
 }

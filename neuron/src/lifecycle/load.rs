@@ -380,6 +380,7 @@ fn engine_config(shared: &Shared, profile: &ModelProfile) -> EngineConfig {
         // One context window for the running batch: what the footprint
         // estimate (`cortex_footprint::estimate`) reserves for it.
         kv_budget_bytes: None,
+        prompt_tokens_per_step: None,
         refuse_over_window: profile.max_tokens_over_window == OverWindow::Refuse,
     }
 }

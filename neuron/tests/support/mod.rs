@@ -189,30 +189,10 @@ pub async fn heartbeat(client: &Client, neuron: &str) -> (serde_json::Value, Neu
     (json, status)
 }
 
-/// A plain HTTP/1.1 GET on loopback: (status code, body).
+/// A GET on loopback: (status code, body).
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        stream.read_to_string(&mut response),
-    )
-    .await
-    .expect("HTTP response in time")
-    .unwrap();
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default();
-    (status, body)
+    let reply = cortex_testkit::http::get(&format!("http://{addr}{path}")).await;
+    (reply.status, reply.body)
 }
 
 /// Every reply to a request sent to many responders (micro `$SRV` verbs), within `window`.
