@@ -17,6 +17,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+#[cfg(any(test, feature = "test-support"))]
 use cortex_schemas::frame::{Done, ToolCallDelta};
 use cortex_schemas::infer::{GenerateInput, GenerateRequest};
 use tokio::sync::mpsc;
@@ -30,6 +31,7 @@ use crate::generate::think::ThinkParser;
 use crate::generate::Event;
 use crate::kv_budget;
 use crate::prefix_cache::{CacheStats, PrefixCache};
+use crate::step::step;
 
 /// Sizing of an engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -548,67 +550,4 @@ fn work(model: &ChatModel, shared: &Shared, cfg: EngineConfig) {
         run.abort();
     }
     shared.lock().busy = 0;
-}
-
-/// One engine step: a single forward pass over the decode token of every
-/// running sequence and, within `budget` prompt tokens, prompt chunks of
-/// those still reading their prompt (oldest first). Returns the tokens
-/// generated.
-fn step(model: &ChatModel, runs: &mut [Run], mut budget: usize) -> u64 {
-    let mut share = vec![0usize; runs.len()];
-    for (i, run) in runs.iter_mut().enumerate() {
-        if run.check() && !run.suspended() && run.prompt_left() == 0 {
-            share[i] = 1;
-        }
-    }
-    for (i, run) in runs.iter_mut().enumerate() {
-        let left = run.prompt_left();
-        if budget > 0 && left > 0 && !run.finishing() && !run.suspended() {
-            share[i] = left.min(budget);
-            budget -= share[i];
-        }
-    }
-    let mut steps = Vec::new();
-    let mut who = Vec::new();
-    for (i, run) in runs.iter_mut().enumerate() {
-        if share[i] == 0 {
-            continue;
-        }
-        if let Some(step) = run.input(share[i]) {
-            share[i] = step.tokens.len();
-            steps.push(step);
-            who.push(i);
-        }
-    }
-    if steps.is_empty() {
-        return 0;
-    }
-    let result = model.lm.forward_batch(&mut steps);
-    drop(steps);
-    let mut generated = 0;
-    match result {
-        Ok(logits) => {
-            for (&i, logits) in who.iter().zip(logits) {
-                let before = runs[i].generated();
-                runs[i].accept(model, share[i], logits);
-                generated += runs[i].generated().saturating_sub(before) as u64;
-            }
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, sequences = who.len(), "forward pass failed");
-            let mut error = Some(e);
-            for &i in &who {
-                let e = if who.len() == 1 {
-                    error.take().unwrap_or(EngineError::Stopped)
-                } else {
-                    EngineError::Internal(format!(
-                        "forward pass: {}",
-                        error.as_ref().map_or(String::new(), |e| e.to_string())
-                    ))
-                };
-                runs[i].fail(e);
-            }
-        }
-    }
-    generated
 }

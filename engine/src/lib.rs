@@ -21,7 +21,8 @@
 //!   that runs every sequence in one batched forward pass per step;
 //!   [`fair_queue`]: its wait queue, fair between tenants, by priority;
 //!   [`prefix_cache`]: KV of earlier prompts reused by new ones;
-//!   `kv_budget`: the running batch's KV held within its budget;
+//!   `kv_budget`: the running batch's KV held within its budget; `step`:
+//!   one batched pass (who gets which tokens, the forward pass, outcomes);
 //!   [`embed`]: the embedding service; [`sim`]: a simulated engine for
 //!   fleet and load tests.
 
@@ -43,6 +44,7 @@ pub mod prefix_cache;
 pub mod progress;
 pub mod sim;
 pub mod source;
+mod step;
 pub mod template;
 pub mod tokenizer;
 

@@ -349,18 +349,22 @@ mod tests {
     use super::*;
     use crate::openai::chat::ChunkEncoder;
 
-    /// On tokio's paused clock: 3.5 s of silence before the work ends get
-    /// three keepalives, one a second, and then the work's output.
-    #[tokio::test(start_paused = true)]
-    async fn silence_gets_a_keepalive_each_period_until_the_work_ends() {
-        let (tx, mut rx) = mpsc::channel(16);
-        let mut encoder = ChunkEncoder {
+    fn encoder() -> ChunkEncoder {
+        ChunkEncoder {
             id: "chatcmpl-1".into(),
             model: "m".into(),
             created: 1,
             include_usage: false,
             logprobs: false,
-        };
+        }
+    }
+
+    /// On tokio's paused clock: 3.5 s of silence before the work ends get
+    /// three keepalives, one a second, and then the work's output.
+    #[tokio::test(start_paused = true)]
+    async fn silence_gets_a_keepalive_each_period_until_the_work_ends() {
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut encoder = encoder();
         let started = tokio::time::Instant::now();
         let work = async {
             tokio::time::sleep(Duration::from_millis(3_500)).await;
@@ -398,13 +402,7 @@ mod tests {
     async fn a_client_gone_ends_the_wait() {
         let (tx, rx) = mpsc::channel(16);
         drop(rx);
-        let mut encoder = ChunkEncoder {
-            id: "chatcmpl-1".into(),
-            model: "m".into(),
-            created: 1,
-            include_usage: false,
-            logprobs: false,
-        };
+        let mut encoder = encoder();
         let work = std::future::pending::<()>();
         let timer = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);

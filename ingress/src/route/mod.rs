@@ -12,10 +12,12 @@
 //! calls were a third of the load the heartbeats counted, two other pods
 //! like it are taken to send as it does. So between two heartbeats (2 s
 //! by default, hundreds of requests at load) the pods do not all pile
-//! onto the replica that looked idle in the last one ([`estimate`]).
+//! onto the replica that looked idle in the last one (`load.rs`).
 //!
 //! - [`score`]: the decision as a pure function.
+//! - `load`: each replica's load as this pod can tell between heartbeats.
 
+mod load;
 pub mod score;
 
 use std::collections::{HashMap, HashSet};
@@ -32,6 +34,7 @@ use rand::Rng;
 use tokio::task::JoinHandle;
 
 use crate::fleet::{Fleet, ReplicaLoad};
+use load::{estimate, Mine};
 pub use score::Reason;
 use score::{pick, Candidate};
 
@@ -87,51 +90,23 @@ struct Calls {
 }
 
 impl Calls {
+    /// What this pod has in flight to the replica whose last heartbeat
+    /// is `replica`, against what it had when that heartbeat came.
+    fn mine(&mut self, replica: &ReplicaLoad, now: Instant) -> Mine {
+        if self.baseline.0 != replica.at_ms {
+            self.baseline = (replica.at_ms, self.in_flight);
+        }
+        Mine {
+            now: self.in_flight,
+            then: self.baseline.1,
+            recent: self.decayed(now),
+        }
+    }
+
     fn decayed(&self, now: Instant) -> f64 {
         let halvings = now.duration_since(self.at).as_secs_f64() / RECENT_HALF_LIFE.as_secs_f64();
         self.recent * 0.5f64.powf(halvings)
     }
-}
-
-/// This pod's calls to one replica.
-#[derive(Debug, Clone, Copy, Default)]
-struct Mine {
-    /// In flight now.
-    now: u32,
-    /// In flight when its last heartbeat was first seen.
-    then: u32,
-    /// Sent lately (decaying).
-    recent: f64,
-}
-
-/// Most pods like this one the estimate assumes.
-const MAX_PEERS: f64 = 64.0;
-/// This pod's calls in the heartbeats' count below which its share says
-/// too little to tell how many pods there are (it is taken as alone).
-const MIN_PART: f64 = 16.0;
-
-/// Each replica's load now, as this pod can tell: its heartbeat's figure
-/// plus the change in this pod's calls since, times how many pods like
-/// this one the heartbeats suggest (all replicas' load over this pod's
-/// part of it, 1 to [`MAX_PEERS`], 1 while its part is under
-/// [`MIN_PART`]); at least this pod's own calls.
-fn estimate(replicas: &[ReplicaLoad], mine: &[Mine]) -> Vec<u32> {
-    let counted: f64 = replicas.iter().map(|r| f64::from(r.load)).sum();
-    let part: f64 = mine.iter().map(|m| f64::from(m.then)).sum();
-    let pods = if part >= MIN_PART {
-        (counted / part).clamp(1.0, MAX_PEERS)
-    } else {
-        1.0
-    };
-    replicas
-        .iter()
-        .zip(mine)
-        .map(|(replica, mine)| {
-            let since = f64::from(mine.now) - f64::from(mine.then);
-            let load = (f64::from(replica.load) + pods * since).max(f64::from(mine.now));
-            load.round().clamp(0.0, f64::from(u32::MAX)) as u32
-        })
-        .collect()
 }
 
 /// Where one request goes.
@@ -287,18 +262,10 @@ impl RouteView {
             let mut calls = self.inner.calls.lock().unwrap_or_else(|e| e.into_inner());
             let mine: Vec<Mine> = replicas
                 .iter()
-                .map(|replica| match calls.get_mut(&replica.neuron) {
-                    Some(c) => {
-                        if c.baseline.0 != replica.at_ms {
-                            c.baseline = (replica.at_ms, c.in_flight);
-                        }
-                        Mine {
-                            now: c.in_flight,
-                            then: c.baseline.1,
-                            recent: c.decayed(now),
-                        }
-                    }
-                    None => Mine::default(),
+                .map(|replica| {
+                    calls
+                        .get_mut(&replica.neuron)
+                        .map_or_else(Mine::default, |c| c.mine(replica, now))
                 })
                 .collect();
             let loads = estimate(&replicas, &mine);
