@@ -4,7 +4,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cortex_schemas::{Event, EventDetail};
-use cortex_testkit::NatsServer;
+use cortex_testkit::{json_output, NatsServer};
 
 fn cortex() -> Command {
     Command::new(env!("CARGO_BIN_EXE_cortex"))
@@ -13,16 +13,7 @@ fn cortex() -> Command {
 #[test]
 fn ping_reports_the_server_and_jetstream() {
     let server = NatsServer::start();
-    let output = cortex()
-        .args(["ping", "--json", "--nats-url", &server.url()])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let report = json_output(cortex().args(["ping", "--json", "--nats-url", &server.url()]));
     assert_eq!(report["jetstream"], true);
     assert_eq!(report["port"], server.port());
     assert!(report["max_payload"].as_u64().unwrap() >= 1024 * 1024);

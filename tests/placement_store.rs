@@ -16,18 +16,12 @@ use support::*;
 async fn a_pushed_model_loads_on_a_neuron_that_never_had_it() {
     let server = NatsServer::start();
     let source = smollm_path();
-    let output = Command::new(env!("CARGO_BIN_EXE_cortex"))
-        .args(["models", "--nats-url", &server.url(), "push"])
-        .arg(&source)
-        .args(["--name", "smollm2.gguf"])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    let pushed = json_output(
+        Command::new(env!("CARGO_BIN_EXE_cortex"))
+            .args(["models", "--nats-url", &server.url(), "push"])
+            .arg(&source)
+            .args(["--name", "smollm2.gguf"]),
     );
-    let pushed: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(pushed["size"], std::fs::metadata(&source).unwrap().len());
 
     let dir = tempfile::tempdir().unwrap();

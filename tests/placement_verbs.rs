@@ -137,16 +137,12 @@ async fn operators_load_unload_pin_and_reload() {
         format!("{CATALOG}\n[[model]]\nid = \"m2\"\nsource = \"sim\"\n"),
     )
     .unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_cortex"))
-        .args(["models", "--nats-url", &server.url(), "reload"])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let reply: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let reply = json_output(Command::new(env!("CARGO_BIN_EXE_cortex")).args([
+        "models",
+        "--nats-url",
+        &server.url(),
+        "reload",
+    ]));
     assert_eq!(reply["written"], json!(["m2"]));
     // A broken file is refused with line and field; the catalogue stays.
     std::fs::write(

@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cortex_testkit::binary::nats_server_bin;
+use cortex_testkit::json_output;
 use cortex_testkit::models::models_dir;
 use serde_json::{json, Value};
 
@@ -113,17 +114,7 @@ fn post(url: &str, body: Value) -> (u16, Value) {
 }
 
 fn cortex(args: &[&str]) -> Value {
-    let output = Command::new(env!("CARGO_BIN_EXE_cortex"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "cortex {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stdout)))
+    json_output(Command::new(env!("CARGO_BIN_EXE_cortex")).args(args))
 }
 
 /// Polls `cortex status --json` until `check` holds (10 s at most).

@@ -16,3 +16,20 @@ where
     let matches = command.try_get_matches_from(args)?;
     T::from_arg_matches(&matches)
 }
+
+/// The flags of a daemon that has an id (neuron, placement), for a test:
+/// `nats_url`, `id`, no metrics port, the rest defaults.
+pub fn for_tests<T>(nats_url: &str, id: &str) -> T
+where
+    T: clap::Args + clap::FromArgMatches,
+{
+    parse([
+        "--nats-url",
+        nats_url,
+        "--id",
+        id,
+        "--metrics-listen",
+        "off",
+    ])
+    .expect("default configuration parses")
+}

@@ -21,6 +21,7 @@
 //! - [`prefix`]: prompt prefixes as chained block hashes (what neurons publish, what ingress routes by).
 //! - [`kv`]: bucket open-or-create, compare-and-swap updates, a self-healing watch.
 //! - [`objects`]: the `cortex-models` object store: push files and folders, fetch them into a cache.
+//! - `ops` (feature `http`): a daemon's `/metrics` and `/healthz`.
 //! - [`sync`]: [`sync_with_server`], a barrier: the server has processed all this connection sent.
 
 pub mod codec;
@@ -34,6 +35,8 @@ pub mod headers;
 pub mod heartbeat;
 pub mod kv;
 pub mod objects;
+#[cfg(feature = "http")]
+pub mod ops;
 pub mod prefix;
 pub mod stream;
 pub mod subject;

@@ -156,13 +156,7 @@ impl Ingress {
         client: async_nats::Client,
     ) -> Result<Self, IngressError> {
         let settings = config.validate()?;
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| IngressError::Listen {
-                    addr: config.listen,
-                    source,
-                })?;
+        let listener = bind(&config).await?;
         Self::launch(config, settings, listener, client).await
     }
 
@@ -234,13 +228,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), IngressError> {
     let settings = config.validate()?;
-    let listener =
-        TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| IngressError::Listen {
-                addr: config.listen,
-                source,
-            })?;
+    let listener = bind(&config).await?;
     tracing::info!(nats = ?config.nats, "starting ingress");
     let client = config.nats.connect("cortex-ingress").await?;
     let ingress = Ingress::launch(config, settings, listener, client).await?;
@@ -248,4 +236,15 @@ pub async fn run(
     tracing::info!("shutting down: finishing open requests");
     ingress.shutdown().await;
     Ok(())
+}
+
+/// The client-facing listener, bound before anything connects, so that a
+/// busy port is a configuration error.
+async fn bind(config: &IngressConfig) -> Result<TcpListener, IngressError> {
+    TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| IngressError::Listen {
+            addr: config.listen,
+            source,
+        })
 }

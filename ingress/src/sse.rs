@@ -359,6 +359,27 @@ mod tests {
         }
     }
 
+    /// `work` behind keepalives each second, with a minute's deadline.
+    async fn waited<T>(
+        work: impl Future<Output = T>,
+        encoder: &mut ChunkEncoder,
+        tx: &mpsc::Sender<Event>,
+    ) -> Option<T> {
+        let timer = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let every = Duration::from_secs(1);
+        with_keepalives(
+            work,
+            every,
+            timer,
+            encoder,
+            || Waiting::Output,
+            tx,
+            deadline,
+        )
+        .await
+    }
+
     /// On tokio's paused clock: 3.5 s of silence before the work ends get
     /// three keepalives, one a second, and then the work's output.
     #[tokio::test(start_paused = true)]
@@ -370,19 +391,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(3_500)).await;
             "done"
         };
-        let timer = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
-        let deadline = started + Duration::from_secs(60);
-        let every = Duration::from_secs(1);
-        let output = with_keepalives(
-            work,
-            every,
-            timer,
-            &mut encoder,
-            || Waiting::Output,
-            &tx,
-            deadline,
-        );
-        assert_eq!(output.await, Some("done"));
+        assert_eq!(waited(work, &mut encoder, &tx).await, Some("done"));
         assert_eq!(started.elapsed(), Duration::from_millis(3_500));
         drop(tx);
         let mut keepalives = Vec::new();
@@ -404,18 +413,6 @@ mod tests {
         drop(rx);
         let mut encoder = encoder();
         let work = std::future::pending::<()>();
-        let timer = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        let every = Duration::from_secs(1);
-        let output = with_keepalives(
-            work,
-            every,
-            timer,
-            &mut encoder,
-            || Waiting::Output,
-            &tx,
-            deadline,
-        );
-        assert_eq!(output.await, None);
+        assert_eq!(waited(work, &mut encoder, &tx).await, None);
     }
 }

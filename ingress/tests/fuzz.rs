@@ -98,98 +98,93 @@ fn small_count() -> BoxedStrategy<Value> {
     (-3i64..40).prop_map(|n| json!(n)).boxed()
 }
 
-fn chat_body() -> impl Strategy<Value = String> {
+/// A body with `model`, `messages` and `max_tokens` (the fields chat and
+/// Messages share), each mutated, and `more` fields beside them.
+fn messages_shaped(
+    more: Vec<(&'static str, BoxedStrategy<Value>)>,
+) -> impl Strategy<Value = String> {
     let base =
         json!({"model": "m", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]});
-    body(
-        base,
-        vec![
-            ("model", Just(json!("m")).boxed()),
-            (
-                "messages",
-                prop::collection::vec(message(), 0..4)
-                    .prop_map(Value::Array)
-                    .boxed(),
-            ),
-            ("max_tokens", field(small_count())),
-            ("max_completion_tokens", field(small_count())),
-            ("temperature", (-1.0f64..3.0).prop_map(|f| json!(f)).boxed()),
-            ("top_p", (-0.5f64..1.5).prop_map(|f| json!(f)).boxed()),
-            ("n", field(small_count())),
-            ("stream", any::<bool>().prop_map(Value::Bool).boxed()),
-            (
-                "stop",
-                prop_oneof![Just(json!("x")), Just(json!(["a", "b"]))].boxed(),
-            ),
-            (
-                "tools",
-                Just(json!([{"type": "function", "function": {"name": "f", "parameters": {}}}]))
-                    .boxed(),
-            ),
-            (
-                "tool_choice",
-                prop_oneof![
-                    Just(json!("auto")),
-                    Just(json!("required")),
-                    Just(json!({"type": "function", "function": {"name": "f"}}))
-                ]
+    let mut fields = vec![
+        ("model", Just(json!("m")).boxed()),
+        (
+            "messages",
+            prop::collection::vec(message(), 0..4)
+                .prop_map(Value::Array)
                 .boxed(),
-            ),
-            ("logprobs", any::<bool>().prop_map(Value::Bool).boxed()),
-            ("top_logprobs", field(small_count())),
-            (
-                "response_format",
-                prop_oneof![
-                    Just(json!({"type": "text"})),
-                    Just(json!({"type": "json_object"}))
-                ]
+        ),
+        ("max_tokens", field(small_count())),
+    ];
+    fields.extend(more);
+    body(base, fields)
+}
+
+fn chat_body() -> impl Strategy<Value = String> {
+    messages_shaped(vec![
+        ("max_completion_tokens", field(small_count())),
+        ("temperature", (-1.0f64..3.0).prop_map(|f| json!(f)).boxed()),
+        ("top_p", (-0.5f64..1.5).prop_map(|f| json!(f)).boxed()),
+        ("n", field(small_count())),
+        ("stream", any::<bool>().prop_map(Value::Bool).boxed()),
+        (
+            "stop",
+            prop_oneof![Just(json!("x")), Just(json!(["a", "b"]))].boxed(),
+        ),
+        (
+            "tools",
+            Just(json!([{"type": "function", "function": {"name": "f", "parameters": {}}}]))
                 .boxed(),
-            ),
-            ("seed", any::<i64>().prop_map(|n| json!(n)).boxed()),
-        ],
-    )
+        ),
+        (
+            "tool_choice",
+            prop_oneof![
+                Just(json!("auto")),
+                Just(json!("required")),
+                Just(json!({"type": "function", "function": {"name": "f"}}))
+            ]
+            .boxed(),
+        ),
+        ("logprobs", any::<bool>().prop_map(Value::Bool).boxed()),
+        ("top_logprobs", field(small_count())),
+        (
+            "response_format",
+            prop_oneof![
+                Just(json!({"type": "text"})),
+                Just(json!({"type": "json_object"}))
+            ]
+            .boxed(),
+        ),
+        ("seed", any::<i64>().prop_map(|n| json!(n)).boxed()),
+    ])
 }
 
 fn messages_body() -> impl Strategy<Value = String> {
-    let base =
-        json!({"model": "m", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]});
-    body(
-        base,
-        vec![
-            ("model", Just(json!("m")).boxed()),
-            (
-                "messages",
-                prop::collection::vec(message(), 0..4)
-                    .prop_map(Value::Array)
-                    .boxed(),
-            ),
-            ("max_tokens", field(small_count())),
-            (
-                "system",
-                prop_oneof![
-                    Just(json!("be brief")),
-                    Just(json!([{"type": "text", "text": "x"}]))
-                ]
-                .boxed(),
-            ),
-            ("stop_sequences", Just(json!(["END"])).boxed()),
-            ("stream", any::<bool>().prop_map(Value::Bool).boxed()),
-            ("temperature", (-0.5f64..1.5).prop_map(|f| json!(f)).boxed()),
-            ("top_k", field(small_count())),
-            (
-                "tools",
-                Just(json!([{"name": "f", "input_schema": {"type": "object"}}])).boxed(),
-            ),
-            (
-                "tool_choice",
-                prop_oneof![
-                    Just(json!({"type": "any"})),
-                    Just(json!({"type": "tool", "name": "f"}))
-                ]
-                .boxed(),
-            ),
-        ],
-    )
+    messages_shaped(vec![
+        (
+            "system",
+            prop_oneof![
+                Just(json!("be brief")),
+                Just(json!([{"type": "text", "text": "x"}]))
+            ]
+            .boxed(),
+        ),
+        ("stop_sequences", Just(json!(["END"])).boxed()),
+        ("stream", any::<bool>().prop_map(Value::Bool).boxed()),
+        ("temperature", (-0.5f64..1.5).prop_map(|f| json!(f)).boxed()),
+        ("top_k", field(small_count())),
+        (
+            "tools",
+            Just(json!([{"name": "f", "input_schema": {"type": "object"}}])).boxed(),
+        ),
+        (
+            "tool_choice",
+            prop_oneof![
+                Just(json!({"type": "any"})),
+                Just(json!({"type": "tool", "name": "f"}))
+            ]
+            .boxed(),
+        ),
+    ])
 }
 
 fn other_body() -> impl Strategy<Value = String> {

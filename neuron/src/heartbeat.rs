@@ -9,19 +9,14 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::pace::Pace;
 use crate::shared::Shared;
 
 /// Publishes heartbeats until `stop` fires.
 pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     let mut counters: HashMap<String, (u64, Instant)> = HashMap::new();
-    let mut tick = tokio::time::interval(shared.config.heartbeat_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-            _ = shared.heartbeat_now.notified() => {}
-        }
+    let mut pace = Pace::new(shared.config.heartbeat_interval);
+    while pace.turn(&stop, &shared.heartbeat_now).await {
         sample_rates(&shared, &mut counters);
         publish(&shared).await;
     }

@@ -19,6 +19,7 @@
 //!   drain, status).
 //! - [`heartbeat`]: `NeuronStatus` on `<prefix>.v1.heartbeat.<id>`;
 //!   [`prefixes`]: the prompt prefixes each model holds, on `<prefix>.v1.prefix.<id>`;
+//!   [`pace`]: their loops' interval-or-now pace;
 //!   [`metrics`] and [`http`]: `/metrics` and `/healthz`.
 //! - [`neuron`]: [`Neuron::start`], graceful [`Neuron::shutdown`], and
 //!   [`run`], the daemon.
@@ -33,6 +34,7 @@ pub(crate) mod http;
 pub(crate) mod lifecycle;
 pub(crate) mod metrics;
 pub mod neuron;
+pub(crate) mod pace;
 pub(crate) mod prefixes;
 pub(crate) mod serve;
 pub mod shared;

@@ -185,7 +185,7 @@ impl Neuron {
         };
         let metrics_addr = match listener {
             Some(listener) => {
-                let (bound, task) = crate::http::serve(shared.clone(), listener, stop.clone());
+                let (bound, task) = cortex_bus::ops::serve(shared.clone(), listener, stop.clone());
                 tasks.push(task);
                 Some(bound)
             }

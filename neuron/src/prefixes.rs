@@ -22,6 +22,7 @@ use std::time::Duration;
 use cortex_schemas::PrefixSummary;
 use tokio_util::sync::CancellationToken;
 
+use crate::pace::Pace;
 use crate::shared::Shared;
 
 /// Most hashes kept per model: 256 KiB of prompt text at 64 bytes a block
@@ -102,14 +103,8 @@ impl PrefixIndex {
 /// Publishes summaries until `stop` fires.
 pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     let mut published: HashSet<String> = HashSet::new();
-    let mut tick = tokio::time::interval(shared.config.heartbeat_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-            _ = shared.prefixes_changed.notified() => {}
-        }
+    let mut pace = Pace::new(shared.config.heartbeat_interval);
+    while pace.turn(&stop, &shared.prefixes_changed).await {
         publish(&shared, &mut published).await;
         // A change meanwhile leaves a permit: the next turn publishes at once.
         tokio::select! {

@@ -90,15 +90,7 @@ impl PlacementConfig {
 
     /// Defaults for a test: `nats_url: &str, id: &str`, no metrics port.
     pub fn for_tests(nats_url: &str, id: &str) -> Self {
-        Self::from_args([
-            "--nats-url",
-            nats_url,
-            "--id",
-            id,
-            "--metrics-listen",
-            "off",
-        ])
-        .expect("default configuration parses")
+        cortex_bus::flags::for_tests(nats_url, id)
     }
 
     pub fn validate(&self) -> Result<Validated, ConfigError> {

@@ -4,21 +4,14 @@
 //! neurons seen) and `cortex_placement_leader` (1 on the lease holder),
 //! served with `/healthz` on `--metrics-listen`.
 
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
-use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::{Json, Router};
+use cortex_bus::ops::Probe;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 use crate::shared::Shared;
 
@@ -110,55 +103,22 @@ impl Metrics {
     }
 }
 
-/// Serves `/metrics` and `/healthz` on `listener` until `stop` fires.
-pub fn serve(
-    shared: Arc<Shared>,
-    listener: tokio::net::TcpListener,
-    stop: CancellationToken,
-) -> (SocketAddr, JoinHandle<()>) {
-    let bound = listener
-        .local_addr()
-        .expect("a bound listener has an address");
-    let router = Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(healthz))
-        .with_state(shared);
-    let task = tokio::spawn(async move {
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
-        if let Err(error) = served {
-            tracing::warn!(%error, "metrics server ended");
-        }
-    });
-    (bound, task)
-}
+/// `/metrics` and `/healthz` (200 while connected to NATS), served by
+/// [`cortex_bus::ops::serve`] on `--metrics-listen`.
+impl Probe for Shared {
+    fn metrics(&self) -> String {
+        self.metrics
+            .render(self.fleet.live().len(), self.leadership.is_leader())
+    }
 
-async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    let text = shared
-        .metrics
-        .render(shared.fleet.live().len(), shared.leadership.is_leader());
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        text,
-    )
-}
-
-async fn healthz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    let connected = shared.client.connection_state() == async_nats::connection::State::Connected;
-    let body = serde_json::json!({
-        "replica": shared.id,
-        "leader": shared.leadership.is_leader(),
-        "nats": if connected { "connected" } else { "disconnected" },
-        "neurons": shared.fleet.live().len(),
-    });
-    let code = if connected {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (code, Json(body))
+    fn health(&self) -> (bool, serde_json::Value) {
+        let connected = self.client.connection_state() == async_nats::connection::State::Connected;
+        let body = serde_json::json!({
+            "replica": self.id,
+            "leader": self.leadership.is_leader(),
+            "nats": if connected { "connected" } else { "disconnected" },
+            "neurons": self.fleet.live().len(),
+        });
+        (connected, body)
+    }
 }

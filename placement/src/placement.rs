@@ -171,7 +171,7 @@ impl Placement {
             stop.child_token(),
         )));
         let metrics_addr = listener.map(|listener| {
-            let (addr, task) = crate::metrics::serve(shared.clone(), listener, stop.child_token());
+            let (addr, task) = cortex_bus::ops::serve(shared.clone(), listener, stop.child_token());
             tasks.push(task);
             addr
         });

@@ -8,6 +8,7 @@
 //! - [`binary`]: finds the `nats-server` executable (`NATS_SERVER_BIN`, `PATH`,
 //!   or the setup script's cache).
 //! - [`server`]: [`NatsServer`], one server process; `restart()` keeps port and store.
+//! - [`command`]: [`json_output`], a command that must succeed and print JSON.
 //! - [`cluster`]: [`NatsCluster`], several routed servers with clustered JetStream.
 //! - [`wait`]: [`eventually`] and [`until`], polling with a deadline.
 //! - [`http`]: a plain HTTP client (any status is an answer), SSE parsing,
@@ -19,6 +20,7 @@
 
 pub mod binary;
 pub mod cluster;
+pub mod command;
 pub mod fuzz;
 pub mod http;
 pub mod models;
@@ -29,6 +31,7 @@ pub mod server;
 pub mod wait;
 
 pub use cluster::NatsCluster;
+pub use command::json_output;
 pub use partition::PartitionProxy;
 pub use ports::free_port;
 pub use server::{NatsServer, ServerOptions};

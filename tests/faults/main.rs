@@ -43,16 +43,22 @@ pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// `cortex neuron` (sim engine, `m` preloaded) as a process, with `extra` flags.
 pub fn neuron_process(url: &str, id: &str, extra: &[&str]) -> Daemon {
+    let mut args = vec!["--engine", "sim"];
+    args.extend_from_slice(extra);
+    neuron_daemon(url, id, "m=sim", &args)
+}
+
+/// `cortex neuron` as a process holding `models`, beating every 200 ms,
+/// 16 sequences at a time, with `extra` flags.
+pub fn neuron_daemon(url: &str, id: &str, models: &str, extra: &[&str]) -> Daemon {
     let mut args = vec![
         "neuron",
         "--nats-url",
         url,
         "--id",
         id,
-        "--engine",
-        "sim",
         "--models",
-        "m=sim",
+        models,
         "--heartbeat-interval",
         "200ms",
         "--max-concurrency",

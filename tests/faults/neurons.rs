@@ -10,7 +10,7 @@ use cortex_testkit::{NatsServer, PartitionProxy, ServerOptions};
 
 use crate::support::*;
 use crate::{
-    ingress_on, neuron_process, request_chat, request_chat_counted, request_model,
+    ingress_on, neuron_daemon, neuron_process, request_chat, request_chat_counted, request_model,
     request_model_counted, wait_ready, Streaming, SERIAL,
 };
 
@@ -189,23 +189,7 @@ async fn greedy_smollm2_streams_survive_their_neuron_word_for_word() {
         "smollm2={}",
         cortex_testkit::models::smollm_path().display()
     );
-    let smollm = |id: &'static str| {
-        Daemon::spawn(&[
-            "neuron",
-            "--nats-url",
-            &url,
-            "--id",
-            id,
-            "--models",
-            &model,
-            "--heartbeat-interval",
-            "200ms",
-            "--max-concurrency",
-            "16",
-            "--metrics-listen",
-            "off",
-        ])
-    };
+    let smollm = |id: &'static str| neuron_daemon(&url, id, &model, &[]);
     let mut victim = smollm("victim");
     let _survivor = smollm("survivor");
     let client = connect(&url).await;

@@ -211,7 +211,7 @@ pub fn count_kind(events: &[Event], kind: &str, model: &str) -> usize {
 }
 
 pub use cortex_testkit::http::Reply as Answer;
-pub use cortex_testkit::until;
+pub use cortex_testkit::{json_output, until};
 
 /// POSTs a JSON body.
 pub async fn post(url: &str, body: Value) -> Answer {

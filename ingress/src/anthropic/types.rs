@@ -8,29 +8,19 @@ pub struct MessagesRequest {
     pub model: String,
     pub messages: Vec<Message>,
     /// Required by the API; checked (with its own message) in translation.
-    #[serde(default)]
     pub max_tokens: Option<i64>,
-    #[serde(default)]
     pub system: Option<System>,
-    #[serde(default)]
     pub stop_sequences: Option<Vec<String>>,
     #[serde(default)]
     pub stream: bool,
-    #[serde(default)]
     pub temperature: Option<f64>,
-    #[serde(default)]
     pub top_p: Option<f64>,
-    #[serde(default)]
     pub top_k: Option<i64>,
-    #[serde(default)]
     pub tools: Option<Vec<Tool>>,
-    #[serde(default)]
     pub tool_choice: Option<Value>,
-    #[serde(default)]
     pub metadata: Option<Value>,
     /// `{"type": "enabled" | "adaptive" | "disabled", ...}`; checked in
     /// translation.
-    #[serde(default)]
     pub thinking: Option<Value>,
     // Other fields clients send (`output_config`, `context_management`,
     // `service_tier`, `container`, `mcp_servers`, ...) have no local meaning
@@ -62,21 +52,14 @@ pub enum MessageContent {
 pub struct Block {
     #[serde(rename = "type")]
     pub kind: String,
-    #[serde(default)]
     pub text: Option<String>,
     /// `tool_use`
-    #[serde(default)]
     pub id: Option<String>,
-    #[serde(default)]
     pub name: Option<String>,
-    #[serde(default)]
     pub input: Option<Value>,
     /// `tool_result`
-    #[serde(default)]
     pub tool_use_id: Option<String>,
-    #[serde(default)]
     pub content: Option<Value>,
-    #[serde(default)]
     pub is_error: Option<bool>,
 }
 
@@ -87,9 +70,7 @@ pub struct Tool {
     #[serde(default, rename = "type")]
     pub kind: Option<String>,
     pub name: String,
-    #[serde(default)]
     pub description: Option<String>,
-    #[serde(default)]
     pub input_schema: Option<Value>,
     /// Tool search: the tool stays out of the model's context until a
     /// search loads it (Claude Code's `DeferredToolPlaceholder`).

@@ -79,7 +79,6 @@ async fn status(State(state): State<AppState>, caller: Option<Extension<Caller>>
 #[serde(deny_unknown_fields)]
 struct Order {
     model: String,
-    #[serde(default)]
     neuron: Option<String>,
 }
 

@@ -12,43 +12,26 @@ pub struct ChatRequest {
     pub messages: Vec<Message>,
     #[serde(default)]
     pub stream: bool,
-    #[serde(default)]
     pub stream_options: Option<StreamOptions>,
-    #[serde(default)]
     pub max_tokens: Option<i64>,
-    #[serde(default)]
     pub max_completion_tokens: Option<i64>,
-    #[serde(default)]
     pub temperature: Option<f64>,
-    #[serde(default)]
     pub top_p: Option<f64>,
-    #[serde(default)]
     pub seed: Option<i64>,
-    #[serde(default)]
     pub n: Option<i64>,
-    #[serde(default)]
     pub presence_penalty: Option<f64>,
-    #[serde(default)]
     pub frequency_penalty: Option<f64>,
-    #[serde(default)]
     pub stop: Option<Stop>,
-    #[serde(default)]
     pub response_format: Option<ResponseFormat>,
-    #[serde(default)]
     pub tools: Option<Vec<Tool>>,
-    #[serde(default)]
     pub tool_choice: Option<Value>,
-    #[serde(default)]
     pub logprobs: Option<bool>,
-    #[serde(default)]
     pub top_logprobs: Option<i64>,
     /// `none` asks a reasoning model not to think; any other effort asks
     /// it to (the effort itself has no local meaning).
-    #[serde(default)]
     pub reasoning_effort: Option<String>,
     /// Extra template variables, as vLLM and llama.cpp take them; only
     /// `enable_thinking` is honoured.
-    #[serde(default)]
     pub chat_template_kwargs: Option<Value>,
 }
 
@@ -79,7 +62,6 @@ impl Stop {
 pub struct ResponseFormat {
     #[serde(rename = "type")]
     pub kind: String,
-    #[serde(default)]
     pub json_schema: Option<JsonSchema>,
 }
 
@@ -88,20 +70,15 @@ pub struct JsonSchema {
     pub name: String,
     #[serde(default)]
     pub schema: Value,
-    #[serde(default)]
     pub strict: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
 pub struct Message {
     pub role: String,
-    #[serde(default)]
     pub content: Option<Content>,
-    #[serde(default)]
     pub name: Option<String>,
-    #[serde(default)]
     pub tool_calls: Option<Vec<ToolCall>>,
-    #[serde(default)]
     pub tool_call_id: Option<String>,
 }
 
@@ -117,7 +94,6 @@ pub enum Content {
 pub struct Part {
     #[serde(rename = "type")]
     pub kind: String,
-    #[serde(default)]
     pub text: Option<String>,
 }
 
@@ -144,9 +120,7 @@ pub struct Tool {
 #[derive(Debug, Deserialize)]
 pub struct Function {
     pub name: String,
-    #[serde(default)]
     pub description: Option<String>,
-    #[serde(default)]
     pub parameters: Option<Value>,
 }
 
@@ -155,9 +129,7 @@ pub struct Function {
 pub struct EmbeddingsRequest {
     pub model: String,
     pub input: EmbeddingInput,
-    #[serde(default)]
     pub encoding_format: Option<String>,
-    #[serde(default)]
     pub dimensions: Option<i64>,
 }
 
@@ -177,25 +149,15 @@ pub struct CompletionRequest {
     pub prompt: Prompt,
     #[serde(default)]
     pub stream: bool,
-    #[serde(default)]
     pub stream_options: Option<StreamOptions>,
-    #[serde(default)]
     pub max_tokens: Option<i64>,
-    #[serde(default)]
     pub temperature: Option<f64>,
-    #[serde(default)]
     pub top_p: Option<f64>,
-    #[serde(default)]
     pub seed: Option<i64>,
-    #[serde(default)]
     pub n: Option<i64>,
-    #[serde(default)]
     pub presence_penalty: Option<f64>,
-    #[serde(default)]
     pub frequency_penalty: Option<f64>,
-    #[serde(default)]
     pub stop: Option<Stop>,
-    #[serde(default)]
     pub echo: Option<bool>,
 }
 

@@ -71,7 +71,6 @@ struct ModelEntry {
     idle_ttl: Option<String>,
     spill_after: Option<String>,
     max_concurrency: Option<u32>,
-    #[serde(default)]
     prefix_cache_mb: Option<u64>,
     chat_template: Option<String>,
     #[serde(default)]

@@ -8,37 +8,23 @@ use serde_json::Value;
 #[derive(Debug, Deserialize)]
 pub struct ResponsesRequest {
     pub model: String,
-    #[serde(default)]
     pub input: Option<Input>,
-    #[serde(default)]
     pub instructions: Option<String>,
     #[serde(default)]
     pub stream: bool,
-    #[serde(default)]
     pub max_output_tokens: Option<i64>,
-    #[serde(default)]
     pub temperature: Option<f64>,
-    #[serde(default)]
     pub top_p: Option<f64>,
-    #[serde(default)]
     pub tools: Option<Vec<Value>>,
-    #[serde(default)]
     pub tool_choice: Option<Value>,
-    #[serde(default)]
     pub parallel_tool_calls: Option<bool>,
     /// Needs responses kept on the server, which Cortex does not do.
-    #[serde(default)]
     pub previous_response_id: Option<String>,
     /// A stored conversation: the same.
-    #[serde(default)]
     pub conversation: Option<Value>,
-    #[serde(default)]
     pub background: Option<bool>,
-    #[serde(default)]
     pub text: Option<TextConfig>,
-    #[serde(default)]
     pub reasoning: Option<Reasoning>,
-    #[serde(default)]
     pub metadata: Option<Value>,
 }
 
@@ -52,7 +38,6 @@ pub enum Input {
 
 #[derive(Debug, Deserialize)]
 pub struct TextConfig {
-    #[serde(default)]
     pub format: Option<TextFormat>,
 }
 
@@ -74,6 +59,5 @@ pub struct TextFormat {
 pub struct Reasoning {
     /// `none` asks a reasoning model not to think; any other effort asks
     /// it to (the effort itself has no local meaning).
-    #[serde(default)]
     pub effort: Option<String>,
 }
