@@ -35,6 +35,26 @@ async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> Option<St
     }
 }
 
+/// A connection that has had one keep-alive request answered, left open.
+async fn served_and_kept(addr: std::net::SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&got).contains(r#""ok"}"#) {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .expect("answered within 5 s")
+            .unwrap();
+        assert!(n > 0, "closed before the answer: {got:?}");
+        got.extend_from_slice(&buf[..n]);
+    }
+    stream
+}
+
 /// One raw request; the status line's code. It reads while it writes: a
 /// server that refuses a head it has not read whole answers, then resets
 /// the connection, and the answer must be read before the reset lands.
@@ -259,9 +279,9 @@ async fn the_connection_cap_holds() {
         c.header_timeout = Duration::from_secs(30);
     })
     .await;
-    let first = TcpStream::connect(ingress.addr).await.unwrap();
-    let _second = TcpStream::connect(ingress.addr).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Two connections that have been served, and so hold both slots.
+    let first = served_and_kept(ingress.addr).await;
+    let _second = served_and_kept(ingress.addr).await;
     // The third connection is accepted by the kernel but not served.
     let request = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
     let mut third = TcpStream::connect(ingress.addr).await.unwrap();

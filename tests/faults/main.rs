@@ -49,7 +49,8 @@ pub fn neuron_process(url: &str, id: &str, extra: &[&str]) -> Daemon {
 }
 
 /// `cortex neuron` as a process holding `models`, beating every 200 ms,
-/// 16 sequences at a time, with `extra` flags.
+/// 16 sequences at a time, with `extra` flags; no metrics address unless
+/// `extra` names one.
 pub fn neuron_daemon(url: &str, id: &str, models: &str, extra: &[&str]) -> Daemon {
     let mut args = vec![
         "neuron",
@@ -63,9 +64,10 @@ pub fn neuron_daemon(url: &str, id: &str, models: &str, extra: &[&str]) -> Daemo
         "200ms",
         "--max-concurrency",
         "16",
-        "--metrics-listen",
-        "off",
     ];
+    if !extra.contains(&"--metrics-listen") {
+        args.extend_from_slice(&["--metrics-listen", "off"]);
+    }
     args.extend_from_slice(extra);
     Daemon::spawn(&args)
 }

@@ -9,7 +9,7 @@ use cortex_bus::{buckets, NatsOptions};
 use cortex_neuron::{EngineKind, Neuron, NeuronConfig};
 use cortex_placement::Placement;
 use cortex_schemas::{Assignment, ModelState};
-use cortex_testkit::{NatsCluster, NatsServer};
+use cortex_testkit::{eventually, NatsCluster, NatsServer};
 use serde_json::{json, Value};
 
 use crate::support::*;
@@ -77,9 +77,18 @@ async fn daemons_stop_on_sigterm_even_with_nats_gone() {
     let mut server = NatsServer::start();
     let url = server.url();
     // Four models: each served subject's drain is cut short together.
-    let mut neuron = neuron_process(&url, "orphan", &["--models", "m2=sim,m3=sim,m4=sim"]);
-    let port = cortex_testkit::free_port();
-    let listen = format!("127.0.0.1:{port}");
+    let metrics = format!("127.0.0.1:{}", cortex_testkit::free_port());
+    let mut neuron = neuron_process(
+        &url,
+        "orphan",
+        &[
+            "--models",
+            "m2=sim,m3=sim,m4=sim",
+            "--metrics-listen",
+            &metrics,
+        ],
+    );
+    let listen = format!("127.0.0.1:{}", cortex_testkit::free_port());
     let mut ingress = Daemon::spawn(&["ingress", "--nats-url", &url, "--listen", &listen]);
     let client = connect(&url).await;
     wait_beats(&client, &["orphan"], |status| {
@@ -91,7 +100,17 @@ async fn daemons_stop_on_sigterm_even_with_nats_gone() {
     })
     .await;
     server.kill();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Both have seen the connection go: their health says so.
+    for probe in [
+        format!("http://{metrics}/healthz"),
+        format!("http://{listen}/readyz"),
+    ] {
+        let what = format!("{probe} to say NATS is gone");
+        eventually(&what, Duration::from_secs(10), || async {
+            (cortex_testkit::http::get(&probe).await.status == 503).then_some(())
+        })
+        .await;
+    }
     // Their last heartbeat and flush cannot reach anyone: they must still
     // end promptly. Without a connection a served subject's drain ends at
     // once (no round trip can confirm it); the last flush waits its 2 s.
