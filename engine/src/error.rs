@@ -60,7 +60,28 @@ pub enum EngineError {
     Internal(String),
     /// A tensor operation failed.
     #[error("tensor: {0}")]
-    Candle(#[from] candle_core::Error),
+    Candle(candle_core::Error),
+}
+
+impl From<candle_core::Error> for EngineError {
+    fn from(error: candle_core::Error) -> Self {
+        Self::Candle(without_backtrace(error))
+    }
+}
+
+/// `error` without the backtraces candle attaches when `RUST_BACKTRACE`
+/// is set. Its `Display` would print them (symbolising each one: tens of
+/// megabytes of debug information read, kept in a cache) into a message
+/// that an operator or a client reads.
+pub(crate) fn without_backtrace(error: candle_core::Error) -> candle_core::Error {
+    match error {
+        candle_core::Error::WithBacktrace { inner, .. } => without_backtrace(*inner),
+        candle_core::Error::WithPath { inner, path } => candle_core::Error::WithPath {
+            inner: Box::new(without_backtrace(*inner)),
+            path,
+        },
+        other => other,
+    }
 }
 
 impl EngineError {
@@ -156,5 +177,21 @@ mod tests {
             ErrorClass::Internal
         );
         assert_eq!(EngineError::Cancelled.to_wire().retry_after_ms, None);
+    }
+
+    /// With `RUST_BACKTRACE` set, candle's errors carry a backtrace; the
+    /// message an operator or client reads does not.
+    #[test]
+    fn candle_errors_lose_their_backtraces() {
+        let traced = candle_core::Error::WithBacktrace {
+            inner: Box::new(candle_core::Error::Msg("bad shape".into())),
+            backtrace: Box::new(std::backtrace::Backtrace::force_capture()),
+        };
+        let located = candle_core::Error::WithPath {
+            inner: Box::new(traced),
+            path: "model.gguf".into(),
+        };
+        let error = EngineError::from(located);
+        assert_eq!(error.to_string(), "tensor: path: \"model.gguf\" bad shape");
     }
 }

@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::QTensor;
 use candle_core::Device;
+use cortex_footprint::gguf_header::Value as HeaderValue;
 
-use crate::error::{EngineError, Result};
+use crate::error::{without_backtrace, EngineError, Result};
 use crate::progress::{CountingReader, LoadProgress};
 
 /// An open GGUF file: its metadata and a reader for its tensors.
@@ -80,12 +81,26 @@ impl GgufFile {
         let unreadable = |e: String| {
             EngineError::InvalidModel(format!("{}: not a readable GGUF file: {e}", path.display()))
         };
-        // candle's header reader panics on some inputs (`general.alignment`
-        // of 0 divides by zero); a bad file must be an error, not a crash.
+        // The header first through the bounded reader (every length checked
+        // against the file), and the alignment as llama.cpp wants it: candle
+        // divides by it, and a panic would print (with RUST_BACKTRACE set,
+        // symbolise: tens of megabytes) a backtrace.
+        let header =
+            cortex_footprint::gguf_header::read(path).map_err(|e| unreadable(e.to_string()))?;
+        match header.get("general.alignment") {
+            None => {}
+            Some(HeaderValue::Uint(n)) if n.is_power_of_two() => {}
+            Some(other) => {
+                return Err(unreadable(format!(
+                    "general.alignment {other:?} is not a power of two"
+                )))
+            }
+        }
+        // Still caught: a bad file must be an error, not a crash.
         let content =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Content::read(&mut reader)))
                 .map_err(|_| unreadable("the GGUF header is malformed".into()))?
-                .map_err(|e| unreadable(e.to_string()))?;
+                .map_err(|e| unreadable(without_backtrace(e).to_string()))?;
         check_tensors(&content, size).map_err(unreadable)?;
         Ok(Self {
             path: path.to_path_buf(),

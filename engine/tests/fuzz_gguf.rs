@@ -1,9 +1,7 @@
 //! Fuzzing the GGUF reader: a model file is input from outside (a path an
 //! operator names, an object pushed to the store), so no byte sequence may
-//! panic or abort. (Its heap is not bounded by the file's size: a counting
-//! allocator found a 960-byte input taking 54 MB while read; see the
-//! serving-engine issue's notes.) Seeds in
-//! `fuzz/corpus/gguf/` (rebuild the generated ones with
+//! panic, abort, or make the reader allocate far more than the file holds.
+//! Seeds in `fuzz/corpus/gguf/` (rebuild the generated ones with
 //! `CORTEX_UPDATE_CORPUS=1`); `PROPTEST_CASES` runs longer campaigns.
 
 use candle_core::quantized::gguf_file::{self, Value};
@@ -13,6 +11,17 @@ use cortex_engine::gguf::GgufFile;
 use cortex_engine::progress::LoadProgress;
 use cortex_testkit::fuzz;
 use proptest::test_runner::TestRunner;
+use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
+
+/// Every allocation of this test binary is counted.
+#[global_allocator]
+static HEAP: &StatsAlloc<std::alloc::System> = &INSTRUMENTED_SYSTEM;
+
+/// The most a read may allocate: a few times the file (metadata values
+/// and tensors are held decoded) and a fixed allowance (buffers, tables).
+fn heap_allowed(file_bytes: usize) -> usize {
+    64 * file_bytes + (1 << 20)
+}
 
 /// A GGUF whose one tensor has no elements: candle 0.11 viewed its empty
 /// buffer through an unaligned pointer (an abort in debug builds, undefined
@@ -74,23 +83,36 @@ fn seed(alignment: u32) -> Vec<u8> {
     bytes.into_inner()
 }
 
-/// Opens `bytes` as a GGUF file and reads what a load reads; any outcome
-/// but a panic or an abort is fine.
+/// Opens `bytes` as a GGUF file and reads what a load reads, error
+/// messages included; any outcome but a panic, an abort or a heap past
+/// [`heap_allowed`] is fine.
 fn read(path: &std::path::Path, bytes: &[u8]) {
     std::fs::write(path, bytes).unwrap();
-    let Ok(mut file) = GgufFile::open(path, &LoadProgress::new()) else {
-        return;
-    };
-    let _ = file.architecture();
-    let _ = file.u32("llama.context_length");
-    let names: Vec<String> = file.content.tensor_infos.keys().cloned().collect();
-    for name in names {
-        let _ = file.tensor(&name, &Device::Cpu);
+    let heap = Region::new(HEAP);
+    match GgufFile::open(path, &LoadProgress::new()) {
+        Err(error) => drop(error.to_string()),
+        Ok(mut file) => {
+            let _ = file.architecture();
+            let _ = file.u32("llama.context_length");
+            let names: Vec<String> = file.content.tensor_infos.keys().cloned().collect();
+            for name in names {
+                if let Err(error) = file.tensor(&name, &Device::Cpu) {
+                    drop(error.to_string());
+                }
+            }
+        }
     }
+    let stats = heap.change();
+    let allocated = stats.bytes_allocated + stats.bytes_reallocated.max(0).unsigned_abs();
+    assert!(
+        allocated <= heap_allowed(bytes.len()),
+        "a {}-byte input allocated {allocated} bytes",
+        bytes.len()
+    );
 }
 
 #[test]
-fn no_gguf_input_panics() {
+fn no_gguf_input_panics_or_allocates_past_its_size() {
     let generated = [
         ("seed-small.gguf".to_string(), seed(32)),
         ("found-alignment-zero.gguf".to_string(), seed(0)),
@@ -113,4 +135,20 @@ fn no_gguf_input_panics() {
             Ok(())
         })
         .unwrap();
+}
+
+/// An alignment of 0 (candle divides by it) is refused by name, before
+/// candle reads the header.
+#[test]
+fn a_zero_alignment_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("zero.gguf");
+    std::fs::write(&path, seed(0)).unwrap();
+    let error = GgufFile::open(&path, &LoadProgress::new()).unwrap_err();
+    assert!(
+        error.to_string().contains("general.alignment Uint(0)"),
+        "{error}"
+    );
+    std::fs::write(&path, seed(32)).unwrap();
+    assert!(GgufFile::open(&path, &LoadProgress::new()).is_ok());
 }

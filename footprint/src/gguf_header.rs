@@ -1,9 +1,10 @@
-//! The metadata of a GGUF file (format versions 2 and 3), read from its
+//! The metadata of a GGUF file (format versions 1 to 3), read from its
 //! header alone: the key-value table that precedes the tensor table.
-//! Only numbers and strings are kept; arrays (the tokenizer's vocabulary)
-//! are skipped without being read into memory. Every length is checked
-//! against the file's size, so a corrupt or hostile header is refused
-//! with an error rather than an allocation.
+//! Only numbers and strings are kept; arrays (the tokenizer's vocabulary,
+//! arrays of arrays) are skipped without being read into memory. Every
+//! length is checked against the file's size, so a corrupt or hostile
+//! header is refused with an error rather than an allocation. The engine
+//! reads a header with this before it hands the file to candle.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -36,6 +37,8 @@ pub enum HeaderError {
 const MAX_STRING: u64 = 1 << 24;
 /// The most metadata entries a header may claim.
 const MAX_ENTRIES: u64 = 1 << 20;
+/// How deep arrays of arrays may nest.
+const MAX_DEPTH: usize = 64;
 
 /// Reads the metadata table of the GGUF file at `path`.
 pub fn read(path: &Path) -> Result<HashMap<String, Value>, HeaderError> {
@@ -44,17 +47,20 @@ pub fn read(path: &Path) -> Result<HashMap<String, Value>, HeaderError> {
     let mut reader = Header {
         inner: BufReader::new(file),
         left: size,
+        short_lengths: false,
     };
     let magic = reader.bytes::<4>()?;
     if &magic != b"GGUF" {
         return Err(HeaderError::Format("no GGUF magic".into()));
     }
     let version = reader.u32()?;
-    if !(2..=3).contains(&version) {
+    if !(1..=3).contains(&version) {
         return Err(HeaderError::Format(format!("version {version}")));
     }
-    let _tensors = reader.u64()?;
-    let entries = reader.u64()?;
+    // Version 1 wrote counts and lengths in 32 bits.
+    reader.short_lengths = version == 1;
+    let _tensors = reader.length()?;
+    let entries = reader.length()?;
     if entries > MAX_ENTRIES {
         return Err(HeaderError::Format(format!("{entries} metadata entries")));
     }
@@ -72,6 +78,8 @@ struct Header {
     inner: BufReader<File>,
     /// Bytes of the file not read yet.
     left: u64,
+    /// Counts and lengths are `u32` (version 1), not `u64`.
+    short_lengths: bool,
 }
 
 impl Header {
@@ -98,6 +106,15 @@ impl Header {
         Ok(u64::from_le_bytes(self.bytes()?))
     }
 
+    /// A count or a length.
+    fn length(&mut self) -> Result<u64, HeaderError> {
+        if self.short_lengths {
+            Ok(u64::from(self.u32()?))
+        } else {
+            self.u64()
+        }
+    }
+
     fn skip(&mut self, n: u64) -> Result<(), HeaderError> {
         self.take(n)?;
         let n = i64::try_from(n).map_err(|_| HeaderError::Format("a huge skip".into()))?;
@@ -106,7 +123,7 @@ impl Header {
     }
 
     fn string(&mut self) -> Result<String, HeaderError> {
-        let len = self.u64()?;
+        let len = self.length()?;
         if len > MAX_STRING {
             return Err(HeaderError::Format(format!("a string of {len} bytes")));
         }
@@ -127,6 +144,34 @@ impl Header {
         }
     }
 
+    /// Skips an array's elements (its element type and count first);
+    /// returns the count.
+    fn skip_array(&mut self, depth: usize) -> Result<u64, HeaderError> {
+        if depth >= MAX_DEPTH {
+            return Err(HeaderError::Format(format!(
+                "arrays nested more than {MAX_DEPTH} deep"
+            )));
+        }
+        let element = self.u32()?;
+        let count = self.length()?;
+        match (Self::width(element), element) {
+            (Some(width), _) => self.skip(count.saturating_mul(width))?,
+            (None, 8) => {
+                for _ in 0..count {
+                    let len = self.length()?;
+                    self.skip(len)?;
+                }
+            }
+            (None, 9) => {
+                for _ in 0..count {
+                    self.skip_array(depth + 1)?;
+                }
+            }
+            (None, _) => return Err(HeaderError::Format(format!("an array of type {element}"))),
+        }
+        Ok(count)
+    }
+
     fn value(&mut self, kind: u32) -> Result<Value, HeaderError> {
         Ok(match kind {
             0 => Value::Uint(u64::from(self.bytes::<1>()?[0])),
@@ -138,21 +183,7 @@ impl Header {
             6 => Value::Float(f64::from(f32::from_le_bytes(self.bytes()?))),
             7 => Value::Bool(self.bytes::<1>()?[0] != 0),
             8 => Value::Text(self.string()?),
-            9 => {
-                let element = self.u32()?;
-                let count = self.u64()?;
-                match Self::width(element) {
-                    Some(width) => self.skip(count.saturating_mul(width))?,
-                    None if element == 8 => {
-                        for _ in 0..count {
-                            let len = self.u64()?;
-                            self.skip(len)?;
-                        }
-                    }
-                    None => return Err(HeaderError::Format(format!("an array of type {element}"))),
-                }
-                Value::Array(count)
-            }
+            9 => Value::Array(self.skip_array(0)?),
             10 => Value::Uint(self.u64()?),
             11 => Value::Int(i64::from_le_bytes(self.bytes()?)),
             12 => Value::Float(f64::from_le_bytes(self.bytes()?)),

@@ -73,6 +73,50 @@ fn corrupt_headers_are_refused_without_allocating() {
     assert!(format_error(&header(1, &body)).contains("past the end"));
 }
 
+/// Arrays of arrays are skipped (bounded in depth), and version 1's
+/// 32-bit counts and lengths read.
+#[test]
+fn nested_arrays_and_version_1_headers_read() {
+    // "n": an array of 2 arrays of u8 (3 and 1 elements), then "a": 32u32.
+    let mut body = 1u64.to_le_bytes().to_vec();
+    body.push(b'n');
+    body.extend_from_slice(&9u32.to_le_bytes());
+    body.extend_from_slice(&9u32.to_le_bytes());
+    body.extend_from_slice(&2u64.to_le_bytes());
+    for items in [&[1u8, 2, 3][..], &[4]] {
+        body.extend_from_slice(&0u32.to_le_bytes());
+        body.extend_from_slice(&(items.len() as u64).to_le_bytes());
+        body.extend_from_slice(items);
+    }
+    body.extend_from_slice(&1u64.to_le_bytes());
+    body.push(b'a');
+    body.extend_from_slice(&4u32.to_le_bytes());
+    body.extend_from_slice(&32u32.to_le_bytes());
+    let table = read(header(2, &body).path()).unwrap();
+    assert_eq!(table["n"], Value::Array(2));
+    assert_eq!(table["a"], Value::Uint(32));
+    // Arrays nested past the bound are refused, not recursed into.
+    let mut deep = 1u64.to_le_bytes().to_vec();
+    deep.push(b'd');
+    deep.extend_from_slice(&9u32.to_le_bytes());
+    for _ in 0..100 {
+        deep.extend_from_slice(&9u32.to_le_bytes());
+        deep.extend_from_slice(&1u64.to_le_bytes());
+    }
+    assert!(format_error(&header(1, &deep)).contains("nested"));
+    // Version 1: u32 tensor count, entry count and string length.
+    let mut v1 = tempfile::NamedTempFile::new().unwrap();
+    v1.write_all(b"GGUF").unwrap();
+    for word in [1u32, 0, 1, 1] {
+        v1.write_all(&word.to_le_bytes()).unwrap();
+    }
+    v1.write_all(b"k").unwrap();
+    v1.write_all(&8u32.to_le_bytes()).unwrap();
+    v1.write_all(&2u32.to_le_bytes()).unwrap();
+    v1.write_all(b"hi").unwrap();
+    assert_eq!(read(v1.path()).unwrap()["k"], Value::Text("hi".into()));
+}
+
 proptest! {
     /// Whatever follows a valid start, the reader returns (an error or a
     /// table) and never panics.
