@@ -115,3 +115,23 @@ fn pods_between_heartbeats_do_not_all_pile_onto_the_idler_replica() {
         "a got {after} of 100 after the rest ended"
     );
 }
+
+/// One ready replica takes every call, counted while it lasts, without
+/// its prompt being scored; a second replica then sees that count.
+#[test]
+fn a_lone_replica_takes_every_call_and_counts_it() {
+    let fleet = Fleet::default();
+    let view = RouteView::new(Routing::Cache);
+    let mut held = Vec::new();
+    fleet.record(heartbeat("a", 1, 0));
+    assert_eq!(send(&view, &fleet, 50, &mut held), 50);
+    let decision = view.choose(&fleet, &request(50));
+    assert_eq!(decision.reason, super::Reason::Load);
+    assert_eq!(decision.matched_blocks, 0);
+    held.extend(decision.call);
+    // b joins, idle: this pod's 51 calls to a (not yet in a heartbeat)
+    // count, so b takes the next ones until the two are even.
+    fleet.record(heartbeat("b", 1, 0));
+    let to_a = send(&view, &fleet, 40, &mut held);
+    assert!(to_a <= 2, "a got {to_a} of 40");
+}
