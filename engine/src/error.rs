@@ -80,6 +80,10 @@ pub(crate) fn without_backtrace(error: candle_core::Error) -> candle_core::Error
             inner: Box::new(without_backtrace(*inner)),
             path,
         },
+        candle_core::Error::Context { inner, context } => candle_core::Error::Context {
+            inner: Box::new(without_backtrace(*inner)),
+            context,
+        },
         other => other,
     }
 }

@@ -81,20 +81,14 @@ impl GgufFile {
         let unreadable = |e: String| {
             EngineError::InvalidModel(format!("{}: not a readable GGUF file: {e}", path.display()))
         };
-        // The header first through the bounded reader (every length checked
-        // against the file), and the alignment as llama.cpp wants it: candle
-        // divides by it, and a panic would print (with RUST_BACKTRACE set,
-        // symbolise: tens of megabytes) a backtrace.
+        // The metadata first through the bounded reader (every length
+        // checked against the file), and an alignment of 0 refused by name:
+        // candle divides by it, and its panic would print (with
+        // RUST_BACKTRACE set, symbolise: tens of megabytes) a backtrace.
         let header =
             cortex_footprint::gguf_header::read(path).map_err(|e| unreadable(e.to_string()))?;
-        match header.get("general.alignment") {
-            None => {}
-            Some(HeaderValue::Uint(n)) if n.is_power_of_two() => {}
-            Some(other) => {
-                return Err(unreadable(format!(
-                    "general.alignment {other:?} is not a power of two"
-                )))
-            }
+        if let Some(HeaderValue::Uint(0) | HeaderValue::Int(0)) = header.get("general.alignment") {
+            return Err(unreadable("general.alignment is 0".into()));
         }
         // Still caught: a bad file must be an error, not a crash.
         let content =

@@ -23,6 +23,9 @@ fn heap_allowed(file_bytes: usize) -> usize {
     64 * file_bytes + (1 << 20)
 }
 
+/// The count is process-wide: the tests take turns.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A GGUF whose one tensor has no elements: candle 0.11 viewed its empty
 /// buffer through an unaligned pointer (an abort in debug builds, undefined
 /// behaviour in release) until `GgufFile::open` refused such tables.
@@ -113,6 +116,7 @@ fn read(path: &std::path::Path, bytes: &[u8]) {
 
 #[test]
 fn no_gguf_input_panics_or_allocates_past_its_size() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let generated = [
         ("seed-small.gguf".to_string(), seed(32)),
         ("found-alignment-zero.gguf".to_string(), seed(0)),
@@ -141,12 +145,13 @@ fn no_gguf_input_panics_or_allocates_past_its_size() {
 /// candle reads the header.
 #[test]
 fn a_zero_alignment_is_a_clear_error() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("zero.gguf");
     std::fs::write(&path, seed(0)).unwrap();
     let error = GgufFile::open(&path, &LoadProgress::new()).unwrap_err();
     assert!(
-        error.to_string().contains("general.alignment Uint(0)"),
+        error.to_string().contains("general.alignment is 0"),
         "{error}"
     );
     std::fs::write(&path, seed(32)).unwrap();

@@ -33,8 +33,10 @@ pub enum HeaderError {
     Format(String),
 }
 
-/// The longest key or string value read (longer ones are a corrupt file).
-const MAX_STRING: u64 = 1 << 24;
+/// The longest key or string value read (longer ones are a corrupt file;
+/// candle's limit, and a string is read only once the file is known to
+/// hold it).
+const MAX_STRING: u64 = 1 << 30;
 /// The most metadata entries a header may claim.
 const MAX_ENTRIES: u64 = 1 << 20;
 /// How deep arrays of arrays may nest.

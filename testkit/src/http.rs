@@ -87,6 +87,21 @@ pub async fn get(url: &str) -> Reply {
     get_with(url, &[]).await
 }
 
+/// The status a GET of `url` answers with; `None` while nothing answers
+/// (not listening yet, or gone).
+pub async fn status(url: &str) -> Option<u16> {
+    let url = url.to_string();
+    tokio::task::spawn_blocking(move || {
+        agent(TIMEOUT)
+            .get(&url)
+            .call()
+            .ok()
+            .map(|r| r.status().as_u16())
+    })
+    .await
+    .expect("the GET thread")
+}
+
 /// POSTs `body` as JSON text with `headers`.
 pub async fn post(url: &str, body: &str, headers: &[(&str, &str)]) -> Reply {
     let (url, body, headers) = (url.to_string(), body.to_string(), owned(headers));

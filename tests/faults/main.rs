@@ -65,7 +65,10 @@ pub fn neuron_daemon(url: &str, id: &str, models: &str, extra: &[&str]) -> Daemo
         "--max-concurrency",
         "16",
     ];
-    if !extra.contains(&"--metrics-listen") {
+    if !extra
+        .iter()
+        .any(|a| *a == "--metrics-listen" || a.starts_with("--metrics-listen="))
+    {
         args.extend_from_slice(&["--metrics-listen", "off"]);
     }
     args.extend_from_slice(extra);

@@ -99,17 +99,22 @@ async fn daemons_stop_on_sigterm_even_with_nats_gone() {
         ready.count() == 4
     })
     .await;
-    server.kill();
-    // Both have seen the connection go: their health says so.
-    for probe in [
+    let probes = [
         format!("http://{metrics}/healthz"),
         format!("http://{listen}/readyz"),
-    ] {
-        let what = format!("{probe} to say NATS is gone");
-        eventually(&what, Duration::from_secs(10), || async {
-            (cortex_testkit::http::get(&probe).await.status == 503).then_some(())
-        })
-        .await;
+    ];
+    // Both are connected (their health says so), then see the connection go.
+    for (code, meaning) in [(200, "connected"), (503, "NATS is gone")] {
+        if code == 503 {
+            server.kill();
+        }
+        for probe in &probes {
+            let what = format!("{probe} to say {meaning}");
+            eventually(&what, Duration::from_secs(10), || async {
+                (cortex_testkit::http::status(probe).await == Some(code)).then_some(())
+            })
+            .await;
+        }
     }
     // Their last heartbeat and flush cannot reach anyone: they must still
     // end promptly. Without a connection a served subject's drain ends at
