@@ -21,8 +21,7 @@
 //! have been. Otherwise the newcomer is refused. Every operation scans
 //! the queue, which is bounded (`max_queue`, a few dozen at most).
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::generate::run::Job;
@@ -135,7 +134,10 @@ impl FairQueue {
             })
             .min_by_key(|i| {
                 let queued = &self.jobs[*i];
-                (queued.priority, Reverse(places[queued.tenant.as_str()]))
+                (
+                    queued.priority,
+                    std::cmp::Reverse(places[queued.tenant.as_str()]),
+                )
             })?;
         Some(self.jobs.remove(victim))
     }
@@ -151,7 +153,7 @@ impl FairQueue {
             let job = &self.jobs[*i];
             let served = self.served.get(&job.tenant).copied().unwrap_or(0);
             // Highest priority, least recently served tenant, oldest job.
-            (Reverse(job.priority), served, *i)
+            (std::cmp::Reverse(job.priority), served, *i)
         })
     }
 
@@ -182,34 +184,19 @@ impl FairQueue {
     /// the queue positions told to each): `pop` replayed on a copy of the
     /// tenants' turns.
     pub fn in_order(&self) -> Vec<&Job> {
-        // Each tenant's jobs, its next first (highest priority, then
-        // oldest): the queue's next job is the best of the tenants' next,
-        // the least recently served tenant winning among equal priorities.
-        let mut tenants: HashMap<&str, Vec<usize>> = HashMap::new();
-        for (i, job) in self.jobs.iter().enumerate() {
-            tenants.entry(job.tenant.as_str()).or_default().push(i);
-        }
-        let mut lines: Vec<std::vec::IntoIter<usize>> = Vec::with_capacity(tenants.len());
-        let mut heads = BinaryHeap::with_capacity(tenants.len());
-        for (tenant, mut jobs) in tenants {
-            jobs.sort_by_key(|i| (Reverse(self.jobs[*i].priority), *i));
-            let served = self.served.get(tenant).copied().unwrap_or(0);
-            let mut line = jobs.into_iter();
-            if let Some(first) = line.next() {
-                let key = (Reverse(self.jobs[first].priority), served, first);
-                heads.push(Reverse((key, lines.len())));
-            }
-            lines.push(line);
-        }
+        let mut served = self.served.clone();
         let mut clock = self.clock;
-        let mut order = Vec::with_capacity(self.jobs.len());
-        while let Some(Reverse(((_, _, at), line))) = heads.pop() {
-            order.push(&self.jobs[at]);
+        let mut left: Vec<usize> = (0..self.jobs.len()).collect();
+        let mut order = Vec::with_capacity(left.len());
+        while let Some(at) = (0..left.len()).min_by_key(|k| {
+            let job = &self.jobs[left[*k]];
+            let turn = served.get(&job.tenant).copied().unwrap_or(0);
+            (std::cmp::Reverse(job.priority), turn, left[*k])
+        }) {
+            let job = &self.jobs[left.remove(at)];
             clock += 1;
-            if let Some(next) = lines[line].next() {
-                let key = (Reverse(self.jobs[next].priority), clock, next);
-                heads.push(Reverse((key, line)));
-            }
+            served.insert(job.tenant.clone(), clock);
+            order.push(job);
         }
         order
     }

@@ -68,18 +68,23 @@ fn owned(headers: &[(&str, &str)]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// GETs `url` with `headers`.
-pub async fn get_with(url: &str, headers: &[(&str, &str)]) -> Reply {
+/// GETs `url` with `headers`; an error while nothing answers.
+async fn try_get(url: &str, headers: &[(&str, &str)]) -> Result<Reply, ureq::Error> {
     let (url, headers) = (url.to_string(), owned(headers));
     tokio::task::spawn_blocking(move || {
         let mut request = agent(TIMEOUT).get(&url);
         for (name, value) in &headers {
             request = request.header(name, value);
         }
-        reply(request.call().expect("HTTP GET"))
+        request.call().map(reply)
     })
     .await
     .expect("the GET thread")
+}
+
+/// GETs `url` with `headers`.
+pub async fn get_with(url: &str, headers: &[(&str, &str)]) -> Reply {
+    try_get(url, headers).await.expect("HTTP GET")
 }
 
 /// GETs `url`.
@@ -90,16 +95,7 @@ pub async fn get(url: &str) -> Reply {
 /// The status a GET of `url` answers with; `None` while nothing answers
 /// (not listening yet, or gone).
 pub async fn status(url: &str) -> Option<u16> {
-    let url = url.to_string();
-    tokio::task::spawn_blocking(move || {
-        agent(TIMEOUT)
-            .get(&url)
-            .call()
-            .ok()
-            .map(|r| r.status().as_u16())
-    })
-    .await
-    .expect("the GET thread")
+    try_get(url, &[]).await.ok().map(|reply| reply.status)
 }
 
 /// POSTs `body` as JSON text with `headers`.

@@ -99,23 +99,14 @@ async fn daemons_stop_on_sigterm_even_with_nats_gone() {
         ready.count() == 4
     })
     .await;
+    // Both are connected (their health says so), then see the connection go.
     let probes = [
         format!("http://{metrics}/healthz"),
         format!("http://{listen}/readyz"),
     ];
-    // Both are connected (their health says so), then see the connection go.
-    for (code, meaning) in [(200, "connected"), (503, "NATS is gone")] {
-        if code == 503 {
-            server.kill();
-        }
-        for probe in &probes {
-            let what = format!("{probe} to say {meaning}");
-            eventually(&what, Duration::from_secs(10), || async {
-                (cortex_testkit::http::status(probe).await == Some(code)).then_some(())
-            })
-            .await;
-        }
-    }
+    answer_with(&probes, 200).await;
+    server.kill();
+    answer_with(&probes, 503).await;
     // Their last heartbeat and flush cannot reach anyone: they must still
     // end promptly. Without a connection a served subject's drain ends at
     // once (no round trip can confirm it); the last flush waits its 2 s.
@@ -263,4 +254,15 @@ async fn losing_one_node_of_three_fails_only_requests_in_flight_on_it() {
         neuron.shutdown().await;
     }
     placement.shutdown().await;
+}
+
+/// Waits until every URL in `probes` answers a GET with `code`.
+async fn answer_with(probes: &[String], code: u16) {
+    for probe in probes {
+        let what = format!("{probe} to answer {code}");
+        eventually(&what, Duration::from_secs(10), || async {
+            (cortex_testkit::http::status(probe).await == Some(code)).then_some(())
+        })
+        .await;
+    }
 }

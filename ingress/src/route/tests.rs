@@ -116,8 +116,8 @@ fn pods_between_heartbeats_do_not_all_pile_onto_the_idler_replica() {
     );
 }
 
-/// One ready replica takes every call, counted while it lasts, without
-/// its prompt being scored; a second replica then sees that count.
+/// One ready replica takes every call, chosen on load and counted while
+/// it lasts; a second replica then sees that count.
 #[test]
 fn a_lone_replica_takes_every_call_and_counts_it() {
     let fleet = Fleet::default();
